@@ -1,0 +1,58 @@
+"""The `qnas` command line: a thin layer that parses arguments and calls the library.
+
+Each command group lives in ``qnas/commands/<name>.py`` and exposes ``add_parser(subparsers)``;
+handlers raise :class:`qnas.QnasError` for bad input, which becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from qnas import __version__
+from qnas.errors import QnasError
+
+# Command modules under qnas/commands, in the order `qnas --help` lists them.
+_COMMANDS = ("space", "data", "score")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``qnas: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"qnas: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="qnas",
+        description="Quantization-aware NAS for edge CNNs: score candidates with GHN-predicted "
+        "parameters under fake quantization, search with Optuna, finetune and export the winners.",
+    )
+    parser.add_argument("--version", action="version", version=f"qnas {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub.required = True
+    for name in _COMMANDS:
+        importlib.import_module(f"qnas.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except QnasError as exc:
+        sys.stderr.write(f"qnas: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("qnas: interrupted\n")
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""CLI command groups; each module has ``add_parser(subparsers)`` and sets ``func`` on its parser."""
