@@ -1,0 +1,468 @@
+"""Turn an ``nn.Module`` into the computational graph a graph hypernetwork reads (GHN-2 style).
+
+``to_graph(module, input_shape)`` traces the module with ``torch.fx`` and keeps one node per
+predicted parameter tensor and one per parameter-free op the GHN distinguishes:
+
+    input -> conv.weight -> [conv.bias] -> bn (gamma and beta) -> ... -> add -> ... -> glob_avg
+          -> linear.weight -> linear.bias (classifier)
+
+Activations, flatten, dropout and other parameter-free ops the vocabulary does not name are
+dropped and their inputs wired to their outputs. A BatchNorm node stands for both its weight and
+its bias, as in GHN-2. Edges follow the data flow; *virtual edges* join every pair of nodes whose
+shortest directed path is at most ``s_max`` long and carry that distance (GHN-2 section 3).
+
+``batch_graphs(graphs)`` merges many graphs into one :class:`GraphBatch` whose nodes are grouped
+by topological level (longest path from the input for the forward sweep, to the output for the
+backward sweep), so the GHN updates all nodes of a level of all graphs in one step.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from qnas.errors import QnasError
+
+# The fixed op vocabulary; a GHN embeds these by index, so only ever append to it.
+OPS: tuple[str, ...] = (
+    "input",
+    "conv",  # dense, dilation 1
+    "group_conv",  # groups > 1 (depthwise included), dilation 1
+    "dil_conv",  # dilation > 1, grouped or not
+    "linear",
+    "bn",  # one node for weight and bias
+    "bias",  # bias of a conv or linear layer
+    "max_pool",
+    "avg_pool",
+    "add",
+    "concat",
+    "glob_avg",
+)
+OP_INDEX: dict[str, int] = {name: i for i, name in enumerate(OPS)}
+WEIGHT_OPS = frozenset({"conv", "group_conv", "dil_conv", "linear"})
+DEFAULT_S_MAX = 10  # GHN-Q's choice; GHN-2 used 50 on much deeper DARTS-like graphs
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_CAT_FUNCS = {torch.cat, torch.concat}
+_MEAN_FUNCS = {torch.mean}
+
+
+@dataclass(frozen=True)
+class ArchGraph:
+    """A module's computational graph; node 0 is the input and node order is topological.
+
+    Per node ``v``: ``ops[v]`` (a name in :data:`OPS`), ``shapes[v]`` (the parameter shape, the
+    pooling window as ``(1, 1, kh, kw)``, or ``()``), ``groups[v]`` (conv groups, else 1),
+    ``param_names[v]`` (names in ``module.named_parameters()``: ``(weight,)``, ``(bias,)``, BN's
+    ``(weight, bias)``, or ``()``), ``is_classifier[v]`` (the layer producing the output logits),
+    ``labels[v]`` (the fx node it came from, for messages), ``fwd_level[v]``/``bwd_level[v]``
+    (longest path from a source / to a sink). ``edges`` are the real edges; ``virtual_edges`` is a
+    long tensor of rows ``(src, dst, distance)`` for every pair at distance 1..s_max (real edges
+    included, with distance 1).
+    """
+
+    ops: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    groups: tuple[int, ...]
+    param_names: tuple[tuple[str, ...], ...]
+    is_classifier: tuple[bool, ...]
+    labels: tuple[str, ...]
+    edges: tuple[tuple[int, int], ...]
+    virtual_edges: torch.Tensor
+    fwd_level: tuple[int, ...]
+    bwd_level: tuple[int, ...]
+    s_max: int
+    input_shape: tuple[int, ...]
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.ops)
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The real edges as a DiGraph with node attributes ``op``, ``shape`` and ``params``."""
+        g = nx.DiGraph()
+        for v, op in enumerate(self.ops):
+            g.add_node(v, op=op, shape=self.shapes[v], params=self.param_names[v])
+        g.add_edges_from(self.edges)
+        return g
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every predicted parameter name with its shape (BN's bias has its weight's shape)."""
+        return {name: self.shapes[v] for v in range(self.num_nodes) for name in self.param_names[v]}
+
+
+class GraphCache:
+    """A bounded LRU cache of graphs keyed by architecture string (plus input shape and s_max).
+
+    Tracing and all-pairs shortest paths cost milliseconds per graph; a search re-scores the same
+    architecture at several bit-widths, and GHN training revisits architectures every epoch.
+    """
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple, ArchGraph] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_or_build(self, key: tuple, build: Callable[[], ArchGraph]) -> ArchGraph:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        graph = build()
+        self._items[key] = graph
+        if len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+        return graph
+
+
+def to_graph(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    s_max: int = DEFAULT_S_MAX,
+    *,
+    cache: GraphCache | None = None,
+    key: str | None = None,
+) -> ArchGraph:
+    """The :class:`ArchGraph` of ``module`` for inputs of shape ``input_shape`` (C, H, W).
+
+    With ``cache`` and ``key`` (an architecture string), a graph built before for the same key,
+    input shape and ``s_max`` is returned without tracing. Raises QnasError for modules fx cannot
+    trace, parametric layers other than Conv2d/Linear/BatchNorm, shared or unused parameters.
+    """
+    if s_max < 1:
+        raise QnasError(f"s_max must be at least 1, got {s_max}")
+    input_shape = tuple(int(d) for d in input_shape)
+    if cache is None or key is None:
+        return _build(module, input_shape, s_max)
+    return cache.get_or_build((key, input_shape, s_max), lambda: _build(module, input_shape, s_max))
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+@dataclass
+class _Builder:
+    """Mutable node/edge lists while walking the fx graph; frozen into an ArchGraph at the end."""
+
+    ops: list[str] = field(default_factory=list)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+    params: list[tuple[str, ...]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    edges: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, op: str, preds: set[int], label: str, shape=(), groups=1, params=()) -> int:
+        v = len(self.ops)
+        self.ops.append(op)
+        self.shapes.append(tuple(int(s) for s in shape))
+        self.groups.append(int(groups))
+        self.params.append(tuple(params))
+        self.labels.append(label)
+        self.edges.extend((u, v) for u in sorted(preds))
+        return v
+
+
+def _trace(module: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+    try:
+        gm = fx.symbolic_trace(module)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...) for dynamic code
+        raise QnasError(f"torch.fx cannot trace {type(module).__name__}: {exc}".splitlines()[0]) from None
+    # Batch 2 in eval mode: BN after global pooling fails on batch 1 in train mode (GHN-2 pitfall).
+    was_training = module.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
+    except Exception as exc:
+        msg = f"{type(module).__name__} fails on inputs of shape {input_shape}: {exc}".splitlines()[0]
+        raise QnasError(msg) from None
+    finally:
+        gm.train(was_training)
+    return gm
+
+
+def _is_tensor(node: object) -> bool:
+    return isinstance(node, fx.Node) and isinstance(node.meta.get("tensor_meta"), object) and hasattr(
+        node.meta.get("tensor_meta"), "shape"
+    )
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)
+    return out
+
+
+def _arg(node: fx.Node, pos: int, name: str, default=None):
+    if len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(name, default)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _is_global(output_size) -> bool:
+    return output_size is not None and _pair(output_size) == (1, 1)
+
+
+def _classify_module(mod: nn.Module, target: str) -> tuple[str, tuple[int, ...]] | None:
+    """(op, shape) for a parameter-free module the vocabulary names, or None (transparent)."""
+    if isinstance(mod, nn.MaxPool2d):
+        return "max_pool", (1, 1, *_pair(mod.kernel_size))
+    if isinstance(mod, nn.AvgPool2d):
+        return "avg_pool", (1, 1, *_pair(mod.kernel_size))
+    if isinstance(mod, nn.AdaptiveAvgPool2d):
+        return ("glob_avg", ()) if _is_global(mod.output_size) else ("avg_pool", ())
+    if isinstance(mod, nn.AdaptiveMaxPool2d):
+        return "max_pool", ()
+    return None
+
+
+def _spatial_mean(node: fx.Node, x: fx.Node) -> bool:
+    """Whether a mean reduces exactly the two spatial dims of a 4-D tensor (global pooling)."""
+    meta = x.meta.get("tensor_meta")
+    dims = _arg(node, 1, "dim")
+    if meta is None or len(meta.shape) != 4 or dims is None:
+        return False
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    return sorted(int(d) % 4 for d in dims) == [2, 3]
+
+
+def _classify_function(node: fx.Node) -> tuple[str, tuple[int, ...]] | None:
+    fn, tensors = node.target, [a for a in _node_args(node) if _is_tensor(a)]
+    method = node.op == "call_method"
+    if (fn in _ADD_FUNCS or (method and fn in ("add", "add_"))) and len(tensors) >= 2:
+        return "add", ()
+    if fn in _CAT_FUNCS and len(tensors) >= 2:
+        return "concat", ()
+    if fn is torch.nn.functional.max_pool2d:
+        return "max_pool", (1, 1, *_pair(_arg(node, 1, "kernel_size")))
+    if fn is torch.nn.functional.avg_pool2d:
+        return "avg_pool", (1, 1, *_pair(_arg(node, 1, "kernel_size")))
+    if fn is torch.nn.functional.adaptive_avg_pool2d:
+        return ("glob_avg", ()) if _is_global(_arg(node, 1, "output_size")) else ("avg_pool", ())
+    if fn is torch.nn.functional.adaptive_max_pool2d:
+        return "max_pool", ()
+    if (fn in _MEAN_FUNCS or (method and fn == "mean")) and tensors and _spatial_mean(node, tensors[0]):
+        return "glob_avg", ()
+    return None
+
+
+def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchGraph:
+    gm = _trace(module, input_shape)
+    modules = dict(gm.named_modules())
+    b = _Builder()
+    frontier: dict[fx.Node, set[int]] = {}  # fx node -> graph nodes whose values it carries
+    module_of: dict[int, str] = {}  # graph node -> module path, for finding the classifier
+    used: set[str] = set()
+    outputs: set[int] = set()
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise QnasError(f"{type(module).__name__}.forward must take exactly one input tensor")
+
+    for node in gm.graph.nodes:
+        preds: set[int] = set()
+        for a in _node_args(node):
+            preds |= frontier.get(a, set())
+        if node.op == "placeholder":
+            frontier[node] = {b.add("input", set(), node.name)}
+        elif node.op == "get_attr":
+            attr = str(node.target)
+            if any(name == attr or name.startswith(attr + ".") for name, _ in gm.named_parameters()):
+                raise QnasError(
+                    f"parameter {attr!r} is used outside a Conv2d/Linear/BatchNorm layer; "
+                    "only those layers' parameters can be predicted"
+                )
+            frontier[node] = preds  # buffers and constants carry no graph node
+        elif node.op == "call_module":
+            target = str(node.target)
+            mod = modules[target]
+            if target in used and any(True for _ in mod.parameters()):
+                raise QnasError(f"layer {target!r} is called more than once; shared parameters are not supported")
+            used.add(target)
+            frontier[node] = _module_nodes(b, mod, target, preds, module_of)
+        elif node.op in ("call_function", "call_method"):
+            kind = _classify_function(node)
+            frontier[node] = {b.add(kind[0], preds, node.name, kind[1])} if kind else preds
+        elif node.op == "output":
+            outputs = preds
+
+    named = dict(module.named_parameters())
+    mapped = {p for names in b.params for p in names}
+    unused = [n for n in named if n not in mapped]
+    if unused:
+        raise QnasError(f"parameters never used in forward: {', '.join(unused[:5])}")
+    return _freeze(b, _classifier_nodes(b, outputs, module_of), s_max, input_shape)
+
+
+def _module_nodes(b: _Builder, mod: nn.Module, target: str, preds: set[int], module_of: dict[int, str]) -> set[int]:
+    """Add the nodes for one call of a leaf module; returns the node(s) carrying its output."""
+    has_params = any(True for _ in mod.parameters())
+    if isinstance(mod, nn.Conv2d):
+        dilated = _pair(mod.dilation) != (1, 1)
+        op = "dil_conv" if dilated else ("group_conv" if mod.groups > 1 else "conv")
+        v = b.add(op, preds, target, mod.weight.shape, mod.groups, (f"{target}.weight",))
+    elif isinstance(mod, nn.Linear):
+        v = b.add("linear", preds, target, mod.weight.shape, 1, (f"{target}.weight",))
+    elif isinstance(mod, _BN_TYPES):
+        if not mod.affine:
+            return preds
+        v = b.add("bn", preds, target, mod.weight.shape, 1, (f"{target}.weight", f"{target}.bias"))
+        module_of[v] = target
+        return {v}
+    elif has_params:
+        raise QnasError(
+            f"unsupported layer {target!r} ({type(mod).__name__}): only Conv2d, Linear and BatchNorm "
+            "layers can have their parameters predicted"
+        )
+    else:
+        kind = _classify_module(mod, target)
+        return {b.add(kind[0], preds, target, kind[1])} if kind else preds
+    module_of[v] = target
+    if mod.bias is not None:
+        v = b.add("bias", {v}, target, mod.bias.shape, 1, (f"{target}.bias",))
+        module_of[v] = target
+    return {v}
+
+
+def _classifier_nodes(b: _Builder, outputs: set[int], module_of: dict[int, str]) -> set[int]:
+    """The weight (and bias) of the conv/linear layer(s) whose output is the module's output."""
+    layers = {module_of[v] for v in outputs if b.ops[v] in WEIGHT_OPS | {"bias"}}
+    return {v for v, m in module_of.items() if m in layers and b.ops[v] in WEIGHT_OPS | {"bias"}}
+
+
+def _freeze(b: _Builder, classifier: set[int], s_max: int, input_shape: tuple[int, ...]) -> ArchGraph:
+    n = len(b.ops)
+    preds: list[list[int]] = [[] for _ in range(n)]
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for u, v in b.edges:
+        preds[v].append(u)
+        succs[u].append(v)
+    # Node order is fx order, which is topological, so one pass each way gives longest paths.
+    fwd = [0] * n
+    for v in range(n):
+        fwd[v] = 1 + max((fwd[u] for u in preds[v]), default=-1)
+    bwd = [0] * n
+    for v in reversed(range(n)):
+        bwd[v] = 1 + max((bwd[w] for w in succs[v]), default=-1)
+
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(b.edges)
+    rows = [
+        (u, v, d)
+        for u, dists in nx.all_pairs_shortest_path_length(g, cutoff=s_max)
+        for v, d in dists.items()
+        if d >= 1
+    ]
+    virtual = torch.tensor(sorted(rows), dtype=torch.long).reshape(-1, 3)
+    return ArchGraph(
+        ops=tuple(b.ops),
+        shapes=tuple(b.shapes),
+        groups=tuple(b.groups),
+        param_names=tuple(b.params),
+        is_classifier=tuple(v in classifier for v in range(n)),
+        labels=tuple(b.labels),
+        edges=tuple(b.edges),
+        virtual_edges=virtual,
+        fwd_level=tuple(fwd),
+        bwd_level=tuple(bwd),
+        s_max=s_max,
+        input_shape=input_shape,
+    )
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+@dataclass(frozen=True)
+class LevelStep:
+    """One step of a sweep: update ``nodes`` from messages along edges ``src -> nodes[dst]``.
+
+    ``real`` is 1.0 on real edges (distance 1) and 0.0 otherwise; ``inv_dist`` is 1/distance.
+    """
+
+    nodes: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    real: torch.Tensor
+    inv_dist: torch.Tensor
+
+
+@dataclass(frozen=True)
+class GraphBatch:
+    """Many graphs as one disjoint union; nodes of graph ``g`` are ``offsets[g]:offsets[g+1]``."""
+
+    graphs: tuple[ArchGraph, ...]
+    offsets: tuple[int, ...]
+    op_index: torch.Tensor  # (N,) index into OPS
+    shapes: torch.Tensor  # (N, 4): shapes padded to 4-D, (C)->(C,1,1,1); -1 where a node has none
+    node_graph: torch.Tensor  # (N,) graph of each node
+    forward_steps: tuple[LevelStep, ...]
+    backward_steps: tuple[LevelStep, ...]
+
+    @property
+    def num_nodes(self) -> int:
+        return self.offsets[-1]
+
+
+def _shape4(shape: tuple[int, ...]) -> list[int]:
+    if not shape:
+        return [-1, -1, -1, -1]
+    return (list(shape) + [1, 1, 1])[:4]
+
+
+def _steps(levels: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, dist: torch.Tensor) -> tuple[LevelStep, ...]:
+    """Group nodes by level and incoming edges by their destination's level (vectorized)."""
+    order = torch.argsort(levels, stable=True)
+    counts = torch.bincount(levels).tolist()
+    starts = torch.cumsum(torch.tensor([0] + counts[:-1]), 0)
+    pos = torch.empty_like(levels)
+    pos[order] = torch.arange(len(levels)) - starts[levels[order]]
+    edge_level = levels[dst]
+    e_order = torch.argsort(edge_level, stable=True)
+    e_counts = torch.bincount(edge_level, minlength=len(counts)).tolist()
+    src, dst, dist = src[e_order], pos[dst[e_order]], dist[e_order].to(torch.float32)
+    real, inv = (dist == 1).to(torch.float32), 1.0 / dist
+    return tuple(
+        LevelStep(*parts)
+        for parts in zip(
+            order.split(counts), src.split(e_counts), dst.split(e_counts), real.split(e_counts), inv.split(e_counts)
+        )
+    )
+
+
+def batch_graphs(graphs: Sequence[ArchGraph]) -> GraphBatch:
+    """Merge graphs into one :class:`GraphBatch` (node indices offset, levels aligned by depth)."""
+    if not graphs:
+        raise QnasError("batch_graphs needs at least one graph")
+    offsets = [0]
+    for g in graphs:
+        offsets.append(offsets[-1] + g.num_nodes)
+    op_index = torch.tensor([OP_INDEX[op] for g in graphs for op in g.ops], dtype=torch.long)
+    shapes = torch.tensor([_shape4(s) for g in graphs for s in g.shapes], dtype=torch.long)
+    node_graph = torch.repeat_interleave(torch.arange(len(graphs)), torch.tensor([g.num_nodes for g in graphs]))
+    ve = torch.cat([g.virtual_edges + torch.tensor([off, off, 0]) for g, off in zip(graphs, offsets)])
+    fwd = torch.tensor([lv for g in graphs for lv in g.fwd_level], dtype=torch.long)
+    bwd = torch.tensor([lv for g in graphs for lv in g.bwd_level], dtype=torch.long)
+    src, dst, dist = ve[:, 0], ve[:, 1], ve[:, 2]
+    return GraphBatch(
+        graphs=tuple(graphs),
+        offsets=tuple(offsets),
+        op_index=op_index,
+        shapes=shapes,
+        node_graph=node_graph,
+        forward_steps=_steps(fwd, src, dst, dist),
+        backward_steps=_steps(bwd, dst, src, dist),  # the backward sweep reads from successors
+    )
