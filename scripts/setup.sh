@@ -25,10 +25,20 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
 fi
 $PIP install --quiet -e ".[dev,export,postgres]"
 
-FMNIST=/usr/share/datasets/fashion-mnist
-if [ ! -e "$FMNIST/train-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+# Debian packages: the Fashion-MNIST data, a PostgreSQL server (multi-worker search test) and
+# Chromium (the report render check). Only what is missing is installed.
+need=()
+[ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "installing Debian packages: ${need[*]}"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "note: no apt-get; install ${need[*]} yourself (or pass --data-dir to qnas)" >&2
+  fi
 fi
 .venv/bin/qnas --version
 echo "setup done: activate with 'source .venv/bin/activate'"

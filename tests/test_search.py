@@ -138,3 +138,9 @@ def test_unreachable_storage_and_missing_study(tmp_path):
         open_storage("postgresql+psycopg2://u:p@127.0.0.1:9/nodb?connect_timeout=2")
     with pytest.raises(QnasError, match="no study"):
         load_study("missing", f"sqlite:///{tmp_path / 'x.db'}")
+
+
+def test_postgres_storage_round_trip(postgres_url):
+    cfg = SearchConfig(study="pg", storage=postgres_url, trials=3, sampler="random")
+    run_search(cfg, FakeScorer(), S, (1, 28, 28), 10)
+    assert len(load_study("pg", postgres_url).trials) == 3
