@@ -1,0 +1,126 @@
+"""`qnas search`: the multi-objective architecture search users come for."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from qnas.commands._args import param_count, positive_int
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from qnas.search import DEFAULT_SAMPLER, SAMPLERS
+
+    p = subparsers.add_parser(
+        "search",
+        help="search architectures: quantized accuracy at --bits vs parameter count",
+        description="Multi-objective Optuna search over a space: maximize top-1 at the target bit setting "
+        "(parameters predicted by the GHN, fake-quantized), minimize parameters, under --max-params. "
+        "Re-running with the same --study continues it; many processes may share one --storage.",
+    )
+    p.add_argument("--bits", default="4", help="target setting: 8, 4, 2 (wBaB) or a name like w4a8 (default 4)")
+    p.add_argument("--max-params", type=param_count, default=10_000_000, help="parameter bound, e.g. 1e6 (default 1e7)")
+    p.add_argument("--trials", type=positive_int, default=None,
+                   help="trials to run in this process (default 50 when --timeout is not given)")
+    p.add_argument("--timeout", type=_positive_float, default=None, help="stop starting new trials after this many s")
+    p.add_argument("--study", default="qnas", help="study name (default qnas)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default sqlite:///studies/<study>.db; postgresql+psycopg2://..., "
+                   "journal:path.log)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                   help=f"Optuna sampler (default {DEFAULT_SAMPLER}, chosen by benchmarks/search_efficiency.py)")
+    p.add_argument("--population", type=positive_int, default=20, help="NSGA-II population size (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0; give each worker its own)")
+    p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
+    p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    p.add_argument("--data-dir", default=None, help="where the dataset files are (default: standard places)")
+    p.add_argument("--predictor", default=None,
+                   help="GHN checkpoint name or path (default: the shipped one for --dataset; 'random' for an "
+                   "untrained GHN)")
+    p.add_argument("--val-size", type=positive_int, default=1000,
+                   help="validation images per candidate (default 1000)")
+    p.add_argument("--bn-stats", choices=("batch", "calibrated"), default=None,
+                   help="BatchNorm statistics when scoring: calibrated (frozen, deployable; the default) or batch "
+                   "(per test batch of 64, the GHN-Q protocol)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qnas.scorer import make_scorer
+    from qnas.search import SearchConfig, parse_target, run_search
+    from search_spaces import get_space
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress display says what matters
+    target = parse_target(args.bits)
+    space = get_space(args.space)
+    console = Console(stderr=True)
+    scorer = make_scorer(
+        space=space, dataset=args.dataset, data_dir=args.data_dir, predictor=args.predictor,
+        val_size=args.val_size, bn_stats=args.bn_stats, device=args.device,
+    )
+    trials = args.trials if args.trials or args.timeout else 50
+    cfg = SearchConfig(
+        study=args.study, target=target, max_params=args.max_params, trials=trials, timeout=args.timeout,
+        storage=args.storage, sampler=args.sampler, seed=args.seed, space=args.space, dataset=args.dataset,
+        predictor=scorer.name, population_size=args.population,
+    )
+    progress = Progress(
+        TextColumn("[bold]search[/] {task.fields[study]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} trials/min  front {task.fields[front]}  "
+                   "best {task.fields[target]} {task.fields[best]}"),
+        TimeElapsedColumn(), console=console, disable=args.quiet,
+    )
+    start = time.perf_counter()
+    best = {"acc": None}
+
+    def on_trial(study, trial, summary) -> None:
+        from qnas.search import pareto_front
+
+        front = pareto_front(study)
+        if front:
+            best["acc"] = max(t.values[0] for t in front)
+        rate = summary.trials_run / max(time.perf_counter() - start, 1e-9) * 60
+        progress.update(task, advance=1, rate=rate, front=len(front),
+                        best="-" if best["acc"] is None else f"{100 * best['acc']:.1f}%")
+
+    with progress:
+        task = progress.add_task("search", total=trials, study=args.study, rate=0.0, front=0, target=target, best="-")
+        summary = run_search(cfg, scorer, space, scorer.input_shape, scorer.num_classes, on_trial=on_trial)
+
+    _print_summary(console, cfg, summary)
+    return 130 if summary.interrupted else 0
+
+
+def _print_summary(console: Console, cfg, summary) -> None:
+    from rich.table import Table
+
+    per_trial = summary.score_seconds / max(summary.scored, 1)
+    console.print(
+        f"{summary.trials_run} trials in {summary.seconds:.1f}s: {summary.scored} scored "
+        f"({per_trial:.2f}s each), {summary.cached} duplicates served from the study, "
+        f"{summary.infeasible} over the bound" + ("; interrupted" if summary.interrupted else "")
+    )
+    table = Table(title=f"Pareto front of study {cfg.study!r} (top-1 at {cfg.target} vs params)")
+    for col in ("trial", "params", f"top1 {cfg.target}", "top1 fp32", "architecture"):
+        table.add_column(col, overflow="fold")
+    for t in summary.pareto:
+        table.add_row(str(t.number), f"{t.user_attrs['params']:,}", f"{100 * t.values[0]:.1f}%",
+                      f"{100 * t.user_attrs.get('top1_fp32', float('nan')):.1f}%", t.user_attrs["arch"])
+    console.print(table)

@@ -1,0 +1,77 @@
+"""`qnas train-predictor`: train a GHN (float, per-bit QAT or bit-conditioned QAT), resumably."""
+
+from __future__ import annotations
+
+import argparse
+
+from qnas.commands._args import param_count, positive_int
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-predictor",
+        help="train a GHN parameter predictor (resumes from --out/last.pt)",
+        description="Train a graph hypernetwork on architectures sampled from the space. Regimes: float "
+        "(GHN-2/GHN-Q), qat with one --bits setting (GHN-QAT, one GHN per bit-width), or qat with several "
+        "--bits and --conditioned (one bit-conditioned GHN). Checkpoints every few minutes and on Ctrl-C; "
+        "re-running the same command resumes exactly. Runs data-parallel under torchrun.",
+    )
+    p.add_argument("--out", required=True, help="run directory (checkpoint last.pt, train_log.csv, eval_log.csv)")
+    p.add_argument("--regime", choices=("float", "qat"), default="float", help="training regime (default float)")
+    p.add_argument("--bits", default=None,
+                   help="settings drawn per architecture, e.g. w4a4 or fp32,w8a8,w4a4,w2a2 (default fp32)")
+    p.add_argument("--conditioned", action="store_true", help="bit-width embedding in the GHN (one GHN, all bits)")
+    p.add_argument("--init", default=None, help="predictor name or checkpoint to start from (QAT finetuning)")
+    p.add_argument("--steps", type=positive_int, default=5000, help="total training steps (default 5000)")
+    p.add_argument("--stop-after", type=positive_int, default=None, help="stop after this many steps in this run")
+    p.add_argument("--meta-batch", type=positive_int, default=8, help="architectures per step (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--max-params", type=param_count, default=1_000_000,
+                   help="bound on training architectures, keeps steps cheap (default 1e6)")
+    p.add_argument("--hidden", type=positive_int, default=None, help="GHN node state size (default 32)")
+    p.add_argument("--max-channels", type=positive_int, default=None, help="GHN decoded block size (default 64)")
+    p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    p.add_argument("--data-dir", default=None, help="where the dataset files are")
+    p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--eval-every", type=positive_int, default=250, help="validate every N steps (default 250)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints (default 300)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--export", default=None, metavar="PATH.pt", help="write the trained GHN as a predictor here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from qnas.train_predictor import TrainConfig
+
+    bits = tuple(b.strip().lower() for b in (args.bits or "fp32").split(",") if b.strip())
+    ghn = {k: v for k, v in (("hidden", args.hidden), ("max_channels", args.max_channels)) if v is not None}
+    return TrainConfig(
+        regime=args.regime, bits=bits, conditioned=args.conditioned, init=args.init, dataset=args.dataset,
+        space=args.space, steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size, lr=args.lr,
+        max_params=args.max_params, seed=args.seed, ghn=ghn, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from qnas.quant import QuantSpec
+    from qnas.train_predictor import Trainer, export_predictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    for b in cfg.bits:
+        QuantSpec.parse(b)  # one-line error for a bad setting before any work
+    trainer = Trainer(cfg, args.out, data_dir=args.data_dir, device=args.device)
+    result = trainer.run(stop_after=args.stop_after, progress=not args.quiet)
+    trainer.log(f"step {result['step']}/{cfg.steps}; checkpoint {trainer.out / 'last.pt'}")
+    if args.export and trainer.rank == 0:
+        path = export_predictor(trainer, args.export, name=args.export.rsplit("/", 1)[-1].removesuffix(".pt"))
+        trainer.log(f"exported predictor {path}")
+    return 130 if result["interrupted"] else 0
