@@ -61,11 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import optuna
+
     from qnas.scorer import make_scorer
     from qnas.search import SearchConfig, parse_target, run_search
     from search_spaces import get_space
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress display says what matters
     target = parse_target(args.bits)
