@@ -10,6 +10,7 @@ see ``qnas.scorer``); this module only does the bookkeeping around it.
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -80,6 +81,30 @@ def parse_target(bits: str) -> str:
     raise QnasError(f"bad --bits {bits!r}: use 8, 4, 2 or a setting like w4a8 (2 to 8 bits)")
 
 
+def redact(url: str) -> str:
+    """A storage URL safe to print: the password of ``user:password@host`` replaced."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def _sqlite_fast_commits(storage: RDBStorage) -> None:
+    """WAL journal + synchronous=NORMAL: a commit no longer waits for fsync.
+
+    Optuna writes every parameter and user attribute in its own transaction (~60 per trial here);
+    with SQLite's default rollback journal each costs an fsync (~18 ms measured), i.e. ~1 s per trial.
+    WAL keeps the database consistent across crashes (the last commits may be lost on power failure).
+    """
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection, _record) -> None:
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened while Optuna created its tables lack the pragmas
+
+
 def default_storage(study: str, root: Path = Path("studies")) -> str:
     return f"sqlite:///{root / (study + '.db')}"
 
@@ -106,18 +131,21 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # A worker that dies mid-trial is noticed by the others after the grace period; its trial
             # is marked failed and re-queued once (RetryHeartbeatStaleTrialCallback).
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 heartbeat_interval=30,
                 grace_period=120,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
             )
+        if url.startswith("sqlite"):
+            _sqlite_fast_commits(storage)
+        return storage
     except QnasError:
         raise
     except Exception as exc:  # sqlalchemy/driver errors: unreachable host, bad credentials, missing driver
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QnasError(f"cannot open storage {url!r}: {first}") from None
+        raise QnasError(f"cannot open storage {redact(url)!r}: {first}") from None
 
 
 def make_sampler(name: str, seed: int | None, population_size: int = 20) -> optuna.samplers.BaseSampler:

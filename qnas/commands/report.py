@@ -1,0 +1,189 @@
+"""`qnas report`, `qnas studies`, `qnas show`: look at search studies without writing code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from qnas.commands._args import positive_int
+from qnas.errors import QnasError
+
+_STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qnas search` writes)"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    r = subparsers.add_parser(
+        "report", help="write an HTML report (Pareto fronts, quantization drop, histories) and trials.csv",
+        description="Write a self-contained HTML report of a search study (plotly.js embedded, opens offline) "
+        "and a CSV with one row per trial, and print the Pareto front at the target setting. Existing output "
+        "files are overwritten (they are derived from the study).",
+    )
+    r.add_argument("--study", required=True, help="study name (as given to `qnas search --study`)")
+    r.add_argument("--storage", help=_STORAGE_HELP)
+    r.add_argument("--out", type=Path, help="HTML file to write (default studies/NAME/report.html)")
+    r.add_argument("--csv", type=Path, help="CSV file to write (default studies/NAME/trials.csv)")
+    r.add_argument("--cdn", action="store_true", help="link plotly.js from its CDN instead of embedding it "
+                   "(~5 MB smaller, needs internet to view)")
+    r.set_defaults(func=_report)
+
+    s = subparsers.add_parser(
+        "studies", help="list studies with trial counts and best accuracy",
+        description="List the studies in a storage: trials by state, target setting, parameter bound and the "
+        "best feasible top-1 at the target. Without --storage, every SQLite file studies/*.db in the current "
+        "directory is read (each is one storage; `qnas search` writes studies/NAME.db by default).",
+    )
+    s.add_argument("--storage", help="Optuna storage URL to list (default: every studies/*.db here)")
+    s.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    s.set_defaults(func=_studies)
+
+    w = subparsers.add_parser(
+        "show", help="table of the best feasible trials of a study",
+        description="Show the best feasible trials of a study by top-1 at its target setting (or its Pareto "
+        "front with --pareto): trial number, params, MACs, top-1 at every setting and the architecture. "
+        "Duplicate architectures are listed once, under the trial that scored them.",
+    )
+    w.add_argument("--study", required=True, help="study name")
+    w.add_argument("--storage", help=_STORAGE_HELP)
+    w.add_argument("--pareto", action="store_true", help="only the Pareto front (accuracy vs params), by params")
+    w.add_argument("--top", type=positive_int, help="how many trials (default 10; all of the front with --pareto)")
+    w.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    w.set_defaults(func=_show)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _report(args: argparse.Namespace) -> int:
+    from qnas import report as R
+
+    study = R.open_study(args.study, args.storage)
+    target = R.study_target(study)
+    out = args.out or Path("studies") / args.study / "report.html"
+    csv = args.csv or Path("studies") / args.study / "trials.csv"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise QnasError(f"--out {str(out)!r} should end in .html")
+    messages = []
+    for path, write in ((out, lambda p: R.write_report(study, p, cdn=args.cdn, storage=args.storage)),
+                        (csv, lambda p: R.write_csv(study, p))):
+        existed = path.exists()
+        try:
+            write(path)
+        except OSError as exc:
+            raise QnasError(f"cannot write {path}: {exc.strerror or exc}") from None
+        messages.append(f"{'overwrote' if existed else 'wrote'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    console = Console()
+    console.print(_trials_table(study, R.best_trials(study, top=None, pareto=True), target,
+                                f"Pareto front of {args.study!r} at {target} (top-1 %)", short=True))
+    for m in messages:
+        console.print(m, highlight=False)
+    return 0
+
+
+# ----------------------------------------------------------------------------- studies
+
+
+def _studies(args: argparse.Namespace) -> int:
+    from qnas import report as R
+
+    urls = [args.storage] if args.storage else R.default_storages()
+    rows = []
+    for url in urls:
+        try:
+            rows.extend(R.list_studies(url))
+        except QnasError as exc:
+            if args.storage:
+                raise
+            # One unreadable file among studies/*.db should not hide the others.
+            sys.stderr.write(f"qnas: warning: skipped {url}: {exc}\n")
+    if args.json:
+        json.dump([{**r.__dict__, "started": r.started.isoformat() if r.started else None} for r in rows],
+                  sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    console = Console()
+    if not rows:
+        where = args.storage or f"{Path.cwd() / 'studies'}/*.db"
+        console.print(f"no studies in {where} (pass --storage URL for another storage)", highlight=False)
+        return 0
+    table = Table(title="studies", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    storages = sorted({r.storage for r in rows})
+    if len(storages) == 1:
+        table.caption, table.caption_justify = f"storage: {storages[0]}", "left"
+    else:
+        table.add_column("storage", overflow="fold")
+    table.add_column("study", overflow="fold", min_width=10)
+    for c in ("trials", "complete", "failed", "running"):  # by state; pruned/waiting only in the total
+        table.add_column(c, justify="right", no_wrap=True)
+    table.add_column("target", no_wrap=True)
+    table.add_column("bound", justify="right", no_wrap=True)
+    table.add_column("best top-1", justify="right", no_wrap=True)
+    for r in rows:
+        best = "–" if r.best_top1 is None else f"{100 * r.best_top1:.2f}% #{r.best_trial}"
+        cells = [r.name, str(r.trials), str(r.complete), str(r.failed), str(r.running), r.target or "–",
+                 _compact(r.max_params) if r.max_params else "–", best]
+        table.add_row(*([] if len(storages) == 1 else [r.storage.removeprefix("sqlite:///")]), *cells)
+    console.print(table)
+    return 0
+
+
+def _compact(n: int) -> str:
+    """1000000 -> 1M, 2500000 -> 2.5M, 400000 -> 400k (a parameter bound at a glance)."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+# ----------------------------------------------------------------------------- show
+
+
+def _show(args: argparse.Namespace) -> int:
+    from qnas import report as R
+
+    study = R.open_study(args.study, args.storage)
+    target = R.study_target(study)
+    top = args.top if args.top or args.pareto else 10
+    trials = R.best_trials(study, top=top, pareto=args.pareto)
+    if args.json:
+        keys = ("arch", "params", "macs", "size_bytes", "bitops", "genome")
+        json.dump([{"number": t.number, **{k: t.user_attrs.get(k) for k in keys},
+                    **{k: v for k, v in t.user_attrs.items() if k.startswith(("top1_", "top5_"))}}
+                   for t in trials], sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    bound = study.user_attrs.get("max_params")
+    under = f" under {bound:,} params" if bound else ""
+    title = (f"Pareto front of {args.study!r} at {target}{under}" if args.pareto
+             else f"best {len(trials)} feasible trials of {args.study!r} by top-1 at {target}{under}")
+    Console().print(_trials_table(study, trials, target, title))
+    return 0
+
+
+def _trials_table(study, trials, target: str, title: str, short: bool = False) -> Table:
+    """Trials as a rich table; ``short`` (the report's terminal summary) keeps only target and FP32."""
+    from qnas import report as R
+
+    settings = R.settings_of(trials) or [target]
+    if short:
+        settings = [s for s in dict.fromkeys([target, "fp32"]) if s in settings]
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for c in ("trial", "params") if short else ("trial", "params", "MACs"):
+        table.add_column(c, justify="right", no_wrap=True)
+    for s in settings:
+        table.add_column(f"{s} *" if s == target else s, justify="right", no_wrap=True,
+                         style="bold" if s == target else None)
+    table.add_column("architecture", overflow="fold", min_width=24)
+    table.caption = "top-1 accuracy in %; * = the target setting" if trials else "no feasible scored trials yet"
+    table.caption_justify = "left"
+    for t in trials:
+        a = t.user_attrs
+        accs = [f"{100 * a[f'top1_{s}']:.2f}" if f"top1_{s}" in a else "–" for s in settings]
+        macs = [] if short else [f"{a.get('macs', 0) / 1e6:,.1f}M"]
+        table.add_row(str(t.number), f"{a['params']:,}", *macs, *accs, str(a.get("arch", "")))
+    return table
