@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from qnas.commands._args import param_count, positive_int
+from qnas.errors import QnasError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", default=None, metavar="PATH.pt", help="write the trained GHN as a predictor here")
+    p.add_argument("--export-only", action="store_true",
+                   help="write --export from the run's last checkpoint without training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -68,10 +72,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     for b in cfg.bits:
         QuantSpec.parse(b)  # one-line error for a bad setting before any work
+    if args.export_only and not args.export:
+        raise QnasError("--export-only needs --export PATH.pt")
+    if args.export_only and not (Path(args.out) / "last.pt").exists():
+        raise QnasError(f"no checkpoint {Path(args.out) / 'last.pt'} to export")
     trainer = Trainer(cfg, args.out, data_dir=args.data_dir, device=args.device)
+    if args.export_only:
+        path = export_predictor(trainer, args.export, name=Path(args.export).stem)
+        trainer.log(f"exported predictor {path} (step {trainer.step})")
+        return 0
     result = trainer.run(stop_after=args.stop_after, progress=not args.quiet)
     trainer.log(f"step {result['step']}/{cfg.steps}; checkpoint {trainer.out / 'last.pt'}")
     if args.export and trainer.rank == 0:
-        path = export_predictor(trainer, args.export, name=args.export.rsplit("/", 1)[-1].removesuffix(".pt"))
+        path = export_predictor(trainer, args.export, name=Path(args.export).stem)
         trainer.log(f"exported predictor {path}")
     return 130 if result["interrupted"] else 0

@@ -1,0 +1,86 @@
+"""GHN-QAT's open question on our data: float GHN vs per-bit QAT GHNs vs one bit-conditioned GHN.
+
+Every predictor is scored on the same held-out `id` architectures and the same test images, in
+GHN-Q's Table-1 layout (mean +- standard error; max, top-1), with the random-init floor beside them.
+Both BatchNorm protocols are reported for the shipped predictor: `batch` (GHN-Q: statistics of each
+test batch of 64, folded into the weights, tensorwise weight quantization) and `calibrated` (frozen
+statistics and ranges, as deployed).
+
+    python benchmarks/predictor_table.py --float runs/float.pt --w4a4 runs/qat-w4a4.pt \
+        --w2a2 runs/qat-w2a2.pt --conditioned fashion-mnist --n 40 --images 1000
+
+Last line: ``ratio_w4a4=<mean W4A4 / mean FP32 of the shipped predictor on id> ratio_w2a2=<...>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--float", dest="float_", default=None, help="float-trained GHN (GHN-Q)")
+    ap.add_argument("--w4a4", default=None, help="GHN-QAT finetuned at w4a4")
+    ap.add_argument("--w2a2", default=None, help="GHN-QAT finetuned at w2a2 (NoiseQuant)")
+    ap.add_argument("--conditioned", default="fashion-mnist", help="bit-conditioned GHN (the shipped one)")
+    ap.add_argument("--n", type=int, default=40, help="id-split architectures (default 40)")
+    ap.add_argument("--images", type=int, default=1000, help="test images (default 1000)")
+    ap.add_argument("--bn-stats", default="calibrated", choices=("batch", "calibrated"))
+    ap.add_argument("--also-batch", action="store_true", help="also score the shipped predictor with batch BN")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write all results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from qnas.data import load_dataset
+    from qnas.predictors import load_predictor
+    from qnas.predictors.evaluation import evaluate_predictor, format_cell
+
+    ds = load_dataset("fashion-mnist")
+    rows: list[tuple[str, str, dict]] = []
+    t0 = time.perf_counter()
+    columns = [("float GHN (GHN-Q)", args.float_), ("GHN-QAT w4a4", args.w4a4), ("GHN-QAT w2a2", args.w2a2),
+               ("bit-conditioned (shipped)", args.conditioned)]
+    shipped = None
+    floor = None
+    for label, name in columns:
+        if not name:
+            continue
+        pred = load_predictor(name, dataset="fashion-mnist")
+        res = evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=SETTINGS, bn_stats=args.bn_stats,
+                                 images=args.images, floor=floor is None)
+        if floor is None:
+            floor = {s: res["table"][s]["random"] for s in SETTINGS}
+        rows.append((label, args.bn_stats, res))
+        if name == args.conditioned:
+            shipped = res
+            if args.also_batch:
+                rows.append((label, "batch", evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=SETTINGS,
+                                                                bn_stats="batch", images=args.images, floor=False)))
+
+    header = f"{'predictor':28s} {'BN':10s} " + " ".join(f"{s:>22s}" for s in SETTINGS)
+    print(f"id split, first {args.n} architectures, {args.images} test images, top-1 mean ± sem; max")
+    print(header)
+    print(f"{'random init (floor)':28s} {args.bn_stats:10s} " + " ".join(f"{format_cell(floor[s]['top1']):>22s}"
+                                                                      for s in SETTINGS))
+    for label, bn, res in rows:
+        cells = [format_cell(res["table"][s]["id"]["top1"]) for s in SETTINGS]
+        print(f"{label:28s} {bn:10s} " + " ".join(f"{c:>22s}" for c in cells))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
+                                                        for lbl, bn, r in rows], "floor": floor}, indent=1))
+    if shipped is not None:
+        mean = {s: shipped["table"][s]["id"]["top1"]["mean"] for s in SETTINGS}
+        print(f"ratio_w4a4={mean['w4a4'] / mean['fp32']:.3f} ratio_w2a2={mean['w2a2'] / mean['fp32']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
