@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import re
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -131,7 +133,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # A worker that dies mid-trial is noticed by the others after the grace period; its trial
             # is marked failed and re-queued once (RetryHeartbeatStaleTrialCallback).
-            storage = RDBStorage(
+            storage = _rdb_storage(
                 url,
                 heartbeat_interval=30,
                 grace_period=120,
@@ -146,6 +148,26 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except Exception as exc:  # sqlalchemy/driver errors: unreachable host, bad credentials, missing driver
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QnasError(f"cannot open storage {redact(url)!r}: {first}") from None
+
+
+def _rdb_storage(url: str, **kwargs: Any) -> RDBStorage:
+    """RDBStorage, retried when workers started together race to create the tables of a fresh database.
+
+    PostgreSQL answers the loser's CREATE TABLE with a unique violation, SQLite with "table ... already
+    exists"; once the winner has committed, the tables exist and a retry only checks them. Other errors
+    (an unreachable server, bad credentials) fail at once.
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, **kwargs)
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
+            racing = not isinstance(exc, OperationalError) or "already exists" in str(exc)
+            if not racing or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def make_sampler(name: str, seed: int | None, population_size: int = 20) -> optuna.samplers.BaseSampler:
@@ -187,16 +209,18 @@ def create_or_continue(cfg: SearchConfig) -> optuna.Study:
     contract = {"target": cfg.target, "max_params": cfg.max_params, "space": cfg.space,
                 "dataset": cfg.dataset, "predictor": cfg.predictor}
     stored = {k: study.user_attrs.get(k) for k in _CONTRACT}
-    if all(v is None for v in stored.values()):
-        for k, v in contract.items():
+    # Compare only what is stored: workers starting together may see a contract half-written by another.
+    diff = ", ".join(f"{k}: study has {stored[k]!r}, asked {contract[k]!r}" for k in _CONTRACT
+                     if stored[k] is not None and stored[k] != contract[k])
+    if diff:
+        raise QnasError(f"study {cfg.study!r} was made with other settings ({diff}); use another --study name")
+    for k, v in contract.items():
+        if stored[k] is None:
             study.set_user_attr(k, v)
+    if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([f"top1_{cfg.target}", "params"])
-    elif stored != contract:
-        diff = ", ".join(f"{k}: study has {stored[k]!r}, asked {contract[k]!r}" for k in _CONTRACT
-                         if stored[k] != contract[k])
-        raise QnasError(f"study {cfg.study!r} was made with other settings ({diff}); use another --study name")
     return study
 
 
@@ -243,10 +267,12 @@ def run_search(
 ) -> SearchSummary:
     """Run ``cfg.trials`` more trials (or until ``cfg.timeout``) on the study ``cfg.study``.
 
-    Ctrl-C marks the running trial failed (Optuna's own handling) and returns with ``interrupted``.
+    Ctrl-C marks a trial being scored failed, lets a trial being stored finish (see :class:`_CtrlC`)
+    and returns with ``interrupted``; no trial is left RUNNING.
     """
     study = create_or_continue(cfg)
     summary = SearchSummary()
+    ctrl_c = _CtrlC()  # installed around optimize below
     # Architectures already scored in this study (by any worker), so duplicates are not rescored.
     cache: dict[str, dict[str, Any]] = {}
 
@@ -257,6 +283,8 @@ def run_search(
                 cache[arch] = {**t.user_attrs, "_number": t.number}
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
+        if ctrl_c.requested:  # Ctrl-C arrived while Optuna was creating this trial: fail it, stop
+            raise KeyboardInterrupt
         genome = space.suggest(trial)
         arch = space.to_string(genome)
         params = space.count_params(genome, input_shape, num_classes)
@@ -279,7 +307,13 @@ def run_search(
             attrs.update(metrics, scored_in_trial=hit["_number"], score_seconds=0.0)
         else:
             t0 = time.perf_counter()
-            metrics = scorer.score(genome)
+            ctrl_c.scoring = True
+            try:
+                if ctrl_c.requested:
+                    raise KeyboardInterrupt
+                metrics = scorer.score(genome)
+            finally:
+                ctrl_c.scoring = False
             dt = time.perf_counter() - t0
             summary.scored += 1
             summary.score_seconds += dt
@@ -295,16 +329,52 @@ def run_search(
         summary.trials_run += 1
         if on_trial is not None:
             on_trial(study, trial, summary)
+        if ctrl_c.requested:
+            study.stop()
 
     t0 = time.perf_counter()
     try:
-        study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[callback],
-                       catch=(), gc_after_trial=False)
+        with ctrl_c:
+            study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[callback],
+                           catch=(), gc_after_trial=False)
     except KeyboardInterrupt:
         summary.interrupted = True
+    summary.interrupted = summary.interrupted or ctrl_c.requested
     summary.seconds = time.perf_counter() - t0
     summary.pareto = pareto_front(study)
     return summary
+
+
+class _CtrlC:
+    """Ctrl-C that never leaves a trial RUNNING.
+
+    A KeyboardInterrupt inside Optuna's ask/tell (storage writes) would leave the trial RUNNING forever
+    (journal) or until the heartbeat grace period (RDB). So a first Ctrl-C interrupts at once only while
+    the scorer runs (pure computation; Optuna marks the trial failed); elsewhere it sets ``requested``,
+    the objective fails a trial started afterwards and the trial callback stops the study. A second
+    Ctrl-C interrupts wherever it lands. Installed only in the main thread over Python's default handler.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.scoring = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        interrupt_now = self.requested or self.scoring
+        self.requested = True
+        if interrupt_now:
+            raise KeyboardInterrupt
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 from rich.console import Console
@@ -100,12 +101,23 @@ def run(args: argparse.Namespace) -> int:
         progress.update(task, advance=1, rate=rate, front=len(front),
                         best="-" if best["acc"] is None else f"{100 * best['acc']:.1f}%")
 
-    with progress:
-        task = progress.add_task("search", total=trials, study=args.study, rate=0.0, front=0, target=target, best="-")
-        summary = run_search(cfg, scorer, space, scorer.input_shape, scorer.num_classes, on_trial=on_trial)
+    # Optuna logs a trial failed by Ctrl-C with the full traceback; the summary already says "interrupted".
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    optuna_log.addFilter(_drop_interrupt_traceback)
+    try:
+        with progress:
+            task = progress.add_task("search", total=trials, study=args.study, rate=0.0, front=0, target=target,
+                                     best="-")
+            summary = run_search(cfg, scorer, space, scorer.input_shape, scorer.num_classes, on_trial=on_trial)
+    finally:
+        optuna_log.removeFilter(_drop_interrupt_traceback)
 
     _print_summary(console, cfg, summary)
     return 130 if summary.interrupted else 0
+
+
+def _drop_interrupt_traceback(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
 def _print_summary(console: Console, cfg, summary) -> None:

@@ -1,0 +1,199 @@
+"""`qnas search` from the command line: a tiny real search (random GHN, 64 validation images), resume,
+one-line errors, two worker processes sharing one PostgreSQL study, and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from qnas.cli import main
+from qnas.search import SETTINGS, SearchConfig, load_study, run_search
+from search_spaces import convnets250k as S
+
+ROOT = Path(__file__).resolve().parents[1]
+# A cheap real search: untrained GHN, 64 images, small nets (about 40% of random candidates fit 2e5).
+TINY = ["--val-size", "64", "--predictor", "random", "--quiet"]
+BOUNDED = [*TINY, "--max-params", "2e5"]
+BOUND = 200_000
+ATTRS = ("arch", "genome", "params", "macs", "size_bytes", "bitops", "predictor", "predictor_version")
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Exit code, stdout, stderr of ``qnas ARGV``; argparse errors exit through SystemExit."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _env() -> dict[str, str]:
+    # One thread per worker: two torch processes with 2 threads each on 2 cores slow each other ~25x.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "qnas.cli", "search", *BOUNDED, *args], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _check_trial(t: FrozenTrial) -> None:
+    """A finished trial carries its whole record, and a feasible one its scores at every setting."""
+    assert t.state == TrialState.COMPLETE
+    assert all(k in t.user_attrs for k in ATTRS), sorted(t.user_attrs)
+    genome = S.from_string(t.user_attrs["arch"])
+    assert S.from_json(t.user_attrs["genome"]) == genome
+    assert t.user_attrs["params"] == S.count_params(genome)
+    assert t.constraints == {"params": t.user_attrs["params"] - BOUND}
+    if t.user_attrs.get("infeasible"):
+        assert t.user_attrs["params"] > BOUND and "top1_fp32" not in t.user_attrs
+        return
+    assert t.user_attrs["params"] <= BOUND
+    assert all(0.0 <= t.user_attrs[f"{k}_{s}"] <= 1.0 for s in SETTINGS for k in ("top1", "top5"))
+    assert t.values == [t.user_attrs["top1_w4a4"], t.user_attrs["params"]]
+    assert "score_seconds" in t.user_attrs
+
+
+def test_search_end_to_end_then_resume(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    rc, _, err = _cli(["search", *BOUNDED, "--trials", "3", "--seed", "1", "--storage", url, "--study", "cli"],
+                      capsys)
+    assert rc == 0, err
+    assert "3 trials in" in err
+    study = load_study("cli", url)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert study.metric_names == ["top1_w4a4", "params"]
+    assert study.user_attrs["max_params"] == BOUND and study.user_attrs["predictor"] == "random"
+
+    rc, _, err = _cli(["search", *BOUNDED, "--trials", "2", "--storage", url, "--study", "cli", "--sampler", "random",
+                       "--seed", "3"], capsys)
+    assert rc == 0, err
+    trials = load_study("cli", url).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    for t in trials:
+        _check_trial(t)
+    # Seeds chosen so that each run scores at least one candidate (seed 3 continues as 3 + 3 trials).
+    assert not trials[1].user_attrs.get("infeasible") and not trials[4].user_attrs.get("infeasible")
+
+    # Continuing under another bound would mix two searches: refused, one line, nothing added.
+    rc, _, err = _cli(["search", *TINY, "--max-params", "1e6", "--trials", "1", "--storage", url,
+                       "--study", "cli"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "other settings" in err and "max_params" in err
+    assert len(load_study("cli", url).trials) == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--bits", "3"], "--bits"),
+        (["--bits", "w9a9"], "--bits"),
+        (["--max-params", "-1"], "--max-params"),
+        (["--max-params", "abc"], "--max-params"),
+        (["--max-params", "0"], "--max-params"),
+        (["--trials", "0"], "--trials"),
+        (["--timeout", "-5"], "--timeout"),
+        (["--sampler", "cmaes"], "--sampler"),
+        (["--storage", "postgresql+psycopg2://u:secret@127.0.0.1:9/x"], "cannot open storage"),
+        (["--storage", "not-a-url"], "--storage"),
+        (["--space", "nope"], "unknown search space"),
+        (["--dataset", "nope"], "nope"),
+        (["--predictor", "nope"], "unknown predictor"),
+        (["--device", "cuda"], "--device"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default storage would be ./studies/qnas.db
+    base = ["search", "--trials", "1", "--val-size", "8", "--predictor", "random", "--quiet"]
+    if "--storage" not in args:
+        base += ["--storage", f"sqlite:///{tmp_path / 'b.db'}"]
+    rc, out, err = _cli([*base, *args], capsys)
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("qnas: error:"), err
+    assert needle in err and out == ""
+    assert "secret" not in err  # storage passwords are never printed
+
+
+def test_two_workers_share_one_postgres_study(postgres_url):
+    """Two processes on one study, started together: every trial recorded once, none left behind."""
+    study = "two-workers"
+    workers = [_spawn("--trials", "4", "--seed", str(seed), "--storage", postgres_url, "--study", study)
+               for seed in (11, 12)]
+    for w in workers:
+        _, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+        assert "4 trials in" in err
+    trials = load_study(study, postgres_url).trials
+    assert len(trials) == 8
+    assert sorted(t.number for t in trials) == list(range(8))
+    assert len({t._trial_id for t in trials}) == 8
+    for t in trials:
+        _check_trial(t)
+
+
+def test_ctrl_c_stops_and_leaves_the_study_consistent(tmp_path):
+    db = tmp_path / "i.db"
+    url = f"sqlite:///{db}"
+    proc = _spawn("--trials", "500", "--sampler", "random", "--storage", url, "--study", "int")
+    try:
+        deadline = time.monotonic() + 90
+        done: list[FrozenTrial] = []
+        while len(done) < 2:  # interrupt mid-search, after some trials have finished
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.2)
+            if db.exists():
+                try:
+                    done = load_study("int", url).get_trials(states=(TrialState.COMPLETE,))
+                except Exception:  # the worker is still creating the tables or the study
+                    continue
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    trials = load_study("int", url).trials
+    assert 2 <= len(trials) < 500
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # At most the trial being scored is failed; every finished one is intact, numbering has no gaps.
+    assert [t.state for t in trials].count(TrialState.FAIL) <= 1
+    assert [t.number for t in trials] == list(range(len(trials)))
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            _check_trial(t)
+
+
+class _ConstScorer:
+    name, version = "const", "0"
+
+    def score(self, genome) -> dict[str, float]:
+        return {f"{k}_{s}": 0.5 for s in SETTINGS for k in ("top1", "top5")}
+
+
+@pytest.mark.parametrize(("method", "state"), [("_create_new_trial", TrialState.FAIL),
+                                             ("set_trial_state_values", TrialState.COMPLETE)])
+def test_ctrl_c_during_a_storage_write_leaves_no_running_trial(method, state, tmp_path, monkeypatch):
+    """Ctrl-C inside Optuna's ask (_create_new_trial) or tell (set_trial_state_values) must not cut the write:
+    the trial is failed (ask) or completed (tell), never left RUNNING; the search stops, the handler is restored."""
+    original, sent = getattr(RDBStorage, method), []
+
+    def ctrl_c_then_write(self, *args, **kwargs):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler right here, before the write
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RDBStorage, method, ctrl_c_then_write)
+    cfg = SearchConfig(study="s", storage=f"sqlite:///{tmp_path / 's.db'}", trials=5, sampler="random")
+    summary = run_search(cfg, _ConstScorer(), S, (1, 28, 28), 10)
+    assert summary.interrupted and sent
+    assert [t.state for t in load_study("s", cfg.storage).trials] == [state]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
