@@ -30,7 +30,7 @@ SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 SAMPLERS = ("nsga2", "tpe", "random")
 DEFAULT_SAMPLER = "nsga2"
 # Study-level attributes that must match when a study is continued, so runs never silently mix.
-_CONTRACT = ("target", "max_params", "space", "dataset", "predictor")
+_CONTRACT = ("target", "max_params", "space", "dataset", "predictor", "protocol")
 
 
 class Scorer(Protocol):
@@ -56,6 +56,7 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     predictor: str = "fashion-mnist"
     population_size: int = 20
+    protocol: str = "calibrated/channel"  # how scores were measured: BN statistics / weight granularity
 
 
 @dataclass
@@ -207,7 +208,7 @@ def create_or_continue(cfg: SearchConfig) -> optuna.Study:
         load_if_exists=True,
     )
     contract = {"target": cfg.target, "max_params": cfg.max_params, "space": cfg.space,
-                "dataset": cfg.dataset, "predictor": cfg.predictor}
+                "dataset": cfg.dataset, "predictor": cfg.predictor, "protocol": cfg.protocol}
     stored = {k: study.user_attrs.get(k) for k in _CONTRACT}
     # Compare only what is stored: workers starting together may see a contract half-written by another.
     diff = ", ".join(f"{k}: study has {stored[k]!r}, asked {contract[k]!r}" for k in _CONTRACT

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from qnas.errors import QnasError
 
 CHECKPOINT = "last.pt"
+MAX_ARCH_LOSS = 20.0  # cross-entropy above this (chance is ~2.3) marks a diverged target network
 
 
 @dataclass(frozen=True)
@@ -312,10 +313,15 @@ class Trainer:
                                                 {"spec": training_spec(bits), "generator": self.noise})
             losses.append(F.cross_entropy(logits, y))
             correct += int((logits.argmax(1) == y).sum())
-        loss = torch.stack(losses).mean()
+        # An architecture whose quantized forward blew up (BN folded over a near-constant channel
+        # magnifies weight rounding error without bound) is left out of the mean instead of wrecking
+        # the step with a clipped but meaningless gradient; the step is skipped only if none is left.
+        keep = [loss for loss in losses if bool(torch.isfinite(loss.detach())) and float(loss.detach()) < MAX_ARCH_LOSS]
+        dropped = len(losses) - len(keep)
+        loss = torch.stack(keep).mean() if keep else torch.stack(losses).mean()
         self.opt.zero_grad(set_to_none=True)
-        # NaN or exploding losses skip the step on every rank (collectives must stay matched).
-        ok = _agree(bool(torch.isfinite(loss.detach())) and float(loss.detach()) < 1e3, self.world, every=True)
+        # Collectives must stay matched: every rank skips, or none does.
+        ok = _agree(bool(keep), self.world, every=True)
         if ok:
             loss.backward()
             params = [p for p in self.ghn.parameters() if p.requires_grad]
@@ -326,6 +332,7 @@ class Trainer:
             self.opt.step()
         self.step += 1
         return {"loss": float(loss.detach()), "acc": correct / (len(picks) * len(y)), "skipped": float(not ok),
+                "dropped": float(dropped),
                 "nodes": float(sum(gr.num_nodes for gr in graphs))}
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -403,7 +410,8 @@ class Trainer:
             return
         _append_csv(self.out / "train_log.csv", {
             "step": self.step, "loss": round(m["loss"], 5), "acc": round(m["acc"], 4),
-            "lr": lr_at(self.cfg, self.step - 1), "skipped": int(m["skipped"]), "nodes": int(m["nodes"]),
+            "lr": lr_at(self.cfg, self.step - 1), "skipped": int(m["skipped"]), "dropped": int(m["dropped"]),
+            "nodes": int(m["nodes"]),
             "seconds": round(seconds, 3), "elapsed": round(self.elapsed, 1)})
         if m["skipped"]:
             self.log(f"step {self.step}: skipped (loss {m['loss']:.3g})")

@@ -56,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-stats", choices=("batch", "calibrated"), default=None,
                    help="BatchNorm statistics when scoring: calibrated (frozen, deployable; the default) or batch "
                    "(per test batch of 64, the GHN-Q protocol)")
+    p.add_argument("--granularity", choices=("channel", "tensor"), default="channel",
+                   help="weight quantization scales: per output channel (default; what int8 runtimes deploy) or "
+                   "per tensor (GHN-Q's protocol)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run)
@@ -74,13 +77,13 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     scorer = make_scorer(
         space=space, dataset=args.dataset, data_dir=args.data_dir, predictor=args.predictor,
-        val_size=args.val_size, bn_stats=args.bn_stats, device=args.device,
+        val_size=args.val_size, bn_stats=args.bn_stats, granularity=args.granularity, device=args.device,
     )
     trials = args.trials if args.trials or args.timeout else 50
     cfg = SearchConfig(
         study=args.study, target=target, max_params=args.max_params, trials=trials, timeout=args.timeout,
         storage=args.storage, sampler=args.sampler, seed=args.seed, space=args.space, dataset=args.dataset,
-        predictor=scorer.name, population_size=args.population,
+        predictor=scorer.name, population_size=args.population, protocol=scorer.protocol,
     )
     progress = Progress(
         TextColumn("[bold]search[/] {task.fields[study]}"), BarColumn(), MofNCompleteColumn(),
