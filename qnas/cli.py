@@ -15,7 +15,7 @@ from qnas import __version__
 from qnas.errors import QnasError
 
 # Command modules under qnas/commands, in the order `qnas --help` lists them.
-_COMMANDS = ("space", "data", "score", "search", "report", "predictor", "train")
+_COMMANDS = ("space", "data", "score", "search", "report", "predictor", "train", "finetune")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -21,12 +21,11 @@ from __future__ import annotations
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import networkx as nx
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from qnas.errors import QnasError
 
@@ -55,7 +54,7 @@ _CAT_FUNCS = {torch.cat, torch.concat}
 _MEAN_FUNCS = {torch.mean}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: holds tensors; graphs compare by identity
 class ArchGraph:
     """A module's computational graph; node 0 is the input and node order is topological.
 
@@ -171,28 +170,22 @@ class _Builder:
         return v
 
 
-def _trace(module: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+def _trace(module: nn.Module) -> fx.GraphModule:
     try:
-        gm = fx.symbolic_trace(module)
+        return fx.symbolic_trace(module)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...) for dynamic code
         raise QnasError(f"torch.fx cannot trace {type(module).__name__}: {exc}".splitlines()[0]) from None
-    # Batch 2 in eval mode: BN after global pooling fails on batch 1 in train mode (GHN-2 pitfall).
-    was_training = module.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
-    except Exception as exc:
-        msg = f"{type(module).__name__} fails on inputs of shape {input_shape}: {exc}".splitlines()[0]
-        raise QnasError(msg) from None
-    finally:
-        gm.train(was_training)
-    return gm
 
 
-def _is_tensor(node: object) -> bool:
-    return isinstance(node, fx.Node) and isinstance(node.meta.get("tensor_meta"), object) and hasattr(
-        node.meta.get("tensor_meta"), "shape"
+# Ops whose results are sizes, not tensors: `x.view(x.size(0), -1)` must not wire x twice, and
+# `x + x.shape[0]` is no residual add. (No ShapeProp: running the net costs 30-100 ms per graph.)
+_SCALAR_METHODS = {"size", "dim", "numel", "__len__"}
+_SCALAR_FUNCS = {getattr, len}
+
+
+def _is_scalar(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in _SCALAR_METHODS) or (
+        node.op == "call_function" and node.target in _SCALAR_FUNCS
     )
 
 
@@ -216,7 +209,7 @@ def _is_global(output_size) -> bool:
     return output_size is not None and _pair(output_size) == (1, 1)
 
 
-def _classify_module(mod: nn.Module, target: str) -> tuple[str, tuple[int, ...]] | None:
+def _classify_module(mod: nn.Module) -> tuple[str, tuple[int, ...]] | None:
     """(op, shape) for a parameter-free module the vocabulary names, or None (transparent)."""
     if isinstance(mod, nn.MaxPool2d):
         return "max_pool", (1, 1, *_pair(mod.kernel_size))
@@ -229,22 +222,22 @@ def _classify_module(mod: nn.Module, target: str) -> tuple[str, tuple[int, ...]]
     return None
 
 
-def _spatial_mean(node: fx.Node, x: fx.Node) -> bool:
-    """Whether a mean reduces exactly the two spatial dims of a 4-D tensor (global pooling)."""
-    meta = x.meta.get("tensor_meta")
+def _spatial_mean(node: fx.Node) -> bool:
+    """Whether a mean reduces dims (2, 3) of an NCHW tensor, i.e. global average pooling."""
     dims = _arg(node, 1, "dim")
-    if meta is None or len(meta.shape) != 4 or dims is None:
+    if dims is None:
         return False
     dims = dims if isinstance(dims, (tuple, list)) else (dims,)
-    return sorted(int(d) % 4 for d in dims) == [2, 3]
+    return all(isinstance(d, int) for d in dims) and sorted(d % 4 for d in dims) == [2, 3]
 
 
-def _classify_function(node: fx.Node) -> tuple[str, tuple[int, ...]] | None:
-    fn, tensors = node.target, [a for a in _node_args(node) if _is_tensor(a)]
-    method = node.op == "call_method"
-    if (fn in _ADD_FUNCS or (method and fn in ("add", "add_"))) and len(tensors) >= 2:
+def _classify_function(node: fx.Node, n_tensors: int) -> tuple[str, tuple[int, ...]] | None:
+    """(op, shape) for a function/method the vocabulary names, or None; ``n_tensors`` counts the
+    arguments that carry graph nodes."""
+    fn, method = node.target, node.op == "call_method"
+    if (fn in _ADD_FUNCS or (method and fn in ("add", "add_"))) and n_tensors >= 2:
         return "add", ()
-    if fn in _CAT_FUNCS and len(tensors) >= 2:
+    if fn in _CAT_FUNCS and n_tensors >= 2:
         return "concat", ()
     if fn is torch.nn.functional.max_pool2d:
         return "max_pool", (1, 1, *_pair(_arg(node, 1, "kernel_size")))
@@ -254,13 +247,13 @@ def _classify_function(node: fx.Node) -> tuple[str, tuple[int, ...]] | None:
         return ("glob_avg", ()) if _is_global(_arg(node, 1, "output_size")) else ("avg_pool", ())
     if fn is torch.nn.functional.adaptive_max_pool2d:
         return "max_pool", ()
-    if (fn in _MEAN_FUNCS or (method and fn == "mean")) and tensors and _spatial_mean(node, tensors[0]):
+    if (fn in _MEAN_FUNCS or (method and fn == "mean")) and _spatial_mean(node):
         return "glob_avg", ()
     return None
 
 
 def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchGraph:
-    gm = _trace(module, input_shape)
+    gm = _trace(module)
     modules = dict(gm.named_modules())
     b = _Builder()
     frontier: dict[fx.Node, set[int]] = {}  # fx node -> graph nodes whose values it carries
@@ -273,8 +266,11 @@ def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchG
 
     for node in gm.graph.nodes:
         preds: set[int] = set()
+        n_tensors = 0
         for a in _node_args(node):
-            preds |= frontier.get(a, set())
+            carried = frontier.get(a, set())
+            preds |= carried
+            n_tensors += bool(carried)
         if node.op == "placeholder":
             frontier[node] = {b.add("input", set(), node.name)}
         elif node.op == "get_attr":
@@ -292,12 +288,24 @@ def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchG
                 raise QnasError(f"layer {target!r} is called more than once; shared parameters are not supported")
             used.add(target)
             frontier[node] = _module_nodes(b, mod, target, preds, module_of)
+        elif _is_scalar(node):
+            frontier[node] = set()
         elif node.op in ("call_function", "call_method"):
-            kind = _classify_function(node)
+            kind = _classify_function(node, n_tensors)
+            # An add/concat of one value with itself (x + x) is no junction of two branches.
+            if kind and kind[0] in ("add", "concat") and len(preds) < 2:
+                kind = None
             frontier[node] = {b.add(kind[0], preds, node.name, kind[1])} if kind else preds
         elif node.op == "output":
             outputs = preds
 
+    for u, v in b.edges:  # the stem must match the data; catches a checkpoint/dataset mismatch early
+        if u == 0 and b.ops[v] in ("conv", "group_conv", "dil_conv"):
+            cin = b.shapes[v][1] * b.groups[v]
+            if cin != input_shape[0]:
+                raise QnasError(
+                    f"layer {b.labels[v]!r} expects {cin} input channels, but inputs have shape {input_shape}"
+                )
     named = dict(module.named_parameters())
     mapped = {p for names in b.params for p in names}
     unused = [n for n in named if n not in mapped]
@@ -327,7 +335,7 @@ def _module_nodes(b: _Builder, mod: nn.Module, target: str, preds: set[int], mod
             "layers can have their parameters predicted"
         )
     else:
-        kind = _classify_module(mod, target)
+        kind = _classify_module(mod)
         return {b.add(kind[0], preds, target, kind[1])} if kind else preds
     module_of[v] = target
     if mod.bias is not None:
@@ -386,21 +394,21 @@ def _freeze(b: _Builder, classifier: set[int], s_max: int, input_shape: tuple[in
 # ----------------------------------------------------------------------------- batching
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LevelStep:
     """One step of a sweep: update ``nodes`` from messages along edges ``src -> nodes[dst]``.
 
-    ``real`` is 1.0 on real edges (distance 1) and 0.0 otherwise; ``inv_dist`` is 1/distance.
+    ``coef[e]`` is ``(1 if the edge is real else 0, 1 / distance)``: the weights of the two
+    message MLPs (real-edge and virtual-edge) on edge ``e``.
     """
 
     nodes: torch.Tensor
     src: torch.Tensor
     dst: torch.Tensor
-    real: torch.Tensor
-    inv_dist: torch.Tensor
+    coef: torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GraphBatch:
     """Many graphs as one disjoint union; nodes of graph ``g`` are ``offsets[g]:offsets[g+1]``."""
 
@@ -415,6 +423,20 @@ class GraphBatch:
     @property
     def num_nodes(self) -> int:
         return self.offsets[-1]
+
+    def to(self, device: torch.device | str) -> GraphBatch:
+        """The same batch with its index tensors on ``device`` (for a GHN on a GPU)."""
+        def move(steps: tuple[LevelStep, ...]) -> tuple[LevelStep, ...]:
+            return tuple(LevelStep(*(t.to(device) for t in (getattr(s, f.name) for f in fields(s)))) for s in steps)
+
+        return replace(
+            self,
+            op_index=self.op_index.to(device),
+            shapes=self.shapes.to(device),
+            node_graph=self.node_graph.to(device),
+            forward_steps=move(self.forward_steps),
+            backward_steps=move(self.backward_steps),
+        )
 
 
 def _shape4(shape: tuple[int, ...]) -> list[int]:
@@ -434,12 +456,10 @@ def _steps(levels: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, dist: tor
     e_order = torch.argsort(edge_level, stable=True)
     e_counts = torch.bincount(edge_level, minlength=len(counts)).tolist()
     src, dst, dist = src[e_order], pos[dst[e_order]], dist[e_order].to(torch.float32)
-    real, inv = (dist == 1).to(torch.float32), 1.0 / dist
+    coef = torch.stack([(dist == 1).to(torch.float32), 1.0 / dist], 1)
     return tuple(
         LevelStep(*parts)
-        for parts in zip(
-            order.split(counts), src.split(e_counts), dst.split(e_counts), real.split(e_counts), inv.split(e_counts)
-        )
+        for parts in zip(order.split(counts), src.split(e_counts), dst.split(e_counts), coef.split(e_counts))
     )
 
 

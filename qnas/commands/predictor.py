@@ -1,5 +1,125 @@
-"""Placeholder until this command group lands."""
+"""`qnas eval-predictor`: GHN-Q's Table 1 for a predictor on the held-out architecture splits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from qnas.commands._args import non_negative_int
+from qnas.errors import QnasError
+
+DEFAULT_SETTINGS = "fp32,w8a8,w4a8,w4a4,w2a2"
 
 
-def add_parser(subparsers) -> None:  # noqa: ARG001
-    return None
+def _splits(text: str) -> list[str]:
+    from qnas.predictors.evaluation import SPLITS
+
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in SPLITS]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"expected splits from {','.join(SPLITS)}, got {text!r}")
+    if len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"split given twice in {text!r}")
+    return items
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval-predictor",
+        help="accuracy of GHN-predicted parameters on the held-out splits (GHN-Q Table 1)",
+        description="Predict the parameters of the held-out architectures of each split (id, deep, wide, "
+        "bn_free), evaluate them at every bit setting on a fixed subset of the test set, and print GHN-Q's "
+        "Table 1: rows are settings (top-1 and top-5), columns splits, cells 'mean ± standard error; max' in "
+        "percent. The 'random' column evaluates the same architectures with PyTorch's default "
+        "initialization, the floor a predictor must beat.",
+    )
+    p.add_argument("--predictor", metavar="P",
+                   help="shipped predictor name, checkpoint path or 'random' (default: the shipped predictor "
+                   "for --dataset)")
+    p.add_argument("--dataset", default="fashion-mnist", metavar="NAME", help="dataset (default fashion-mnist)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory searched first for the dataset files")
+    p.add_argument("--splits", type=_splits, default=["id", "deep", "wide", "bn_free"],
+                   help="comma-separated splits (default id,deep,wide,bn_free)")
+    p.add_argument("--n", type=non_negative_int, default=0,
+                   help="architectures per split, the first N in committed order (default 0: all)")
+    p.add_argument("--bits", default=DEFAULT_SETTINGS, metavar="SETTINGS",
+                   help=f"comma-separated settings (default {DEFAULT_SETTINGS})")
+    p.add_argument("--bn-stats", choices=("batch", "calibrated"),
+                   help="BatchNorm statistics: per test batch of 64 (GHN-Q) or calibrated once "
+                   "(default: the scoring default)")
+    p.add_argument("--images", type=non_negative_int, default=1000,
+                   help="test images, a fixed subset (default 1000; 0: the full test set, as GHN-Q)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate random initialization as the floor column (default on)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-init floor and noise (default 0)")
+    p.add_argument("--json", action="store_true", help="print the table and per-architecture results as JSON")
+    p.set_defaults(func=_eval_predictor)
+
+
+def _eval_predictor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from qnas.data import dataset_info, load_dataset
+    from qnas.predictors import default_predictor, load_predictor
+    from qnas.predictors.evaluation import evaluate_predictor
+    from qnas.quant import parse_specs
+    from search_spaces import get_space
+
+    info = dataset_info(args.dataset)
+    name = args.predictor or default_predictor(args.dataset)
+    if name is None:
+        raise QnasError(f"no shipped predictor for {args.dataset}; pass --predictor PATH.pt or --predictor random")
+    predictor = load_predictor(name, dataset=args.dataset, input_shape=info.input_shape,
+                               num_classes=info.num_classes, seed=args.seed)
+    parse_specs(args.bits)  # bad settings fail before the dataset is read
+    ds = load_dataset(args.dataset, data_dir=args.data_dir)
+    space = get_space(predictor.header.search_space)
+    total = sum(len(space.load_split(s)[: args.n or None]) for s in args.splits)
+    progress = Progress(TextColumn("[bold]eval-predictor[/] {task.fields[split]}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
+    with progress:
+        task = progress.add_task("eval", total=total, split="")
+        result = evaluate_predictor(
+            predictor, ds, splits=args.splits, n=args.n or None, settings=args.bits, bn_stats=args.bn_stats,
+            images=args.images or None, floor=args.floor, seed=args.seed,
+            on_arch=lambda split, arch: progress.update(task, advance=1, split=split),
+        )
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    console = Console()
+    if not console.is_terminal:  # piped: rich would wrap to 80 columns and split every cell
+        console = Console(width=200)
+    console.print(_table(result))
+    return 0
+
+
+def _table(result: dict[str, Any]):
+    from rich.table import Table
+
+    from qnas.predictors.evaluation import RANDOM_COLUMN, SPLIT_TITLES, format_cell
+
+    pred = result["predictor"]
+    columns = [*result["splits"]]
+    if any(RANDOM_COLUMN in row for row in result["table"].values()):
+        columns.append(RANDOM_COLUMN)
+    counts = {c: next(iter(result["table"].values()))[c]["top1"]["n"] for c in columns}
+    title = (f"predictor {pred['name']} ({pred['train_steps']} training steps) on {result['dataset']}: "
+             f"{result['test_images']} test images, BN {result['bn_stats']}")
+    table = Table(title=title, caption="mean ± standard error; max, accuracy in % over architectures")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
+    for c in columns:
+        label = "random init" if c == RANDOM_COLUMN else SPLIT_TITLES.get(c, c)
+        table.add_column(f"{label} (n={counts[c]})", justify="right", no_wrap=True)
+    for setting, row in result["table"].items():
+        for metric in ("top1", "top5"):
+            table.add_row(setting if metric == "top1" else "", "top-1" if metric == "top1" else "top-5",
+                          *(format_cell(row.get(c, {}).get(metric)) for c in columns),
+                          end_section=metric == "top5")
+    return table

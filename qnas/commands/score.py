@@ -1,5 +1,132 @@
-"""Placeholder until this command group lands."""
+"""`qnas score`: accuracy of one architecture at several quantization settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from qnas.commands._args import positive_int
+
+_BN_HELP = ("BatchNorm statistics and activation ranges: 'calibrated' = measured once per setting on the "
+            "first --calib-size images in the network quantized at that setting, then frozen (a deployable "
+            "int8 network, batch-independent, fast); 'batch' = recomputed on every test batch of "
+            "--batch-size (GHN-Q's protocol)")
 
 
-def add_parser(subparsers) -> None:  # noqa: ARG001
-    return None
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from qnas.quant import DEFAULT_SETTINGS
+    from qnas.score import BN_MODES, DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
+
+    p = subparsers.add_parser(
+        "score",
+        help="accuracy of one architecture at FP32, W8A8, W4A8, W4A4, W2A2",
+        description="Build an architecture of the search space, give it parameters (--init) and measure "
+        "top-1/top-5 on a fixed validation subset with fake quantization: weights with BatchNorm folded "
+        "and activations quantized tensorwise, asymmetric, uniform, min/max ranges (GHN-Q).",
+    )
+    p.add_argument("--arch", required=True, metavar="ARCH",
+                   help="architecture string (as printed by `qnas space sample`) or genome JSON")
+    p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
+    p.add_argument("--dataset", default="fashion-mnist", help="dataset name (default fashion-mnist)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory searched first for the dataset")
+    p.add_argument("--init", default="random", metavar="SOURCE",
+                   help="where parameters come from: 'random' (seeded PyTorch init) or 'trained:EPOCHS' "
+                   "(the reference SGD trainer, FP32) (default random)")
+    p.add_argument("--bits", default=",".join(DEFAULT_SETTINGS), metavar="LIST",
+                   help="comma-separated settings: fp32 or wXaY with X, Y in 2..8, optional suffixes -noise, "
+                   f"-channel, -fl8 (default {','.join(DEFAULT_SETTINGS)})")
+    p.add_argument("--bn-stats", choices=BN_MODES, default=DEFAULT_BN_STATS,
+                   help=f"{_BN_HELP} (default {DEFAULT_BN_STATS})")
+    p.add_argument("--val-size", type=positive_int, default=1000,
+                   help="validation images, a fixed subset for a given --seed (default 1000)")
+    p.add_argument("--calib-size", type=positive_int, default=DEFAULT_CALIB_SIZE,
+                   help=f"calibration images for --bn-stats calibrated (default {DEFAULT_CALIB_SIZE})")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch size (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, training and subset (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
+    p.set_defaults(func=_score)
+
+
+def _score(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from qnas import data
+    from qnas.quant import parse_specs
+    from qnas.score import evaluate
+    from search_spaces import get_space
+
+    specs = parse_specs(args.bits)  # bad input fails before any work
+    space = get_space(args.space)
+    genome = space.parse(args.arch)
+    info = data.dataset_info(args.dataset)
+    ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        module = space.build(genome, info.input_shape, info.num_classes)
+    err = Console(stderr=True)
+    start = time.perf_counter()
+    params = _init(module, args, ds, err)
+    init_seconds = time.perf_counter() - start
+    x, y = data.val_subset(ds, args.val_size, seed=args.seed)
+    start = time.perf_counter()
+    with err.status(f"scoring at {', '.join(s.name for s in specs)}", spinner="dots"):
+        acc = evaluate(module, params, x, y, specs, bn_stats=args.bn_stats, batch_size=args.batch_size,
+                       calib_size=args.calib_size, seed=args.seed)
+    record = {
+        "arch": space.to_string(genome),
+        "space": args.space,
+        "dataset": args.dataset,
+        "params": space.count_params(genome, info.input_shape, info.num_classes),
+        "macs": space.count_macs(genome, info.input_shape, info.num_classes),
+        "init": args.init,
+        "bn_stats": args.bn_stats,
+        "val_size": args.val_size,
+        "calib_size": args.calib_size if args.bn_stats == "calibrated" else None,
+        "seed": args.seed,
+        "accuracy": acc,
+        "seconds": {"init": round(init_seconds, 3), "score": round(time.perf_counter() - start, 3)},
+    }
+    if args.json:
+        json.dump(record, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        _print(record)
+    return 0
+
+
+def _init(module: Any, args: argparse.Namespace, ds: Any, err: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from qnas.score import init_params
+
+    if not args.init.startswith("trained"):
+        return init_params(module, args.init, dataset=ds, seed=args.seed)
+    columns = (TextColumn(f"training ({args.init})"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("train", total=None)
+        return init_params(module, args.init, dataset=ds, seed=args.seed,
+                           progress=lambda step, total: bar.update(task, completed=step, total=total))
+
+
+def _print(record: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    acc = record["accuracy"]
+    ref = acc.get("fp32", {}).get("top1")
+    table = Table(title=f"{record['arch']}\n{record['params']:,} params, {record['macs']:,} MACs",
+                  caption=f"{record['dataset']}, {record['val_size']} validation images (seed {record['seed']}), "
+                  f"init {record['init']}, BN {record['bn_stats']}, {record['seconds']['score']:.1f} s")
+    for col in ("setting", "top-1 %", "top-5 %") + (("top-1 vs fp32",) if ref is not None else ()):
+        table.add_column(col, justify="right" if col != "setting" else "left")
+    for name, a in acc.items():
+        row = [name, f"{100 * a['top1']:.2f}", f"{100 * a['top5']:.2f}"]
+        if ref is not None:
+            row.append("" if name == "fp32" else f"{100 * (a['top1'] - ref):+.2f}")
+        table.add_row(*row)
+    Console().print(table)

@@ -1,0 +1,229 @@
+"""`qnas finetune` (FAQ on chosen candidates of a study) and `qnas export` (deployable model directories)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qnas.commands._args import positive_int
+
+_STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qnas search` writes)"
+
+
+def _trial_list(text: str) -> list[int]:
+    try:
+        numbers = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected trial numbers like 3,7, got {text!r}") from None
+    if not numbers or any(n < 0 for n in numbers):
+        raise argparse.ArgumentTypeError(f"expected trial numbers like 3,7, got {text!r}")
+    return numbers
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from qnas.finetune import FAQConfig
+
+    d = FAQConfig()
+    f = subparsers.add_parser(
+        "finetune",
+        help="FAQ-finetune chosen candidates of a study at a bit setting, from GHN-predicted parameters",
+        description="Quantized finetuning after FAQ (McKinstry et al.): start from the predictor's parameters, "
+        "calibrate activation ranges on a few batches (99.99th/99.9th percentile) and freeze them, clip "
+        "weights at a multiple of their std, keep first/last layer at 8 bits, train with fake quantization "
+        "(STE) by SGD with momentum and an exponential decay to 1e-6, re-estimate BatchNorm statistics. "
+        "Writes studies/NAME/finetune/<trial>.json (accuracy before/after at fp32 and the setting on the test "
+        "set, history) and <trial>-<setting>.safetensors; an interrupted candidate resumes from its last "
+        "epoch. Defaults fit a CPU: "
+        f"{d.epochs} epochs over {d.train_size:,} training images, batch {d.batch_size}, lr {d.lr}.",
+    )
+    f.add_argument("--study", required=True, help="study name (as given to `qnas search --study`)")
+    f.add_argument("--storage", help=_STORAGE_HELP)
+    pick = f.add_mutually_exclusive_group()
+    pick.add_argument("--trials", type=_trial_list, help="trial numbers, e.g. 3,7")
+    pick.add_argument("--top-k", type=positive_int, default=None,
+                      help="the K most accurate distinct candidates of the Pareto front (default 3)")
+    f.add_argument("--bits", default=None, help="setting: 8, 4, 2 (wBaB) or a name like w4a8 (default: the "
+                   "study's target)")
+    f.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    f.add_argument("--train-size", type=positive_int, default=d.train_size,
+                   help=f"training images per epoch, a fixed random subset (default {d.train_size:,}; the "
+                   "training split has 55,000)")
+    f.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
+    f.add_argument("--lr", type=_positive_float, default=d.lr,
+                   help=f"initial learning rate, decayed exponentially to {d.final_lr:g} (default {d.lr})")
+    f.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"on conv/linear weights (default {d.weight_decay:g})")
+    f.add_argument("--init", choices=("ghn", "random"), default="ghn",
+                   help="start from the predictor's parameters (default) or PyTorch's random init")
+    f.add_argument("--predictor", default=None,
+                   help="GHN name or checkpoint for --init ghn (default: the study's predictor, else the shipped one)")
+    f.add_argument("--no-first-last-8bit", action="store_true", help="quantize first/last layer at the setting too")
+    f.add_argument("--freeze-bn-at", type=float, default=d.freeze_bn_at, metavar="FRACTION",
+                   help="train the first FRACTION of the steps with BatchNorm on batch statistics, then freeze "
+                   "(default 0: frozen from the start, best from GHN-predicted parameters; 0.5 helps --init random)")
+    f.add_argument("--test-size", type=positive_int, default=None, help="test images for before/after (default all)")
+    f.add_argument("--data-dir", default=None, help="where the dataset files are (default: standard places)")
+    f.add_argument("--out-root", type=Path, default=Path("studies"), help="results go to OUT_ROOT/NAME/finetune "
+                   "(default studies)")
+    f.add_argument("--restart", action="store_true", help="redo candidates already finetuned at this setting and "
+                   "ignore their checkpoints")
+    f.add_argument("--seed", type=int, default=0, help="data order and subset (default 0)")
+    f.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    f.add_argument("--quiet", action="store_true", help="no progress display")
+    f.set_defaults(func=_finetune)
+
+    e = subparsers.add_parser(
+        "export",
+        help="export trials as model directories: weights, quant params, ONNX float/int8 QDQ/low-bit QCDQ",
+        description="Write, per model, arch.json, model.safetensors, quant.json (scale and zero point of every "
+        "quantized tensor), model.onnx (float, BatchNorm folded), model_int8_qdq.onnx and, below 8 bits, "
+        "model_wXaX_qcdq.onnx (QuantizeLinear -> Clip -> DequantizeLinear), and a README.md model card. Uses "
+        "the FAQ-finetuned weights of `qnas finetune` when present, else the predictor's parameters. Every "
+        "ONNX file is run in onnxruntime on test images and compared with the PyTorch fake-quant model; a "
+        "mismatch exits with 1. --trial writes to OUT; --pareto writes OUT/trial-N per Pareto trial.",
+    )
+    e.add_argument("--study", required=True, help="study name")
+    e.add_argument("--storage", help=_STORAGE_HELP)
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial number")
+    which.add_argument("--pareto", action="store_true", help="every trial of the Pareto front")
+    e.add_argument("--out", required=True, type=Path, help="output directory")
+    e.add_argument("--bits", default=None, help="low-bit ONNX setting: 8, 4, 2 or e.g. w4a8 (default: the finetuned "
+                   "setting, else the study's target)")
+    e.add_argument("--force", action="store_true", help="overwrite an existing export")
+    e.add_argument("--predictor", default=None, help="GHN for trials that were not finetuned (default: the study's)")
+    e.add_argument("--verify-size", type=positive_int, default=1000, help="test images for the ONNX check "
+                   "(default 1000)")
+    e.add_argument("--test-size", type=positive_int, default=None, help="test images for the model card (default all)")
+    e.add_argument("--data-dir", default=None, help="where the dataset files are")
+    e.add_argument("--out-root", type=Path, default=Path("studies"), help="where `qnas finetune` wrote its results "
+                   "(default studies)")
+    e.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    e.set_defaults(func=_export)
+
+
+def _open(args: argparse.Namespace):
+    import optuna
+
+    from qnas.data import load_dataset
+    from qnas.search import load_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(args.study, args.storage)
+    dataset = load_dataset(study.user_attrs.get("dataset", "fashion-mnist"), args.data_dir)
+    return study, dataset
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from qnas.finetune import FAQConfig, Hooks, choose_trials, finetune_trial, resolve_predictor
+    from qnas.search import parse_target
+
+    console = Console(stderr=True)
+    study, dataset = _open(args)
+    setting = parse_target(args.bits) if args.bits else study.user_attrs.get("target", "w4a4")
+    config = FAQConfig(setting=setting, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       weight_decay=args.weight_decay, first_last_8bit=not args.no_first_last_8bit,
+                       train_size=args.train_size, freeze_bn_at=args.freeze_bn_at, seed=args.seed)
+    trials = choose_trials(study, args.trials, args.top_k)
+    predictor = resolve_predictor(args.predictor, study, dataset.info) if args.init == "ghn" else None
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+                        disable=args.quiet)
+    runs = []
+    with progress:
+        for t in trials:
+            task = progress.add_task(f"trial {t.number} {setting}", total=None, status="starting")
+            hooks = Hooks(
+                on_phase=lambda text, task=task: progress.update(task, status=text),
+                on_step=lambda done, total, loss, task=task: progress.update(
+                    task, completed=done, total=total, status=f"loss {loss:.3f}"),
+            )
+            run = finetune_trial(study, t, config=config, dataset=dataset, init=args.init, predictor=predictor,
+                                 root=args.out_root, test_size=args.test_size, restart=args.restart, hooks=hooks)
+            progress.update(task, status="already done (--restart to redo)" if run.get("skipped") else "done")
+            runs.append({"trial": t.number, "arch": t.user_attrs.get("arch"), **run})
+    if args.json:
+        keep = ("trial", "arch", "setting", "init", "before", "after", "seconds", "weights", "bn_reestimated",
+                "skipped")
+        print(json.dumps([{k: r[k] for k in keep if k in r} for r in runs], indent=1))
+        return 0
+    table = Table(title=f"FAQ finetuning at {setting} (top-1 on {runs[0]['test_images'] if runs else 0} test images)")
+    for col in ("trial", "fp32 before", "fp32 after", f"{setting} before", f"{setting} after", "s", "architecture"):
+        table.add_column(col, overflow="fold")
+    for r in runs:
+        cells = (f"{100 * r[w][k]:.1f}%" for k in ("fp32", setting) for w in ("before", "after"))
+        table.add_row(str(r["trial"]), *cells, f"{r['seconds']:.0f}", str(r["arch"]))
+    console.print(table)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from qnas.errors import QnasError
+    from qnas.export import VerificationError, export_trial
+    from qnas.finetune import resolve_predictor, study_trial
+    from qnas.search import pareto_front, parse_target
+
+    console = Console(stderr=True)
+    study, dataset = _open(args)
+    bits = parse_target(args.bits) if args.bits else None
+    if args.pareto:
+        trials = pareto_front(study)
+        if not trials:
+            raise QnasError(f"study {args.study!r} has no completed feasible trials")
+        targets = [(t, args.out / f"trial-{t.number}") for t in trials]
+    else:
+        targets = [(study_trial(study, args.trial), args.out)]
+    for _, out in targets:  # refuse before any work, so an export is never half-replaced
+        if out.is_dir() and any(out.iterdir()) and not args.force:
+            raise QnasError(f"{str(out)!r} is not empty; pass --force to overwrite the exported files there")
+    predictor = None
+    try:
+        predictor = resolve_predictor(args.predictor, study, dataset.info)
+    except QnasError:
+        if args.predictor:
+            raise
+    results = []
+    try:
+        for t, out in targets:
+            with console.status(f"exporting trial {t.number} to {out}"):
+                results.append((t, export_trial(study, t, out, dataset=dataset, bits=bits, predictor=predictor,
+                                                root=args.out_root, verify_size=args.verify_size,
+                                                test_size=args.test_size, force=args.force)))
+    except VerificationError as exc:
+        sys.stderr.write(f"qnas: error: {exc}\n")
+        return 1
+    if args.json:
+        print(json.dumps([{"trial": t.number, "out": str(r.out_dir), "files": r.files, "metrics": r.metrics,
+                           "verification": r.verification} for t, r in results], indent=1))
+        return 0
+    for t, r in results:
+        table = Table(title=f"trial {t.number} -> {r.out_dir}  (" + ", ".join(
+            f"{k} {100 * v:.1f}%" for k, v in r.metrics.items()) + ")")
+        for col in ("file", "bytes", "max |diff|", "top-1 agree", "ORT fused: agree"):
+            table.add_column(col)
+        for f, size in r.files.items():
+            v = r.verification.get(f, {})
+            table.add_row(f, f"{size:,}", f"{v['max_abs_diff']:.2e}" if v else "",
+                          f"{100 * v['top1_agreement']:.2f}%" if v else "",
+                          f"{100 * v['fused_top1_agreement']:.2f}%" if "fused_top1_agreement" in v else "")
+        console.print(table)
+    return 0

@@ -1,0 +1,802 @@
+"""Exporting a model: architecture, weights, quantization parameters, ONNX (float, int8 QDQ, low-bit QCDQ).
+
+    export_model(module, "out/m", arch=..., info=..., settings={"w8a8": (spec, calib), "w4a4": (...)}, ...)
+    module = qnas.load("out/m")                        # nn.Module with the exported weights (eval mode)
+    qmodel, calib, spec = load_quantized("out/m", "w4a4")
+    logits = qmodel(x, spec, calib)                    # the fake-quant model the ONNX files were checked against
+
+Files in a model directory: ``arch.json`` (genome, string, space, dataset), ``model.safetensors``
+(the module's state dict: weights and the BatchNorm statistics every quantized setting folds with),
+``quant.json`` (scale and zero point of every quantized tensor per setting), ``model.onnx`` (float, BN
+folded), ``model_int8_qdq.onnx`` (QuantizeLinear/DequantizeLinear), ``model_w4a4_qcdq.onnx`` for a
+sub-8-bit setting (QuantizeLinear -> Clip to the low-bit range -> DequantizeLinear, the Brevitas QCDQ
+convention) and ``README.md`` (model card).
+
+**ONNX graphs are written with the ``onnx`` helper API from the traced module**, not with
+``torch.onnx.export``: in torch 2.13 the default (dynamo) exporter needs ``onnxscript``, which is not
+installed here, and the TorchScript-based one warns that it will be removed. Writing the graph from
+the same trace and the same compiled program the quantization engine runs puts every QuantizeLinear
+exactly where ``qnas.quant`` quantizes (after fused BatchNorm/ReLU, at adds and average pools, not
+after max pooling), names tensors after the traced nodes (the keys of ``quant.json``), and covers the
+layers the engine supports; anything else is a one-line error naming the node.
+
+Quantization convention (the engine's): per-tensor asymmetric affine on unsigned integers,
+``real = (q - zero_point) * scale`` with ``q`` in ``0 .. 2**bits - 1``. Weights are stored as uint8
+initializers already quantized (bit-exact with the engine) after folding BatchNorm with the frozen
+statistics; biases and the logits stay float, as in the engine.
+
+**Checking.** Every ONNX file is run in onnxruntime on real test images and compared with the PyTorch
+fake-quant model (frozen calibration, same scales), with onnxruntime's QDQ fusion switched off so the
+graph runs as written: top-1 agreement must reach 99% and the mean logit difference stay within 5% of
+the mean |logit| (float: 1e-3), else :class:`VerificationError`. The remaining differences come from
+values within float rounding of a rounding boundary (onnxruntime divides by the scale, PyTorch
+multiplies by its inverse). With its default optimizations onnxruntime fuses the QDQ pattern into
+integer kernels and re-quantizes the float biases to int32 at scale ``s_x * s_w``; that agreement is
+reported too (``fused_*``) but not enforced: at 2-4 bits those scales are coarse and the biases move.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from qnas.errors import QnasError
+from qnas.finetune import Layout, _Capture, bn_stats, layout
+from qnas.quant import Calibration, QuantModel, QuantSpec, fold_bn, prepare, qparams
+
+__all__ = [
+    "OPSET",
+    "VerificationError",
+    "export_model",
+    "load",
+    "load_quantized",
+    "quant_params",
+    "to_onnx",
+    "verify_onnx",
+]
+
+OPSET = 17
+FORMAT = "qnas-export"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+# Agreement needed between onnxruntime and PyTorch. Float: summation order only. Quantized: a value that
+# lands within float rounding of a rounding boundary may take the neighbouring level (onnxruntime divides
+# by the scale, PyTorch multiplies by its inverse), which moves a few logits by a fraction of a level.
+FLOAT_ATOL = 1e-3
+MIN_TOP1_AGREEMENT = 0.99
+QUANT_MEAN_DIFF = 0.05  # mean |logit difference| allowed, relative to the mean |logit|
+
+
+class VerificationError(QnasError):
+    """An exported ONNX file disagrees with the PyTorch model beyond tolerance (the CLI exits 1)."""
+
+
+def onnx_name(setting: str) -> str:
+    """File name of the quantized ONNX graph for a setting (``w8a8`` -> int8 QDQ, lower -> QCDQ)."""
+    spec = QuantSpec.parse(setting)
+    if spec.w_bits == 8 and spec.a_bits == 8:
+        return "model_int8_qdq.onnx"
+    return f"model_{spec.name.split('-')[0]}_qcdq.onnx"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Quantization parameters
+
+
+def _w_scale(w: torch.Tensor, bits: int) -> tuple[float, int]:
+    lo, hi = torch.aminmax(w.detach().reshape(-1))  # the engine's per-tensor min/max
+    return qparams(float(lo), float(hi), bits)
+
+
+def _folded(module: nn.Module, lay: Layout, calibration: Calibration,
+            layer: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias a layer runs with: BN folded with the frozen statistics (as the engine does)."""
+    m = module.get_submodule(layer.module)
+    w, b = m.weight.detach(), (m.bias.detach() if m.bias is not None else None)
+    if not layer.bn:
+        return w, b
+    bn = module.get_submodule(layer.bn)
+    mean, var = calibration.bn[layer.bn]
+    return fold_bn(w, b, bn.weight.detach() if bn.weight is not None else None,
+                   bn.bias.detach() if bn.bias is not None else None, mean, var, bn.eps)
+
+
+def _int_weight(w: torch.Tensor, scale: float, zp: int, bits: int) -> np.ndarray:
+    """Integer levels the engine's fake quantizer picks (multiply by the float32 inverse, round half even)."""
+    from qnas.quant import _f32
+
+    r = w.mul(_f32(1.0 / scale)).round_().clamp_(-zp, (1 << bits) - 1 - zp)
+    return (r + zp).to(torch.uint8).numpy()
+
+
+def quant_params(module: nn.Module, lay: Layout, calibration: Calibration, spec: QuantSpec) -> dict[str, Any]:
+    """Bits, scale and zero point of every quantized weight (after BN folding) and activation at ``spec``."""
+    if spec.granularity != "tensor" or spec.mode != "sim":
+        raise QnasError(f"export supports per-tensor rounding settings, not {spec.name}")
+    weights: dict[str, Any] = {}
+    for layer in lay.weights:
+        bits = lay.w_bits(spec, layer)
+        if bits is None:
+            continue
+        w, _ = _folded(module, lay, calibration, layer)
+        scale, zp = _w_scale(w, bits)
+        weights[layer.module] = {"bits": bits, "scale": scale, "zero_point": zp, "bn_folded": layer.bn or None,
+                                 "onnx_initializer": f"{layer.module}.weight_quantized"}
+    acts: dict[str, Any] = {}
+    for p in lay.points:
+        bits = lay.a_bits(spec, p)
+        if bits is None:
+            continue
+        lo, hi = calibration.ranges[p.name]
+        scale, zp = qparams(lo, hi, bits)
+        acts[p.name] = {"bits": bits, "scale": scale, "zero_point": zp, "range": [lo, hi], "after": p.tail,
+                        "onnx_tensor": f"{p.name}_q"}
+    return {"spec": spec.name, "first_last_8bit": spec.first_last_8bit, "weights": weights, "activations": acts}
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX graph
+
+
+class _Graph:
+    """Accumulates ONNX nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._names: set[str] = set()
+
+    def unique(self, name: str) -> str:
+        base, i = name, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def const(self, name: str, value: Any, dtype: Any = np.float32) -> str:
+        from onnx import numpy_helper
+
+        name = self.unique(name)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        from onnx import helper
+
+        out = self.unique(name)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def qdq(self, x: str, scale: float, zp: int, bits: int, name: str) -> str:
+        """QuantizeLinear -> (Clip to 0..2**bits-1 below 8 bits) -> DequantizeLinear."""
+        s = self.const(f"{name}_scale", scale)
+        z = self.const(f"{name}_zero_point", zp, np.uint8)
+        q = self.op("QuantizeLinear", [x, s, z], f"{name}_q")
+        if bits < 8:
+            q = self.op("Clip", [q, self.const(f"{name}_qmin", 0, np.uint8),
+                                 self.const(f"{name}_qmax", (1 << bits) - 1, np.uint8)], f"{name}_clip")
+        return self.op("DequantizeLinear", [q, s, z], f"{name}_dq")
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]
+
+
+def _pool_attrs(kernel: Any, stride: Any, padding: Any) -> dict[str, Any]:
+    k = _pair(kernel)
+    s = _pair(stride if stride not in (None, [], ()) else kernel)
+    p = _pair(padding)
+    return {"kernel_shape": k, "strides": s, "pads": [p[0], p[1], p[0], p[1]]}
+
+
+def _unsupported(n: fx.Node, what: str) -> QnasError:
+    return QnasError(f"cannot export node {n.name!r} to ONNX: {what}")
+
+
+def _global_pool(n: fx.Node, output_size: Any, in_shape: tuple[int, ...], op: str) -> str | None:
+    size = _pair(output_size) if not isinstance(output_size, int) else [output_size, output_size]
+    if size == [1, 1]:
+        return op
+    if size == list(in_shape[2:]):
+        return "Identity"
+    raise _unsupported(n, f"adaptive pooling to {tuple(size)} (only global pooling is supported)")
+
+
+def to_onnx(
+    module: nn.Module,
+    lay: Layout,
+    calibration: Calibration,
+    spec: QuantSpec | None,
+    input_shape: tuple[int, ...],
+    *,
+    doc: str = "",
+) -> Any:
+    """The network as an ONNX model (float when ``spec`` is None or FP32, else QDQ/QCDQ at ``spec``),
+    with BatchNorm folded using ``calibration``'s statistics. Input ``input`` (N, C, H, W), output ``logits``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    spec = spec if spec is not None and not spec.is_float else None
+    params = quant_params(module, lay, calibration, spec) if spec is not None else None
+    # Shapes of every node on a small batch (3, so a reshape that keeps the batch is recognizable).
+    gm = fx.GraphModule(module, lay.graph)
+    capture = _Capture(gm, calibration.bn, {n.name: n.name for n in lay.graph.nodes})
+    with torch.no_grad():
+        capture.run(torch.zeros(3, *input_shape))
+    shapes = {k: tuple(v.shape) for k, v in capture.seen.items() if isinstance(v, torch.Tensor)}
+    layers = {layer.step: layer for layer in lay.weights}
+    modules = dict(module.named_modules())
+
+    g = _Graph()
+    names: dict[str, str] = {}
+    out_name, out_shape = "", (0,)
+
+    def val(a: Any) -> str:
+        if not isinstance(a, fx.Node) or not names.get(a.name):
+            raise QnasError(f"cannot export to ONNX: {a!r} is not a tensor computed by the graph")
+        return names[a.name]
+
+    def finish(n: fx.Node, y: str) -> str:
+        """The step's fused activation and its output quantization."""
+        step = lay.steps[n.name]
+        if step.act == "relu":
+            y = g.op("Relu", [y], f"{n.name}_relu")
+        elif step.act == "relu6":
+            y = g.op("Clip", [y, g.const(f"{n.name}_lo", 0.0), g.const(f"{n.name}_hi", 6.0)], f"{n.name}_relu6")
+        if params is not None and step.quant and n.name in params["activations"]:
+            a = params["activations"][n.name]
+            y = g.qdq(y, a["scale"], a["zero_point"], a["bits"], n.name)
+        return y
+
+    def reshape(n: fx.Node, x: str) -> str:
+        shape = list(shapes[n.name])
+        if shape and shape[0] == 3 and shapes.get(n.args[0].name, (0,))[0] == 3:
+            shape[0] = 0  # keep the batch dimension of the input
+        return g.op("Reshape", [x, g.const(f"{n.name}_shape", shape, np.int64)], n.name)
+
+    for n in lay.graph.nodes:
+        if n.name not in lay.steps:  # fused into its step (BatchNorm, ReLU): same value
+            names[n.name] = names[lay.env[n.name]]
+            continue
+        step = lay.steps[n.name]
+        if n.op == "placeholder":
+            names[n.name] = finish(n, "input")
+            continue
+        if n.op == "output":
+            if not isinstance(n.args[0], fx.Node):
+                raise _unsupported(n, "the model must return one tensor")
+            out_name, out_shape = val(n.args[0]), shapes[n.args[0].name]
+            continue
+        if step.kind in ("conv", "linear"):
+            layer = layers[n.name]
+            m = modules[layer.module]
+            w, b = _folded(module, lay, calibration, layer)
+            bits = lay.w_bits(spec, layer) if spec is not None else None
+            if bits is None:
+                wname = g.const(f"{layer.module}.weight", w.numpy())
+            else:
+                q = params["weights"][layer.module]  # type: ignore[index]
+                wq = g.const(f"{layer.module}.weight_quantized", _int_weight(w, q["scale"], q["zero_point"], bits),
+                             np.uint8)
+                if bits < 8:  # QCDQ: the Clip states the weight's bit-width
+                    wq = g.op("Clip", [wq, g.const(f"{layer.module}.weight_qmin", 0, np.uint8),
+                                       g.const(f"{layer.module}.weight_qmax", (1 << bits) - 1, np.uint8)],
+                              f"{layer.module}.weight_clip")
+                wname = g.op("DequantizeLinear", [wq, g.const(f"{layer.module}.weight_scale", q["scale"]),
+                                                  g.const(f"{layer.module}.weight_zero_point", q["zero_point"],
+                                                          np.uint8)], f"{layer.module}.weight_dq")
+            inputs = [val(n.args[0]), wname]
+            if b is not None:
+                inputs.append(g.const(f"{layer.module}.bias", b.numpy()))
+            if step.kind == "conv":
+                assert isinstance(m, nn.Conv2d)
+                if isinstance(m.padding, str) or m.padding_mode != "zeros":
+                    raise _unsupported(n, "convolution padding must be explicit zeros")
+                p = _pair(m.padding)
+                y = g.op("Conv", inputs, n.name, kernel_shape=_pair(m.kernel_size), strides=_pair(m.stride),
+                         pads=[p[0], p[1], p[0], p[1]], dilations=_pair(m.dilation), group=m.groups)
+            elif len(shapes[n.args[0].name]) == 2:
+                y = g.op("Gemm", inputs, n.name, transB=1)
+            else:  # Linear on more than 2 dims: MatMul with the transposed weight, then the bias
+                wt = g.op("Transpose", [wname], f"{n.name}_wT", perm=[1, 0])
+                y = g.op("MatMul", [inputs[0], wt], f"{n.name}_matmul")
+                if b is not None:
+                    y = g.op("Add", [y, inputs[2]], n.name)
+            names[n.name] = finish(n, y)
+            continue
+        if step.kind == "bn":
+            m = modules[str(n.target)]
+            mean, var = calibration.bn[str(n.target)]
+            gamma = m.weight.detach() if m.weight is not None else torch.ones_like(mean)
+            beta = m.bias.detach() if m.bias is not None else torch.zeros_like(mean)
+            y = g.op("BatchNormalization", [val(n.args[0]), g.const(f"{n.target}.weight", gamma.numpy()),
+                                            g.const(f"{n.target}.bias", beta.numpy()),
+                                            g.const(f"{n.target}.running_mean", mean.numpy()),
+                                            g.const(f"{n.target}.running_var", var.numpy())], n.name, epsilon=m.eps)
+            names[n.name] = finish(n, y)
+            continue
+        if step.kind == "relu":  # standalone ReLU: the activation is applied by finish()
+            names[n.name] = finish(n, val(n.args[0]))
+            continue
+        names[n.name] = _emit_call(g, n, modules, shapes, val, reshape, finish)
+    if not out_name:
+        raise QnasError("the traced model has no output")
+    g.nodes.append(helper.make_node("Identity", [out_name], ["logits"], name="logits"))
+    c, h, w = input_shape
+    graph = helper.make_graph(
+        g.nodes, "qnas", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", out_shape[-1]])],
+        g.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qnas",
+                              doc_string=doc)
+    model.ir_version = min(model.ir_version, 9)  # readable by older onnxruntime releases too
+    onnx.checker.check_model(model)
+    return model
+
+
+def _emit_call(g: _Graph, n: fx.Node, modules: Mapping[str, nn.Module], shapes: Mapping[str, tuple[int, ...]],
+               val: Any, reshape: Any, finish: Any) -> str:
+    """Pooling, add, concatenation and shape operations (the engine's "call" steps)."""
+    x0 = n.args[0] if n.args else None
+    if n.op == "call_module":
+        m = modules[str(n.target)]
+        x = val(x0)
+        if isinstance(m, nn.MaxPool2d):
+            if m.return_indices:
+                raise _unsupported(n, "max pooling with indices")
+            y = g.op("MaxPool", [x], n.name, dilations=_pair(m.dilation), ceil_mode=int(m.ceil_mode),
+                     **_pool_attrs(m.kernel_size, m.stride, m.padding))
+        elif isinstance(m, nn.AvgPool2d):
+            if m.divisor_override is not None:
+                raise _unsupported(n, "average pooling with divisor_override")
+            y = g.op("AveragePool", [x], n.name, ceil_mode=int(m.ceil_mode),
+                     count_include_pad=int(m.count_include_pad), **_pool_attrs(m.kernel_size, m.stride, m.padding))
+        elif isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+            op = _global_pool(n, m.output_size, shapes[x0.name],
+                              "GlobalAveragePool" if isinstance(m, nn.AdaptiveAvgPool2d) else "GlobalMaxPool")
+            y = g.op(op, [x], n.name)
+        elif isinstance(m, nn.Flatten):
+            y = reshape(n, x)
+        elif isinstance(m, nn.Identity | nn.Dropout):
+            y = x
+        else:
+            raise _unsupported(n, f"layer {type(m).__name__}")
+        return finish(n, y)
+    if n.op == "call_method":
+        name = str(n.target)
+        if name in ("add", "add_"):
+            return finish(n, g.op("Add", [val(x0), val(n.args[1])], n.name))
+        if name in ("flatten", "view", "reshape", "squeeze", "unsqueeze"):
+            return finish(n, reshape(n, val(x0)))
+        if name == "contiguous":
+            return finish(n, val(x0))
+        if name in ("size", "dim"):
+            return ""  # a number, read only by reshapes, which use the traced shapes
+        if name == "mean":
+            dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+            return finish(n, _mean(g, n, val(x0), dims, bool(n.kwargs.get("keepdim", False)), shapes))
+        raise _unsupported(n, f"tensor method {name!r}")
+    # call_function
+    target = n.target
+    if target in (operator.add, operator.iadd, torch.add):
+        if not (isinstance(n.args[1], fx.Node) and isinstance(x0, fx.Node)):
+            raise _unsupported(n, "adding a constant")
+        return finish(n, g.op("Add", [val(x0), val(n.args[1])], n.name))
+    if target in (operator.getitem, getattr):
+        return ""
+    kwargs = n.normalized_arguments(None, normalize_to_only_use_kwargs=True)
+    kw = kwargs.kwargs if kwargs is not None else {}
+    if target is torch.cat or target is torch.concat:
+        tensors = kw.get("tensors", x0)
+        return finish(n, g.op("Concat", [val(t) for t in tensors], n.name, axis=int(kw.get("dim", 0))))
+    if target in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze):
+        return finish(n, reshape(n, val(x0)))
+    if target is F.max_pool2d:
+        if kw.get("return_indices"):
+            raise _unsupported(n, "max pooling with indices")
+        y = g.op("MaxPool", [val(x0)], n.name, dilations=_pair(kw.get("dilation", 1)),
+                 ceil_mode=int(kw.get("ceil_mode", False)),
+                 **_pool_attrs(kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)))
+        return finish(n, y)
+    if target is F.avg_pool2d:
+        if kw.get("divisor_override") is not None:
+            raise _unsupported(n, "average pooling with divisor_override")
+        y = g.op("AveragePool", [val(x0)], n.name, ceil_mode=int(kw.get("ceil_mode", False)),
+                 count_include_pad=int(kw.get("count_include_pad", True)),
+                 **_pool_attrs(kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)))
+        return finish(n, y)
+    if target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        op = _global_pool(n, kw["output_size"], shapes[x0.name],
+                          "GlobalAveragePool" if target is F.adaptive_avg_pool2d else "GlobalMaxPool")
+        return finish(n, g.op(op, [val(x0)], n.name))
+    if target is torch.mean:
+        return finish(n, _mean(g, n, val(x0), kw.get("dim"), bool(kw.get("keepdim", False)), shapes))
+    if target is F.dropout:
+        return finish(n, val(x0))
+    raise _unsupported(n, f"function {getattr(target, '__name__', target)!r}")
+
+
+def _mean(g: _Graph, n: fx.Node, x: str, dims: Any, keepdim: bool, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    rank = len(shapes[n.args[0].name])
+    if dims is None:
+        raise _unsupported(n, "a mean over all dimensions")
+    axes = [int(d) % rank for d in ((dims,) if isinstance(dims, int) else dims)]
+    return g.op("ReduceMean", [x], n.name, axes=axes, keepdims=int(keepdim))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checking ONNX against PyTorch
+
+
+def _session(model: Any, *, fuse_qdq: bool) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # other jobs share the CPU; these graphs are small
+    options.inter_op_num_threads = 1
+    if not fuse_qdq:
+        # Run the graph as written: QuantizeLinear/Clip/DequantizeLinear around float kernels. With QDQ
+        # fusion onnxruntime swaps in its integer kernels and re-quantizes the float biases to int32 at
+        # scale s_x * s_w, which at 2-4 bits (large scales) changes results: reported, not checked.
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _compare(session: Any, reference: list[torch.Tensor], batches: list[torch.Tensor]) -> dict[str, float]:
+    max_diff = sum_diff = sum_abs = 0.0
+    agree = count = cells = 0
+    for xb, ref in zip(batches, reference, strict=True):
+        out = torch.from_numpy(session.run(["logits"], {"input": xb.contiguous().numpy()})[0])
+        d = (out - ref).abs()
+        max_diff = max(max_diff, float(d.max()))
+        sum_diff += float(d.sum())
+        sum_abs += float(ref.abs().sum())
+        agree += int((out.argmax(1) == ref.argmax(1)).sum())
+        count += len(xb)
+        cells += ref.numel()
+    return {"max_abs_diff": max_diff, "mean_abs_diff": sum_diff / max(cells, 1),
+            "mean_abs_logit": sum_abs / max(cells, 1), "top1_agreement": agree / max(count, 1)}
+
+
+def verify_onnx(model: Any, qmodel: QuantModel, calibration: Calibration, spec: QuantSpec | None,
+                images: torch.Tensor, *, batch_size: int = 250) -> dict[str, float]:
+    """Run ``model`` in onnxruntime and the PyTorch fake-quant model (frozen ``calibration``) on
+    ``images``: max and mean |logit difference|, mean |logit| and the fraction of equal top-1 classes,
+    for the graph as written and (``fused_*``) with onnxruntime's default QDQ fusion into integer kernels."""
+    batches = list(images.split(batch_size))
+    with torch.inference_mode():
+        reference = [qmodel(xb, spec, calibration).float() for xb in batches]
+    result: dict[str, float] = {"images": float(len(images))}
+    result.update(_compare(_session(model, fuse_qdq=False), reference, batches))
+    if spec is not None and not spec.is_float:
+        fused = _compare(_session(model, fuse_qdq=True), reference, batches)
+        result.update({f"fused_{k}": v for k, v in fused.items() if k != "mean_abs_logit"})
+    return result
+
+
+def _check(file: str, spec: QuantSpec | None, r: Mapping[str, float]) -> str | None:
+    """Why ``r`` is out of tolerance, or None."""
+    if spec is None or spec.is_float:
+        if r["max_abs_diff"] > FLOAT_ATOL * max(1.0, r["mean_abs_logit"]) or r["top1_agreement"] < 1.0 - 1e-3:
+            return (f"{file} differs from PyTorch: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
+                    f"{100 * r['top1_agreement']:.2f}%")
+        return None
+    too_far = r["mean_abs_diff"] > QUANT_MEAN_DIFF * max(r["mean_abs_logit"], 1e-6)
+    if r["top1_agreement"] < MIN_TOP1_AGREEMENT or too_far:
+        return (f"{file} differs from the PyTorch fake-quant model: top-1 agreement {100 * r['top1_agreement']:.2f}% "
+                f"(need {100 * MIN_TOP1_AGREEMENT:.0f}%), mean |diff| {r['mean_abs_diff']:.3g}, "
+                f"max |diff| {r['max_abs_diff']:.3g}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing and reading a model directory
+
+
+_OWNED = ("arch.json", WEIGHTS_FILE, "quant.json", "model.onnx", "model_int8_qdq.onnx", "README.md")
+
+
+def _owned(path: Path) -> list[Path]:
+    return [path / f for f in _OWNED if (path / f).exists()] + sorted(path.glob("model_w*_qcdq.onnx"))
+
+
+def prepare_dir(path: Path, force: bool) -> None:
+    """Create ``path``; refuse a non-empty directory without ``force`` (then our files are replaced)."""
+    if path.exists() and not path.is_dir():
+        raise QnasError(f"cannot write to {str(path)!r}: it is a file")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise QnasError(f"{str(path)!r} is not empty; pass --force to overwrite the exported files there")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".qnas-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise QnasError(f"cannot write to {str(path)!r}: {exc.strerror or exc}") from None
+    for stale in _owned(path):  # --force: a previous export's files (its other bit-widths included) go
+        stale.unlink()
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    files: dict[str, int]  # file name -> bytes
+    verification: dict[str, dict[str, float]]  # ONNX file -> verify_onnx() figures
+    metrics: dict[str, float] = field(default_factory=dict)  # setting -> top-1 on the test images
+
+
+def export_model(
+    module: nn.Module,
+    out_dir: str | Path,
+    *,
+    arch: Mapping[str, Any],
+    input_shape: tuple[int, ...],
+    settings: Mapping[str, tuple[QuantSpec, Calibration, str]],
+    onnx_settings: tuple[str, ...],
+    verify_images: torch.Tensor,
+    metrics: Mapping[str, float] | None = None,
+    card: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Write a model directory for ``module`` (BN buffers = the statistics to fold with).
+
+    ``settings``: name -> (spec, frozen calibration, where it comes from) for every quantized setting
+    to describe in ``quant.json``; ``onnx_settings``: those also written as ONNX. Every ONNX file is
+    checked on ``verify_images``; a mismatch raises :class:`VerificationError` (files are kept).
+    """
+    from safetensors.torch import save
+
+    out = Path(out_dir)
+    prepare_dir(out, force)
+    module.eval()
+    qmodel, lay = layout(module)
+    stats = bn_stats(module)
+    float_cal = Calibration(bn=stats, ranges={}, num_images=0)
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    # save() + write_bytes: the file gets the usual permissions (save_file creates it private).
+    (out / WEIGHTS_FILE).write_bytes(save(state, metadata={"format": FORMAT, "arch": str(arch.get("arch", ""))}))
+    (out / "arch.json").write_text(json.dumps(dict(arch), indent=1) + "\n")
+    quant = {"format": FORMAT, "version": FORMAT_VERSION,
+             "scheme": "per-tensor asymmetric affine, real = (q - zero_point) * scale, q in 0..2**bits-1 (uint8); "
+                       "weights after folding BatchNorm with the exported running statistics; biases and logits float",
+             "settings": {}}
+    for name, (spec, cal, source) in settings.items():
+        quant["settings"][name] = {**quant_params(module, lay, cal, spec), "source": source}
+    (out / "quant.json").write_text(json.dumps(quant, indent=1) + "\n")
+
+    verification: dict[str, dict[str, float]] = {}
+    failures: list[str] = []
+    plans: list[tuple[str, QuantSpec | None, Calibration]] = [("model.onnx", None, float_cal)]
+    plans += [(onnx_name(s), settings[s][0], settings[s][1]) for s in onnx_settings]
+    for file, spec, cal in plans:
+        model = to_onnx(module, lay, cal, spec, input_shape, doc=f"qnas {arch.get('arch', '')} {spec or 'fp32'}")
+        (out / file).write_bytes(model.SerializeToString())
+        verification[file] = verify_onnx(model, qmodel, cal, spec, verify_images)
+        why = _check(file, spec, verification[file])
+        if why:
+            failures.append(why)
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    result = ExportResult(out, files, verification, dict(metrics or {}))
+    (out / "README.md").write_text(_model_card(arch, quant, result, card or {}))
+    result.files["README.md"] = (out / "README.md").stat().st_size
+    if failures:
+        raise VerificationError(failures[0] + f" (files kept in {str(out)!r})")
+    return result
+
+
+def _model_card(arch: Mapping[str, Any], quant: Mapping[str, Any], result: ExportResult,
+                card: Mapping[str, Any]) -> str:
+    from qnas.search import size_bytes
+
+    params = int(arch.get("params") or 0)
+    where = f" (study `{arch['study']}`, trial {arch['trial']})" if "study" in arch else ""
+    lines = [f"# {arch.get('arch', 'qnas model')}", "",
+             f"A {arch.get('space', '')} CNN for {arch.get('dataset', '')} found by qnas{where}.", "",
+             f"- parameters: {params:,}", f"- MACs per image: {int(arch.get('macs') or 0):,}",
+             f"- weights: {card.get('weights_source', arch.get('weights_source', ''))}", ""]
+    if result.metrics:
+        lines += ["## Accuracy", "", "| setting | top-1 | weight storage (bytes) | quantizer |", "|---|---|---|---|"]
+        for s, acc in result.metrics.items():
+            how = quant["settings"].get(s, {}).get("source", "float")
+            size = size_bytes(params, s) if params else "-"
+            lines.append(f"| {s} | {100 * acc:.2f}% | {size} | {how} |")
+        lines += ["", f"Top-1 on {card.get('test_images', '?')} test images with frozen BatchNorm statistics and "
+                  "activation ranges (the deployed model). Weight storage: every parameter at the weight "
+                  "bit-width, BatchNorm folded.", ""]
+    lines += ["## Files", "", "| file | bytes | max abs logit diff | top-1 agreement | with ORT QDQ fusion |",
+              "|---|---|---|---|---|"]
+    for f, size in result.files.items():
+        v = result.verification.get(f)
+        fused = f"{100 * v['fused_top1_agreement']:.2f}%" if v and "fused_top1_agreement" in v else "-"
+        lines.append(f"| {f} | {size:,} | " + (f"{v['max_abs_diff']:.3g} | {100 * v['top1_agreement']:.2f}% | {fused} |"
+                                              if v else "- | - | - |"))
+    n = int(next(iter(result.verification.values()), {}).get("images", 0))
+    lines += ["", f"Each ONNX file was run in onnxruntime on {n} real test images and compared with the PyTorch "
+              "fake-quant model (same scales; QDQ fusion off, so the graph runs as written). The last column is "
+              "onnxruntime's default: QDQ fused into its integer kernels, biases re-quantized to int32 (an "
+              "approximation at 2-4 bits). `quant.json` lists every scale and zero point.", ""]
+    mean, std = arch.get("mean", [0.0]), arch.get("std", [1.0])
+    c, h, w = arch.get("input_shape", [1, 28, 28])
+    first = next(iter(quant["settings"]), "w8a8")
+    lines += ["## Loading", "", "```python", "import qnas", f"model = qnas.load({str(result.out_dir)!r})  "
+              "# torch.nn.Module in eval mode", "", "from qnas.export import load_quantized",
+              f"qmodel, calibration, spec = load_quantized({str(result.out_dir)!r}, {first!r})",
+              "logits = qmodel(x, spec, calibration)   # the fake-quant model the ONNX files were checked against",
+              "```", "", "```python", "import numpy as np, onnxruntime as ort",
+              "sess = ort.InferenceSession('model_int8_qdq.onnx')",
+              f"x = (images_uint8.astype(np.float32) / 255 - {mean}) / {std}  # N x {c} x {h} x {w}",
+              "logits = sess.run(['logits'], {'input': x.astype(np.float32)})[0]", "```", ""]
+    return "\n".join(lines)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise QnasError(f"{str(path.parent)!r} is not a qnas export: {path.name} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise QnasError(f"{str(path)!r} is not valid JSON ({exc.msg})") from None
+
+
+def load(path: str | Path) -> nn.Module:
+    """The exported PyTorch module (built from ``arch.json``, weights from ``model.safetensors``), in eval mode."""
+    from safetensors.torch import load_file
+
+    from search_spaces import get_space
+
+    path = Path(path)
+    arch = _read_json(path / "arch.json")
+    try:
+        space = get_space(arch["space"])
+        genome = space.from_json(arch["genome"])
+        module = space.build(genome, tuple(arch["input_shape"]), int(arch["num_classes"]))
+    except KeyError as exc:
+        raise QnasError(f"{str(path / 'arch.json')!r} lacks {exc}") from None
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        raise QnasError(f"{str(path)!r} is not a qnas export: {WEIGHTS_FILE} is missing")
+    try:
+        module.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as exc:
+        why = str(exc).splitlines()[0]
+        raise QnasError(f"{str(weights)!r} does not fit the architecture in arch.json ({why})") from None
+    return module.eval()
+
+
+def load_quantized(path: str | Path, setting: str | None = None) -> tuple[QuantModel, Calibration, QuantSpec]:
+    """The exported fake-quant model at ``setting`` (default: the first in quant.json): call it as
+    ``qmodel(x, spec, calibration)``; it gives the outputs the ONNX files were checked against."""
+    path = Path(path)
+    module = load(path)
+    quant = _read_json(path / "quant.json")
+    available = list(quant.get("settings", {}))
+    name = setting or (available[0] if available else None)
+    if name is None or name not in quant["settings"]:
+        raise QnasError(f"{str(path)!r} has no quantization parameters for {setting!r} (has {', '.join(available)})")
+    entry = quant["settings"][name]
+    ranges = {k: (float(v["range"][0]), float(v["range"][1])) for k, v in entry["activations"].items()}
+    spec = QuantSpec.parse(entry["spec"])
+    return prepare(module), Calibration(bn=bn_stats(module), ranges=ranges, num_images=0), spec
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exporting trials of a study
+
+
+METRIC_SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
+
+
+def _pick_run(record: Mapping[str, Any], target: str | None) -> dict[str, Any] | None:
+    runs = record.get("runs", {})
+    if not runs:
+        return None
+    if target in runs:
+        return runs[target]
+    return max(runs.values(), key=lambda r: r.get("finished", ""))
+
+
+def export_trial(
+    study: Any,
+    trial: Any,
+    out_dir: Path,
+    *,
+    dataset: Any,
+    bits: str | None = None,
+    predictor: Any = None,
+    root: Path = Path("studies"),
+    verify_size: int = 1000,
+    test_size: int | None = None,
+    force: bool = False,
+    on_phase: Any = None,
+) -> ExportResult:
+    """Export one trial: its FAQ-finetuned weights (``qnas finetune``) when there are some, else the
+    predictor's parameters calibrated without training. ``bits`` (a target setting such as ``w4a4``)
+    selects the sub-8-bit QCDQ file; default: the finetuned setting, else the study's target."""
+    from safetensors.torch import load_file
+
+    from qnas.data import normalize
+    from qnas.finetune import (
+        _set_bn_stats,
+        _subset,
+        accuracy,
+        faq_calibration,
+        initial_module,
+        read_record,
+        record_path,
+    )
+    from search_spaces import get_space
+
+    phase = on_phase or (lambda _text: None)
+    info = dataset.info
+    space_name = study.user_attrs.get("space", "convnets250k")
+    space = get_space(space_name)
+    genome = space.from_json(trial.user_attrs["genome"])
+    record = read_record(record_path(root, study.study_name, trial.number))
+    run = _pick_run(record, bits)
+    target = bits or (run["setting"] if run else study.user_attrs.get("target", "w4a4"))
+    target = QuantSpec.parse(target).name
+    prepare_dir(Path(out_dir), force)  # fail early, before any computation
+
+    if run is not None:
+        module = space.build(genome, tuple(info.input_shape), info.num_classes)
+        weights = record_path(root, study.study_name, trial.number).with_name(run["weights"])
+        if not weights.exists():
+            raise QnasError(f"finetuned weights {str(weights)!r} are missing; run `qnas finetune` again")
+        module.load_state_dict(load_file(str(weights)), strict=True)
+        fl8 = bool(run["config"].get("first_last_8bit", True))
+        source = (f"FAQ-finetuned at {run['setting']} for {run['config']['epochs']} epochs from "
+                  f"{run['source']}")
+    else:
+        if predictor is None:
+            raise QnasError(f"trial {trial.number} was not finetuned and no predictor is available; run "
+                            "`qnas finetune` first or pass --predictor")
+        module, init_source = initial_module(space, genome, info, "ghn", predictor, target)
+        fl8 = True
+        source = f"{init_source}, not finetuned (post-training quantization)"
+    module.eval()
+    qmodel, lay = layout(module)
+    idx = _subset(len(dataset.train_labels), None, 0)[:320]
+    calib_x = normalize(dataset.train_images[idx], info)
+    if run is None:
+        phase("calibrating BatchNorm")
+        _set_bn_stats(module, faq_calibration(qmodel, lay, calib_x, QuantSpec(8, 8)).bn)
+    stats = bn_stats(module)
+
+    settings: dict[str, tuple[QuantSpec, Calibration, str]] = {}
+    for name in dict.fromkeys([*METRIC_SETTINGS[1:], target]):
+        spec = replace(QuantSpec.parse(name), first_last_8bit=fl8)
+        if run is not None and run["setting"] == name:
+            ranges = {k: (float(v[0]), float(v[1])) for k, v in run["ranges"].items()}
+            cal = Calibration(bn=stats, ranges=ranges, num_images=0)
+            settings[name] = (spec, cal, "FAQ-finetuned (training ranges)")
+        else:
+            phase(f"calibrating {name}")
+            cal = faq_calibration(qmodel, lay, calib_x, spec, stats=stats)
+            settings[name] = (spec, cal, "post-training (FAQ percentile calibration)")
+    n_test = len(dataset.test_labels) if test_size is None else min(test_size, len(dataset.test_labels))
+    test_x, test_y = normalize(dataset.test_images[:n_test], info), dataset.test_labels[:n_test]
+    phase("measuring accuracy")
+    metrics = {"fp32": accuracy(qmodel, Calibration(bn=stats, ranges={}, num_images=0), None, test_x, test_y)}
+    for name, (spec, cal, _) in settings.items():
+        metrics[name] = accuracy(qmodel, cal, spec, test_x, test_y)
+    arch = {"format": FORMAT, "version": FORMAT_VERSION, "space": space_name, "genome": trial.user_attrs["genome"],
+            "arch": trial.user_attrs.get("arch", space.to_string(genome)), "dataset": info.name,
+            "input_shape": list(info.input_shape), "num_classes": info.num_classes, "mean": list(info.mean),
+            "std": list(info.std), "class_names": list(info.class_names), "study": study.study_name,
+            "trial": trial.number, "params": trial.user_attrs.get("params"), "macs": trial.user_attrs.get("macs"),
+            "weights_source": source, "target": target}
+    onnx_settings = tuple(dict.fromkeys(["w8a8", target]))
+    phase("writing and checking ONNX")
+    return export_model(module, out_dir, arch=arch, input_shape=tuple(info.input_shape), settings=settings,
+                        onnx_settings=onnx_settings, verify_images=test_x[:verify_size], metrics=metrics,
+                        card={"test_images": n_test, "weights_source": source}, force=True)

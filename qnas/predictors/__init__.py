@@ -1,0 +1,269 @@
+"""Parameter predictors by name: shipped GHN checkpoints, checkpoint files, or ``random``.
+
+    load_predictor("fashion-mnist")             # qnas/predictors/fashion-mnist.pt, shipped
+    load_predictor("runs/ghn-step5000.pt")      # any checkpoint file
+    load_predictor("random", seed=0)            # an untrained GHN: tests and the random floor
+
+A checkpoint is a ``.pt`` file holding only tensors, strings and numbers, read with
+``torch.load(weights_only=True)`` so a crafted file cannot run code, with a JSON header stating its
+contract (dataset, input shape, classes, normalization, search space, GHN config, bit-widths
+trained, training steps, evaluation table). ``save_predictor`` writes the same header beside it as
+``<name>.json`` so people and tools can read it without loading weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qnas import __version__
+from qnas.errors import QnasError
+from qnas.ghn import FP32, GHN, Bits, GHNConfig, parse_bits, predict, predict_many
+from qnas.graph import ArchGraph, GraphCache, to_graph
+
+FORMAT = "qnas-ghn"
+FORMAT_VERSION = 1
+RANDOM = "random"
+_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class PredictorHeader:
+    """The contract of a checkpoint; every field is plain JSON."""
+
+    name: str
+    dataset: str | None  # None: not tied to a dataset (an untrained GHN)
+    input_shape: tuple[int, ...]
+    num_classes: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    search_space: str = "convnets250k"
+    ghn_config: dict[str, Any] = field(default_factory=dict)
+    bits_trained: tuple[str, ...] = ()
+    train_steps: int = 0
+    eval_table: dict[str, Any] = field(default_factory=dict)
+    qnas_version: str = __version__
+    format_version: int = FORMAT_VERSION
+    notes: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PredictorHeader:
+        try:
+            d = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            d = {k: v for k, v in d.items() if k in known}  # newer optional fields are ignored
+            for key in ("input_shape", "mean", "std", "bits_trained"):
+                if d.get(key) is not None:
+                    d[key] = tuple(d[key])
+            return cls(**d)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise QnasError(f"bad predictor header: {exc}") from None
+
+
+@dataclass
+class Predictor:
+    """A GHN with its header; ``predict``/``predict_many`` use the header's input shape."""
+
+    ghn: GHN
+    header: PredictorHeader
+    path: Path | None = None
+
+    def predict(self, target: nn.Module | ArchGraph, bits: str | Bits = "fp32", *, cache: GraphCache | None = None,
+                key: str | None = None) -> dict[str, torch.Tensor]:
+        return predict(self.ghn, target, bits, input_shape=self.header.input_shape, cache=cache, key=key)
+
+    def predict_many(self, targets: Sequence[nn.Module | ArchGraph], bits="fp32", *, cache: GraphCache | None = None,
+                     keys: Sequence[str | None] | None = None) -> list[dict[str, torch.Tensor]]:
+        return predict_many(self.ghn, targets, bits, input_shape=self.header.input_shape, cache=cache, keys=keys)
+
+
+def available_predictors() -> list[str]:
+    """Names of the shipped checkpoints, plus ``random``."""
+    return sorted(p.stem for p in _DIR.glob("*.pt")) + [RANDOM]
+
+
+def default_predictor(dataset: str) -> str | None:
+    """The shipped checkpoint trained on ``dataset``, if any (read from the JSON headers only)."""
+    for name in sorted(p.stem for p in _DIR.glob("*.pt")):
+        sidecar = _DIR / f"{name}.json"
+        if sidecar.exists() and PredictorHeader.from_json(sidecar.read_text()).dataset == dataset:
+            return name
+    return None
+
+
+def random_predictor(
+    *,
+    seed: int = 0,
+    config: GHNConfig | None = None,
+    dataset: str | None = None,
+    input_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int | None = None,
+) -> Predictor:
+    """An untrained GHN, initialized from ``seed`` without touching the global RNG."""
+    config = config or GHNConfig(num_classes=num_classes or 10)
+    if num_classes is not None and num_classes != config.num_classes:
+        raise QnasError(f"num_classes {num_classes} differs from the GHN config's {config.num_classes}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ghn = GHN(config)
+    header = PredictorHeader(
+        name=RANDOM, dataset=dataset, input_shape=tuple(int(d) for d in input_shape),
+        num_classes=config.num_classes, ghn_config=config.to_dict(), notes=f"untrained, seed {seed}",
+    )
+    return Predictor(ghn.eval(), header)
+
+
+def save_predictor(path: str | Path, ghn: GHN, header: PredictorHeader) -> Path:
+    """Write ``path`` (.pt: tensors + header string) and ``path`` with suffix .json (the header)."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise QnasError(f"predictor checkpoints end in .pt, got {path.name!r}")
+    if header.ghn_config != ghn.config.to_dict():
+        raise QnasError("header.ghn_config does not match the GHN being saved")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in ghn.state_dict().items()}
+    torch.save({"format": FORMAT, "header": header.to_json(), "state_dict": state}, path)
+    path.with_suffix(".json").write_text(header.to_json() + "\n")
+    return path
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    shipped = _DIR / f"{text}.pt"
+    if "/" not in text and shipped.exists():
+        return shipped
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    raise QnasError(
+        f"unknown predictor {text!r}: not a shipped name ({', '.join(available_predictors())}) nor a checkpoint file"
+    )
+
+
+def _read(path: Path) -> tuple[PredictorHeader, dict[str, torch.Tensor]]:
+    try:
+        # weights_only: the unpickler admits tensors and plain containers only, so no code runs.
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for unsafe content, RuntimeError/EOFError for junk
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QnasError(f"refusing to load predictor {str(path)!r}: not a plain-tensor checkpoint ({reason})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("header"), str):
+        raise QnasError(f"{str(path)!r} is not a qnas predictor checkpoint")
+    header = PredictorHeader.from_json(blob["header"])
+    if header.format_version > FORMAT_VERSION:
+        raise QnasError(f"{str(path)!r} has format version {header.format_version}; this qnas reads up to "
+                        f"{FORMAT_VERSION} (upgrade qnas)")
+    state = blob.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise QnasError(f"{str(path)!r} has no GHN weights")
+    return header, state
+
+
+def read_header(name_or_path: str | Path) -> PredictorHeader:
+    """The header of a shipped or saved checkpoint (from its JSON sidecar when present)."""
+    path = _resolve(name_or_path)
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        return PredictorHeader.from_json(sidecar.read_text())
+    return _read(path)[0]
+
+
+def check_compatible(
+    header: PredictorHeader,
+    *,
+    dataset: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Raise QnasError when a predictor was made for other data than requested."""
+    where = f"predictor {header.name!r}"
+    if dataset is not None and header.dataset is not None and header.dataset != dataset:
+        raise QnasError(f"{where} was trained on {header.dataset}, not {dataset}; choose a predictor for {dataset}")
+    if input_shape is not None and tuple(input_shape) != tuple(header.input_shape):
+        raise QnasError(f"{where} expects inputs of shape {tuple(header.input_shape)}, not {tuple(input_shape)}")
+    if num_classes is not None and num_classes != header.num_classes:
+        raise QnasError(f"{where} predicts {header.num_classes} classes, not {num_classes}")
+
+
+def load_predictor(
+    name_or_path: str | Path = RANDOM,
+    *,
+    dataset: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Predictor:
+    """A predictor by shipped name, path, or ``random``; checked against the requested data.
+
+    ``dataset``/``input_shape``/``num_classes``, when given, must match the checkpoint's header
+    (QnasError otherwise). For ``random`` they describe the data it will be used on.
+    """
+    if str(name_or_path) == RANDOM:
+        pred = random_predictor(seed=seed, dataset=dataset, input_shape=input_shape or (1, 28, 28),
+                                num_classes=num_classes)
+        pred.ghn.to(device)
+        return pred
+    path = _resolve(name_or_path)
+    header, state = _read(path)
+    check_compatible(header, dataset=dataset, input_shape=input_shape, num_classes=num_classes)
+    try:
+        ghn = GHN(GHNConfig.from_dict(header.ghn_config))
+        ghn.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as exc:
+        raise QnasError(f"{str(path)!r}: GHN weights do not match its config ({str(exc).splitlines()[0]})") from None
+    return Predictor(ghn.to(device).eval(), header, path)
+
+
+# ----------------------------------------------------------------------------- `--init ghn` for qnas.score
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_predictor(name: str, dataset: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> Predictor:
+    # A search scores thousands of candidates with one predictor: load the checkpoint once.
+    return load_predictor(name, dataset=dataset, input_shape=input_shape, num_classes=num_classes, seed=seed)
+
+
+def ghn_init(
+    module: nn.Module, arg: str, *, dataset: Any, seed: int = 0, cache: GraphCache | None = None,
+    key: str | None = None, **_: Any,
+) -> Callable[[Any], Mapping[str, torch.Tensor]]:
+    """``--init ghn[:PREDICTOR]`` for ``qnas.score.init_params``: a ``spec -> parameters`` callable.
+
+    ``dataset`` is a loaded ``qnas.data.Dataset``, a ``DatasetInfo`` or a dataset name; PREDICTOR
+    defaults to the shipped checkpoint for that dataset. A bit-conditioned GHN predicts per
+    setting (memoized); an unconditioned one returns the same dict for every setting, so
+    ``evaluate`` calibrates once.
+    """
+    from qnas.data import dataset_info
+
+    info = getattr(dataset, "info", dataset)
+    if isinstance(info, str):
+        info = dataset_info(info)
+    if info is None:
+        raise QnasError("--init ghn needs a dataset (its input shape and classes select the predictor)")
+    name = arg or default_predictor(info.name)
+    if name is None:
+        raise QnasError(f"no shipped predictor for {info.name}; use --init ghn:PATH.pt or --init ghn:random")
+    pred = _cached_predictor(name, info.name, tuple(info.input_shape), info.num_classes, seed)
+    graph = to_graph(module, info.input_shape, pred.ghn.config.s_max, cache=cache, key=key)
+    memo: dict[Bits, Mapping[str, torch.Tensor]] = {}
+
+    def params(spec: Any) -> Mapping[str, torch.Tensor]:
+        bits = parse_bits(spec) if pred.ghn.config.bit_conditioning else FP32
+        if bits not in memo:
+            with torch.no_grad():
+                memo[bits] = pred.predict(graph, bits)
+        return memo[bits]
+
+    return params

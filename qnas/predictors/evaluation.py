@@ -1,0 +1,142 @@
+"""GHN-Q's Table 1 for a predictor: accuracy of predicted parameters on held-out architectures.
+
+    table = evaluate_predictor(load_predictor("fashion-mnist"), ds, n=20)
+    # `qnas eval-predictor` prints it as a table
+
+For every architecture of the chosen splits (``id``, ``deep``, ``wide``, ``bn_free``; the first
+``n`` of each, in committed order), the GHN predicts the parameters for each bit setting and
+``qnas.score.evaluate`` measures top-1/top-5 on a fixed subset of the *test* set. The ``random``
+column evaluates the same architectures with PyTorch's default initialization (seeded), the floor
+any predictor must beat. Cells aggregate over architectures as mean, standard error and max.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from qnas.errors import QnasError
+from qnas.graph import batch_graphs, to_graph
+from qnas.predictors import Predictor
+
+SPLITS: tuple[str, ...] = ("id", "deep", "wide", "bn_free")
+SPLIT_TITLES = {"id": "ID", "deep": "OOD-Deep", "wide": "OOD-Wide", "bn_free": "OOD-BN-Free"}
+RANDOM_COLUMN = "random"
+TEST_SUBSET_SEED = 0
+
+
+def test_subset(ds: Any, n: int | None, seed: int = TEST_SUBSET_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` test images (normalized) and labels, fixed by (n, seed); ``None``/0: the whole test set."""
+    from qnas.data import normalize
+
+    total = len(ds.test_labels)
+    if not n:
+        idx = torch.arange(total)
+    elif not 0 < n <= total:
+        raise QnasError(f"test subset size must be between 1 and {total}, got {n}")
+    else:
+        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return normalize(ds.test_images[idx], ds.info), ds.test_labels[idx].clone()
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    n = len(values)
+    mean = sum(values) / n
+    sem = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+    return {"mean": mean, "sem": sem, "max": max(values), "n": n}
+
+
+def evaluate_predictor(
+    predictor: Predictor,
+    ds: Any,
+    *,
+    splits: Sequence[str] = SPLITS,
+    n: int | None = None,
+    settings: str | Sequence[str] = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2"),
+    bn_stats: str | None = None,
+    images: int | None = 1000,
+    floor: bool = True,
+    seed: int = 0,
+    on_arch: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Table 1 of GHN-Q for ``predictor`` on dataset ``ds`` (a loaded ``qnas.data.Dataset``).
+
+    Returns plain JSON: ``table[setting][column][metric]`` = {mean, sem, max, n} of accuracies as
+    fractions (columns: the splits, then ``random`` pooled over all architectures when ``floor``),
+    and ``architectures``: one record per architecture with its accuracies. ``on_arch(split, arch)``
+    is called after each architecture (progress bars).
+    """
+    from qnas.predictors import check_compatible
+    from qnas.quant import parse_specs, prepare
+    from qnas.score import DEFAULT_BN_STATS, evaluate
+    from search_spaces import get_space
+
+    info, header = ds.info, predictor.header
+    check_compatible(header, dataset=info.name, input_shape=info.input_shape, num_classes=info.num_classes)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise QnasError(f"unknown split(s) {', '.join(unknown) or '(none)'} (choose from {', '.join(SPLITS)})")
+    specs = parse_specs(settings)
+    names = [s.name for s in specs]
+    bn_stats = bn_stats or DEFAULT_BN_STATS
+    space = get_space(header.search_space)
+    x, y = test_subset(ds, images)
+    ghn = predictor.ghn.eval()
+    conditioned = ghn.config.bit_conditioning
+    records: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for split in splits:
+            genomes = space.load_split(split)[: n or None]
+            for i, genome in enumerate(genomes):
+                arch = space.to_string(genome)
+                with torch.random.fork_rng(devices=[]):  # the random floor: default init, seeded per arch
+                    torch.manual_seed(seed * 1_000_003 + i)
+                    module = space.build(genome, info.input_shape, info.num_classes)
+                graph = to_graph(module, info.input_shape, ghn.config.s_max)
+                # One GHN call for all settings (one dict shared by all when not bit-conditioned).
+                batch = [graph] * len(specs) if conditioned else [graph]
+                preds = ghn(batch_graphs(batch), specs if conditioned else "fp32")
+                by_name = dict(zip(names, preds, strict=True)) if conditioned else dict.fromkeys(names, preds[0])
+                qmodel = prepare(module)
+                record = {"split": split, "arch": arch,
+                          "params": sum(p.numel() for p in module.parameters()),
+                          "ghn": evaluate(qmodel, lambda spec, d=by_name: d[spec.name], x, y, specs,
+                                          bn_stats=bn_stats, seed=seed)}
+                if floor:
+                    record[RANDOM_COLUMN] = evaluate(qmodel, None, x, y, specs, bn_stats=bn_stats, seed=seed)
+                records.append(record)
+                if on_arch is not None:
+                    on_arch(split, arch)
+
+    table: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for name in names:
+        row: dict[str, dict[str, dict[str, float]]] = {}
+        for split in splits:
+            rs = [r for r in records if r["split"] == split]
+            if rs:
+                row[split] = {m: _summary([r["ghn"][name][m] for r in rs]) for m in ("top1", "top5")}
+        if floor and records:
+            row[RANDOM_COLUMN] = {m: _summary([r[RANDOM_COLUMN][name][m] for r in records]) for m in ("top1", "top5")}
+        table[name] = row
+    return {
+        "predictor": {"name": header.name, "dataset": header.dataset, "train_steps": header.train_steps,
+                      "bits_trained": list(header.bits_trained), "path": str(predictor.path or "")},
+        "dataset": info.name,
+        "test_images": len(y),
+        "test_subset_seed": TEST_SUBSET_SEED,
+        "bn_stats": bn_stats,
+        "settings": names,
+        "splits": list(splits),
+        "table": table,
+        "architectures": records,
+    }
+
+
+def format_cell(cell: dict[str, float] | None) -> str:
+    """``mean ± sem; max`` in percent, as in GHN-Q's Table 1."""
+    if not cell:
+        return "-"
+    return f"{100 * cell['mean']:.1f} ± {100 * cell['sem']:.1f}; {100 * cell['max']:.1f}"

@@ -1,0 +1,240 @@
+"""Export: files, PyTorch round trip, ONNX (float, int8 QDQ, 4/2-bit QCDQ) matching PyTorch, CLI behaviour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from test_finetune import TINY, fashion, make_study, small_fashion  # noqa: F401 - fixtures
+from torch import nn
+
+import qnas
+from qnas import data
+from qnas.cli import main
+from qnas.errors import QnasError
+from qnas.export import _check, export_model, load_quantized, to_onnx, verify_onnx
+from qnas.finetune import FAQConfig, bn_stats, faq_calibration, finetune, layout
+from qnas.quant import Calibration, QuantSpec
+from search_spaces import convnets250k as S
+
+SETTINGS = ("w8a8", "w4a4", "w2a2")
+
+
+@pytest.fixture(scope="module")
+def exported(fashion, tmp_path_factory):  # noqa: F811
+    """A tiny convnets250k net, FAQ-finetuned briefly, exported with int8, 4-bit and 2-bit graphs."""
+    genome = S.from_string(TINY[0])
+    torch.manual_seed(0)
+    module = S.build(genome)
+    result = finetune(module, fashion, FAQConfig(setting="w4a4", epochs=1, train_size=512, lr=0.5, batch_size=32),
+                      eval_data=(data.normalize(fashion.test_images[:200], fashion.info), fashion.test_labels[:200]),
+                      val_data=data.val_subset(fashion, 200))
+    qmodel, lay = layout(module)
+    calib = data.normalize(fashion.train_images[:256], fashion.info)
+    settings = {}
+    for name in SETTINGS:
+        spec = QuantSpec.parse(f"{name}-fl8")
+        cal = (Calibration(bn=bn_stats(module), ranges=result.ranges, num_images=0) if name == "w4a4"
+               else faq_calibration(qmodel, lay, calib, spec, stats=bn_stats(module)))
+        settings[name] = (spec, cal, "test")
+    out = tmp_path_factory.mktemp("export") / "model"
+    images = data.normalize(fashion.test_images[:300], fashion.info)
+    arch = {"space": "convnets250k", "genome": S.to_json(genome), "arch": S.to_string(genome),
+            "dataset": "fashion-mnist", "input_shape": [1, 28, 28], "num_classes": 10, "params": S.count_params(genome)}
+    res = export_model(module, out, arch=arch, input_shape=(1, 28, 28), settings=settings, onnx_settings=SETTINGS,
+                       verify_images=images, metrics={"fp32": 0.5})
+    return module, settings, out, res, images
+
+
+def test_export_writes_every_file_and_onnx_matches_pytorch(exported):
+    _, _, out, res, _ = exported
+    names = {"arch.json", "model.safetensors", "quant.json", "model.onnx", "model_int8_qdq.onnx",
+             "model_w4a4_qcdq.onnx", "model_w2a2_qcdq.onnx", "README.md"}
+    assert names == {p.name for p in out.iterdir()}
+    for file, r in res.verification.items():
+        assert r["images"] == 300
+        assert r["top1_agreement"] >= 0.99, (file, r)
+    assert res.verification["model.onnx"]["max_abs_diff"] < 1e-4
+    card = (out / "README.md").read_text()
+    assert "qnas.load(" in card and "model_w2a2_qcdq.onnx" in card and "| fp32 | 50.00% |" in card
+
+
+def _ops(path: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def _clip_max(path: Path) -> set[int]:
+    model = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {int(inits[n.input[2]]) for n in model.graph.node if n.op_type == "Clip" and n.input[2] in inits
+            and inits[n.input[2]].dtype.name == "uint8"}
+
+
+def test_onnx_graph_conventions(exported):
+    _, _, out, _, _ = exported
+    assert not {"QuantizeLinear", "DequantizeLinear"} & set(_ops(out / "model.onnx"))
+    int8 = _ops(out / "model_int8_qdq.onnx")
+    assert "QuantizeLinear" in int8 and "DequantizeLinear" in int8 and "Clip" not in int8
+    # QCDQ: Q -> Clip to the low-bit range -> DQ; first/last layers and their activations stay 8-bit.
+    assert _clip_max(out / "model_w4a4_qcdq.onnx") == {15}
+    assert _clip_max(out / "model_w2a2_qcdq.onnx") == {3}
+    model = onnx.load(str(out / "model_w4a4_qcdq.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type == "Clip" and n.input[0] in producers and producers[n.input[0]].op_type == "QuantizeLinear":
+            assert any(m.op_type == "DequantizeLinear" and m.input[0] == n.output[0] for m in model.graph.node)
+    quant = json.loads((out / "quant.json").read_text())
+    w4 = quant["settings"]["w4a4"]
+    assert w4["spec"] == "w4a4-fl8" and w4["weights"]["stem.0"]["bits"] == 8 and w4["activations"]["x"]["bits"] == 8
+    assert {v["bits"] for v in w4["weights"].values()} == {4, 8}
+    for entry in [*w4["weights"].values(), *w4["activations"].values()]:
+        assert entry["scale"] > 0 and 0 <= entry["zero_point"] < 2 ** entry["bits"]
+
+
+def test_pytorch_round_trip_is_identical(exported):
+    module, settings, out, _, images = exported
+    loaded = qnas.load(out)
+    assert not loaded.training
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(images), module(images))
+    qref, _ = layout(module)
+    for name in SETTINGS:
+        qmodel, cal, spec = load_quantized(out, name)
+        ref_spec, ref_cal, _ = settings[name]
+        assert spec == ref_spec
+        with torch.no_grad():
+            assert torch.equal(qmodel(images, spec, cal), qref(images, ref_spec, ref_cal))
+
+
+def test_mismatch_is_detected(exported):
+    module, settings, _, _, images = exported
+    _, lay = layout(module)
+    spec, cal, _ = settings["w4a4"]
+    wrong = Calibration(bn=cal.bn, ranges={k: (lo * 2, hi * 2) for k, (lo, hi) in cal.ranges.items()}, num_images=0)
+    model = to_onnx(module, lay, wrong, spec, (1, 28, 28))
+    qmodel, _ = layout(module)
+    r = verify_onnx(model, qmodel, cal, spec, images[:200])
+    assert _check("m.onnx", spec, r) is not None
+    assert _check("m.onnx", spec, verify_onnx(to_onnx(module, lay, cal, spec, (1, 28, 28)), qmodel, cal, spec,
+                                              images[:200])) is None
+
+
+class UserNet(nn.Module):
+    """A hand-written CNN with functional ops, a concatenation, a standalone BN and a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 6, 3, padding=1)
+        self.b = nn.Conv2d(1, 6, 5, padding=2, bias=False)
+        self.bn = nn.BatchNorm2d(12)
+        self.dw = nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=12)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(torch.cat([F.relu(self.a(x)), self.b(x)], 1))
+        y = F.max_pool2d(F.relu(y), 2)
+        y = F.avg_pool2d(F.relu(self.dw(y)) + y, 3, 2, 1)
+        y = y.mean((2, 3), keepdim=True)
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_user_cnn_exports_to_matching_onnx(fashion):  # noqa: F811
+    torch.manual_seed(0)
+    module = UserNet().eval()
+    qmodel, lay = layout(module)
+    images = data.normalize(fashion.test_images[:300], fashion.info)
+    for name in ("fp32", "w8a8", "w4a4"):
+        spec = QuantSpec.parse(name)
+        cal = faq_calibration(qmodel, lay, images[:128], spec if not spec.is_float else QuantSpec(8, 8))
+        r = verify_onnx(to_onnx(module, lay, cal, spec, (1, 28, 28)), qmodel, cal, spec, images)
+        assert _check(name, spec, r) is None, (name, r)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+
+@pytest.fixture(scope="module")
+def finetuned_study(small_fashion, tmp_path_factory):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("study")
+    url, _ = make_study(tmp)
+    root = tmp / "studies"
+    assert main(["finetune", "--study", "ft", "--storage", url, "--trials", "0", "--bits", "4", "--epochs", "1",
+                 "--train-size", "512", "--lr", "0.5", "--batch-size", "32", "--test-size", "100", "--init", "random",
+                 "--data-dir", str(small_fashion), "--out-root", str(root), "--quiet", "--json"]) == 0
+    return url, root
+
+
+def _export_args(url, root, small_fashion, out, *extra):  # noqa: F811
+    return ["export", "--study", "ft", "--storage", url, "--out", str(out), "--data-dir", str(small_fashion),
+            "--out-root", str(root), "--verify-size", "300", "--test-size", "300", "--predictor", "random", *extra]
+
+
+def test_cli_export_trial_force_and_json(finetuned_study, small_fashion, tmp_path, capsys):  # noqa: F811
+    url, root = finetuned_study
+    out = tmp_path / "out"
+    assert main(_export_args(url, root, small_fashion, out, "--trial", "0", "--bits", "2", "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary[0]["trial"] == 0 and "model_w2a2_qcdq.onnx" in summary[0]["files"]
+    assert set(summary[0]["metrics"]) == {"fp32", "w8a8", "w4a8", "w4a4", "w2a2"}
+    quant = json.loads((out / "quant.json").read_text())
+    assert quant["settings"]["w4a4"]["source"].startswith("FAQ-finetuned")  # the finetuned run's ranges
+    assert "FAQ-finetuned at w4a4" in json.loads((out / "arch.json").read_text())["weights_source"]
+    # Refuses to overwrite; --force replaces (and drops the 2-bit file of the previous export).
+    assert main(_export_args(url, root, small_fashion, out, "--trial", "0")) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and err.count("\n") == 1
+    assert main(_export_args(url, root, small_fashion, out, "--trial", "0", "--force")) == 0
+    files = {p.name for p in out.iterdir()}
+    assert "model_w4a4_qcdq.onnx" in files and "model_w2a2_qcdq.onnx" not in files
+
+
+def test_cli_export_pareto_uses_the_predictor_for_trials_not_finetuned(small_fashion, tmp_path, capsys):  # noqa: F811
+    url, study = make_study(tmp_path, archs=TINY[:1], infeasible=None)
+    out = tmp_path / "front"
+    assert main(_export_args(url, tmp_path / "studies", small_fashion, out, "--pareto", "--bits", "8")) == 0
+    assert {p.name for p in (out / "trial-0").iterdir()} == {"arch.json", "model.safetensors", "quant.json",
+                                                             "model.onnx", "model_int8_qdq.onnx", "README.md"}
+    assert "not finetuned" in (out / "trial-0" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--trial", "99"], "has no trial 99"),
+    (["--trial", "2"], "infeasible"),
+    (["--trial", "0", "--bits", "3bit"], "bad --bits"),
+])
+def test_cli_export_bad_input_is_one_line(small_fashion, tmp_path, capsys, extra, message):  # noqa: F811
+    url, _ = make_study(tmp_path)
+    assert main(_export_args(url, tmp_path / "studies", small_fashion, tmp_path / "o", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_export_unwritable_directory(small_fashion, tmp_path, capsys):  # noqa: F811
+    url, _ = make_study(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(_export_args(url, tmp_path / "studies", small_fashion, blocker / "sub", "--trial", "0")) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to" in err and err.count("\n") == 1
+
+
+def test_cli_export_mismatch_exits_1(finetuned_study, small_fashion, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import qnas.export as E
+
+    url, root = finetuned_study
+    real = E._int_weight
+    monkeypatch.setattr(E, "_int_weight", lambda w, scale, zp, bits: (real(w, scale, zp, bits) // 2))
+    assert main(_export_args(url, root, small_fashion, tmp_path / "bad", "--trial", "0")) == 1
+    err = capsys.readouterr().err
+    assert "differs from" in err and err.count("\n") == 1
+
+
+def test_load_errors_are_one_line(tmp_path):
+    with pytest.raises(QnasError, match="arch.json is missing"):
+        qnas.load(tmp_path)
