@@ -33,7 +33,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40, help="id-split architectures (default 40)")
     ap.add_argument("--images", type=int, default=1000, help="test images (default 1000)")
     ap.add_argument("--bn-stats", default="calibrated", choices=("batch", "calibrated"))
-    ap.add_argument("--also-batch", action="store_true", help="also score the shipped predictor with batch BN")
+    ap.add_argument("--granularity", default="channel", choices=("channel", "tensor"),
+                    help="weight scales of the quantized settings (default channel, qnas's scoring protocol)")
+    ap.add_argument("--also-ghnq", action="store_true",
+                    help="also score the shipped predictor under GHN-Q's protocol (batch BN, tensorwise)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write all results here")
     args = ap.parse_args()
@@ -44,6 +47,8 @@ def main() -> None:
     from qnas.predictors.evaluation import evaluate_predictor, format_cell
 
     ds = load_dataset("fashion-mnist")
+    suffix = "" if args.granularity == "tensor" else "-channel"
+    specs = [s if s == "fp32" else s + suffix for s in SETTINGS]
     rows: list[tuple[str, str, dict]] = []
     t0 = time.perf_counter()
     columns = [("float GHN (GHN-Q)", args.float_), ("GHN-QAT w4a4", args.w4a4), ("GHN-QAT w2a2", args.w2a2),
@@ -54,25 +59,26 @@ def main() -> None:
         if not name:
             continue
         pred = load_predictor(name, dataset="fashion-mnist")
-        res = evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=SETTINGS, bn_stats=args.bn_stats,
-                                 images=args.images, floor=floor is None)
+        res = _rename(evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=specs, bn_stats=args.bn_stats,
+                                         images=args.images, floor=floor is None), specs)
         if floor is None:
             floor = {s: res["table"][s]["random"] for s in SETTINGS}
-        rows.append((label, args.bn_stats, res))
+        rows.append((label, f"{args.bn_stats}/{args.granularity}", res))
         if name == args.conditioned:
             shipped = res
-            if args.also_batch:
-                rows.append((label, "batch", evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=SETTINGS,
-                                                                bn_stats="batch", images=args.images, floor=False)))
+            if args.also_ghnq:
+                ghnq = evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=SETTINGS, bn_stats="batch",
+                                          images=args.images, floor=False)
+                rows.append((label, "batch/tensor (GHN-Q)", ghnq))
 
-    header = f"{'predictor':28s} {'BN':10s} " + " ".join(f"{s:>22s}" for s in SETTINGS)
+    header = f"{'predictor':28s} {'protocol':20s} " + " ".join(f"{s:>22s}" for s in SETTINGS)
     print(f"id split, first {args.n} architectures, {args.images} test images, top-1 mean ± sem; max")
     print(header)
-    print(f"{'random init (floor)':28s} {args.bn_stats:10s} " + " ".join(f"{format_cell(floor[s]['top1']):>22s}"
-                                                                      for s in SETTINGS))
+    floor_cells = " ".join(f"{format_cell(floor[s]['top1']):>22s}" for s in SETTINGS)
+    print(f"{'random init (floor)':28s} {args.bn_stats + '/' + args.granularity:20s} " + floor_cells)
     for label, bn, res in rows:
         cells = [format_cell(res["table"][s]["id"]["top1"]) for s in SETTINGS]
-        print(f"{label:28s} {bn:10s} " + " ".join(f"{c:>22s}" for c in cells))
+        print(f"{label:28s} {bn:20s} " + " ".join(f"{c:>22s}" for c in cells))
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
@@ -80,6 +86,12 @@ def main() -> None:
     if shipped is not None:
         mean = {s: shipped["table"][s]["id"]["top1"]["mean"] for s in SETTINGS}
         print(f"ratio_w4a4={mean['w4a4'] / mean['fp32']:.3f} ratio_w2a2={mean['w2a2'] / mean['fp32']:.3f}")
+
+
+def _rename(res: dict, specs: list[str]) -> dict:
+    """Report ``w4a4-channel`` under ``w4a4`` so rows of both protocols line up."""
+    res["table"] = {s.split("-")[0]: res["table"][s] for s in specs}
+    return res
 
 
 if __name__ == "__main__":
