@@ -9,14 +9,16 @@ trained on and the range the CPU budget affords), sorted by parameter count (tie
 
 What each gets (the budget, fixed and stated in the table): the reference trainer
 (``qnas.train.train``) from its seeded re-initialization, once at FP32 and once with quantization-aware
-training at W4A4 (straight-through), for one epoch over a fixed class-balanced subset of the training
+training at W4A4 with per-output-channel weight scales (``w4a4-channel``: the scorer's default
+granularity, ``qnas.scorer.DEFAULT_GRANULARITY``, and what int8 runtimes deploy; straight-through
+gradients), for one epoch over a fixed class-balanced subset of the training
 split (the first ``--train-images``//10 images of each class in official order; default 2,048, i.e.
 2,040 images, batch 32, peak lr 0.05: 63 SGD steps). Then top-1/top-5 at the training setting on a fixed subset of
 the test set (the first ``--test-images``/10 per class, default 2,000) and on the scorer's validation
 subset (``data.val_subset(ds, --val-images, seed=0)``, the images benchmarks/ranking.py scores on),
 with BatchNorm statistics and activation ranges calibrated on ``--calib-images`` training images
-(``bn_stats="calibrated"``, the deployed int8 behaviour). FP32 rows also record post-training W4A4
-quantization of the FP32 net (``*_ptq_w4a4``).
+(``bn_stats="calibrated"``, the deployed int8 behaviour). FP32 rows also record post-training
+quantization of the FP32 net at the same setting (``*_ptq_w4a4-channel``).
 
 The default budget was chosen to fit about an hour on one CPU thread (measured here: ~1.3 s per
 training image summed over the 40 architectures for FP32 + W4A4, plus evaluation): short enough that
@@ -25,8 +27,9 @@ quoting it.
 
 Resumable and safe to kill: each finished (architecture, setting) row is written to
 ``ground_truth.json`` (and ``ground_truth.csv``) at once, atomically; a rerun skips finished rows and
-refuses to mix rows made under another budget. Architectures are visited in bit-reversed order of
-size, so a partial table still spans all sizes.
+refuses to mix rows made under another budget or with other versions of the engine's files (their
+hashes are in every run record, with torch/qnas versions, the git commit and the command).
+Architectures are visited in bit-reversed order of size, so a partial table still spans all sizes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -56,7 +60,7 @@ from search_spaces import get_space  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "ground_truth"
 SPACE, SPLIT, DATASET = "convnets250k", "id", "fashion-mnist"
-PTQ_SETTINGS = ("w4a4",)  # the FP32 net is also measured quantized after training
+PTQ_SETTINGS = ("w4a4-channel",)  # the FP32 net is also measured quantized after training
 
 
 # ----------------------------------------------------------------------------- which architectures
@@ -145,6 +149,17 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+# The code a row's numbers depend on; hashed into every run record, and a resume refuses a change,
+# because the engine's files may be edited without a commit in between.
+ENGINE_FILES = ("qnas/quant.py", "qnas/train.py", "qnas/score.py", "qnas/data.py",
+                "search_spaces/convnets250k/__init__.py")
+
+
+def _engine_hashes() -> dict[str, str]:
+    repo = Path(__file__).resolve().parents[1]
+    return {f: hashlib.sha256((repo / f).read_bytes()).hexdigest()[:16] for f in ENGINE_FILES}
+
+
 def _git_commit() -> str:
     try:
         repo = Path(__file__).resolve().parents[1]
@@ -158,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--archs", type=int, default=40, help="architectures (default 40)")
     ap.add_argument("--max-params", type=int, default=1_000_000, help="largest architecture (default 1e6)")
-    ap.add_argument("--settings", default="fp32,w4a4", help="training settings (default fp32,w4a4)")
+    ap.add_argument("--settings", default="fp32,w4a4-channel",
+                    help="training settings, engine names (default fp32,w4a4-channel)")
     ap.add_argument("--train-images", type=int, default=2048, help="training images, class-balanced (default 2048)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs over them (default 1)")
     ap.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
@@ -212,11 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         table = {"space": SPACE, "split": SPLIT, "dataset": DATASET, "settings": settings,
                  "architectures": archs, "budget": budget, "runs": [], "rows": []}
+    engine = _engine_hashes()
+    for run in table["runs"]:
+        if run.get("engine_sha256", engine) != engine:
+            raise SystemExit(f"{table_path} has rows made with other versions of {', '.join(ENGINE_FILES)} "
+                             f"({run['engine_sha256']} vs now {engine}); move it away to start over")
     table["runs"].append({
         "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python " + " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__, "qnas": qnas.__version__,
         "python": platform.python_version(), "machine": platform.machine(), "git_commit": _git_commit(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "engine_sha256": engine,
     })
     done = {(r["arch"], r["setting"]) for r in table["rows"]}
 

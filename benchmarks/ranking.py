@@ -6,9 +6,10 @@ Reads the committed ground truth (``benchmarks/ground_truth/ground_truth.json``:
 ``id`` split trained from scratch at FP32 and with QAT at W4A4, see ``benchmarks/ground_truth.py``) and
 scores the same architectures, side by side in this run, with:
 
-* ``predictor``: the shipped GHN (``--predictor``, default: the shipped checkpoint for the dataset) —
-  predicted parameters evaluated with ``qnas.score.evaluate`` at each setting on ``--val-size`` fixed
-  validation images (default BN mode of the scorer); the score is top-1 accuracy;
+* ``predictor``: the shipped GHN (``--predictor``, default: the shipped checkpoint for the dataset),
+  scored exactly as the search scores a candidate (``qnas.scorer.GHNScorer.score``: predicted
+  parameters, top-1 on ``--val-size`` fixed validation images, the scorer's BN mode, weight
+  granularity taken from the ground-truth settings, e.g. ``w4a4-channel`` -> per-channel);
 * ``random GHN``: the same with an untrained GHN (``--ghn-seed``), the floor of the GHN approach;
 * ``params``, ``MACs``: analytic counts of the space (more is better, as a prior);
 * ``synflow``, ``NASWOT``: zero-cost proxies of ``qnas.proxies`` at the init the ground truth was
@@ -28,6 +29,7 @@ the top-5 overlap (how many of the truly best 5 are in the scorer's best 5). Set
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -40,10 +42,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qnas import data  # noqa: E402
-from qnas.predictors import default_predictor, load_predictor  # noqa: E402
+from qnas.errors import QnasError  # noqa: E402
+from qnas.predictors import default_predictor  # noqa: E402
 from qnas.proxies import naswot, synflow  # noqa: E402
+from qnas.quant import QuantSpec  # noqa: E402
 from qnas.ranking import kendall_tau, spearman_rho, top_k_overlap  # noqa: E402
-from qnas.score import evaluate  # noqa: E402
+from qnas.scorer import DEFAULT_GRANULARITY, GHNScorer, make_scorer  # noqa: E402
 from qnas.train import reset_parameters  # noqa: E402
 from search_spaces import get_space  # noqa: E402
 
@@ -72,16 +76,24 @@ def _seeded_module(space, genome, info: data.DatasetInfo, seed: int) -> torch.nn
     return module
 
 
-def _ghn_scores(predictor, modules: dict[str, torch.nn.Module], settings: list[str], x: torch.Tensor,
-                y: torch.Tensor) -> dict[str, dict[str, float]]:
-    """{setting: {arch: top-1}} with the predictor's parameters for each setting."""
-    out: dict[str, dict[str, float]] = {s: {} for s in settings}
-    for arch, module in modules.items():
-        with torch.no_grad():
-            params = {s: predictor.predict(module, s, key=arch) for s in settings}
-        acc = evaluate(module, lambda spec, p=params: p[spec.name], x, y, settings)
-        for s in settings:
-            out[s][arch] = acc[s]["top1"]
+def _scorer_protocol(settings: list[str]) -> tuple[dict[str, str], str]:
+    """Ground-truth setting -> the scorer's setting name (``w4a4-channel`` -> ``w4a4``), and the granularity."""
+    specs = {s: QuantSpec.parse(s) for s in settings}
+    quantized = [sp for sp in specs.values() if not sp.is_float]
+    grans = {sp.granularity for sp in quantized} or {DEFAULT_GRANULARITY}
+    if len(grans) > 1 or any(sp.mode != "sim" or sp.first_last_8bit for sp in quantized):
+        raise QnasError(f"the scorer cannot reproduce ground-truth settings {settings} (one granularity, sim mode)")
+    base = {s: "fp32" if sp.is_float else f"w{sp.w_bits or 32}a{sp.a_bits or 32}" for s, sp in specs.items()}
+    return base, grans.pop()
+
+
+def _ghn_scores(scorer: GHNScorer, genomes: dict, base: dict[str, str]) -> dict[str, dict[str, float]]:
+    """{setting: {arch: top-1}} exactly as the search scores a candidate (``GHNScorer.score``)."""
+    out: dict[str, dict[str, float]] = {s: {} for s in base}
+    for arch, genome in genomes.items():
+        acc = scorer.score(genome)
+        for s, b in base.items():
+            out[s][arch] = acc[f"top1_{b}"]
     return out
 
 
@@ -97,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--truth", type=Path, default=GROUND_TRUTH, help="ground-truth JSON (default: the committed one)")
     ap.add_argument("--predictor", default=None, help="predictor name or checkpoint (default: shipped for the dataset)")
-    ap.add_argument("--val-size", type=int, default=500, help="validation images per GHN evaluation (default 500)")
+    ap.add_argument("--val-size", type=int, default=1000,
+                    help="validation images the GHN scorers evaluate on (default 1000, the search's default)")
     ap.add_argument("--naswot-batch", type=int, default=128, help="images in NASWOT's mini-batch (default 128)")
     ap.add_argument("--init-seed", type=int, default=None,
                     help="seed of the init the proxies score (default: the ground truth's training seed)")
@@ -113,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     space = get_space(table["space"])
     ds = data.load_dataset(table["dataset"])
     info = ds.info
-    x, y = data.val_subset(ds, args.val_size, seed=0)
     xn, _ = data.val_subset(ds, args.naswot_batch, seed=1)
     settings = list(truth)
     init_seed = args.init_seed if args.init_seed is not None else int(table.get("budget", {}).get("seed", 0))
@@ -123,14 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     name = args.predictor or default_predictor(table["dataset"])
     timings: dict[str, float] = {}
     scores: dict[str, dict[str, dict[str, float]]] = {}  # scorer -> setting -> arch -> score
+    base, granularity = _scorer_protocol(settings)
+
+    def scorer(predictor: str, seed: int) -> GHNScorer:
+        s = make_scorer(space=space, dataset=table["dataset"], predictor=predictor, val_size=args.val_size,
+                        granularity=granularity, seed=seed)
+        x, y = data.val_subset(ds, args.val_size, seed=0)  # the same images whatever the GHN's seed
+        return dataclasses.replace(s, settings=tuple(dict.fromkeys(base.values())), images=x, labels=y)
+
     if name is None:
         print(f"note: no shipped predictor for {table['dataset']}; the predictor row is left out", file=sys.stderr)
     else:
-        pred = load_predictor(name, dataset=table["dataset"], input_shape=info.input_shape)
-        scores[f"predictor ({name})"] = _timed("predictor", lambda: _ghn_scores(pred, modules, settings, x, y), timings)
-    rand = load_predictor("random", seed=args.ghn_seed, dataset=table["dataset"], input_shape=info.input_shape,
-                          num_classes=info.num_classes)
-    scores["random GHN"] = _timed("random GHN", lambda: _ghn_scores(rand, modules, settings, x, y), timings)
+        pred = scorer(name, 0)
+        scores[f"predictor ({name})"] = _timed("predictor", lambda: _ghn_scores(pred, genomes, base), timings)
+    rand = scorer("random", args.ghn_seed)
+    scores["random GHN"] = _timed("random GHN", lambda: _ghn_scores(rand, genomes, base), timings)
     shape, classes = info.input_shape, info.num_classes
     flat = {
         "params": lambda: {a: float(space.count_params(g, shape, classes)) for a, g in genomes.items()},
@@ -194,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"results": results, "scores": scores, "timings": timings,
                                          "predictor": name, "val_size": args.val_size}, indent=1) + "\n")
 
+    w4a4 = next((s for s, b in base.items() if b == "w4a4"), "w4a4")
+
     def tau(scorer: str) -> str:
-        r = results.get(scorer, {}).get("w4a4")
+        r = results.get(scorer, {}).get(w4a4)
         return "nan" if r is None or math.isnan(r["tau"]) else f"{r['tau']:.3f}"
 
     ghn_row = f"predictor ({name})" if name is not None else "random GHN"
