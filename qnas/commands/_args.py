@@ -34,3 +34,14 @@ def param_count(text: str) -> int:
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive parameter count, got {text!r}")
     return int(value)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value

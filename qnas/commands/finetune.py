@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from qnas.commands._args import positive_int
+from qnas.commands._args import positive_float, positive_int
 
 _STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qnas search` writes)"
 
@@ -20,16 +20,6 @@ def _trial_list(text: str) -> list[int]:
     if not numbers or any(n < 0 for n in numbers):
         raise argparse.ArgumentTypeError(f"expected trial numbers like 3,7, got {text!r}")
     return numbers
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help=f"training images per epoch, a fixed random subset (default {d.train_size:,}; the "
                    "training split has 55,000)")
     f.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
-    f.add_argument("--lr", type=_positive_float, default=d.lr,
+    f.add_argument("--lr", type=positive_float, default=d.lr,
                    help=f"initial learning rate, decayed exponentially to {d.final_lr:g} (default {d.lr})")
     f.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help=f"on conv/linear weights (default {d.weight_decay:g})")

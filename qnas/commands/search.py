@@ -9,17 +9,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from qnas.commands._args import param_count, positive_int
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+from qnas.commands._args import param_count, positive_float, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-params", type=param_count, default=10_000_000, help="parameter bound, e.g. 1e6 (default 1e7)")
     p.add_argument("--trials", type=positive_int, default=None,
                    help="trials to run in this process (default 50 when --timeout is not given)")
-    p.add_argument("--timeout", type=_positive_float, default=None, help="stop starting new trials after this many s")
+    p.add_argument("--timeout", type=positive_float, default=None, help="stop starting new trials after this many s")
     p.add_argument("--study", default="qnas", help="study name (default qnas)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (default sqlite:///studies/<study>.db; postgresql+psycopg2://..., "
