@@ -138,7 +138,13 @@ def _trained_init(module: nn.Module, arg: str, *, dataset: Any, seed: int, progr
 
 # name -> function(module, arg, *, dataset, seed, **options) returning Params (None: the module's own,
 # left in the module). The GHN adds "ghn" here.
-_INITS: dict[str, Callable[..., Params]] = {"random": _random_init, "trained": _trained_init}
+def _ghn_init(module: nn.Module, arg: str, **kwargs: Any) -> Params:
+    from qnas.predictors import ghn_init  # lazy: scoring without a GHN never imports it
+
+    return ghn_init(module, arg, **kwargs)
+
+
+_INITS: dict[str, Callable[..., Params]] = {"random": _random_init, "trained": _trained_init, "ghn": _ghn_init}
 
 
 def init_params(module: nn.Module, init: str, *, dataset: Any = None, seed: int = 0, **options: Any) -> Params:

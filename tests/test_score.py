@@ -157,7 +157,7 @@ def test_cli_scores_a_sampled_architecture(fashion_dir: Path, capsys: pytest.Cap
     argv = ["score", "--arch", arch, "--data-dir", str(fashion_dir), "--val-size", "20", "--calib-size", "16"]
     assert main([*argv, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["arch"] == arch and record["init"] == "random" and record["bn_stats"] == "calibrated"
+    assert record["arch"] == arch and record["init"] == "ghn" and record["bn_stats"] == "calibrated"
     assert list(record["accuracy"]) == ["fp32", "w8a8", "w4a8", "w4a4", "w2a2"]
     assert record["params"] == convnets250k.count_params(convnets250k.from_string(arch))
     assert main([*argv, "--bits", "fp32,w4a4", "--bn-stats", "batch"]) == 0

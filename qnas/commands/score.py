@@ -33,9 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset name (default fashion-mnist)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory searched first for the dataset")
-    p.add_argument("--init", default="random", metavar="SOURCE",
-                   help="where parameters come from: 'random' (seeded PyTorch init) or 'trained:EPOCHS' "
-                   "(the reference SGD trainer, FP32) (default random)")
+    p.add_argument("--init", default="ghn", metavar="SOURCE",
+                   help="where parameters come from: 'ghn[:PREDICTOR]' (predicted by the shipped or given GHN), "
+                   "'random' (seeded PyTorch init) or 'trained:EPOCHS' (the reference SGD trainer, FP32) "
+                   "(default ghn)")
     p.add_argument("--bits", default=",".join(DEFAULT_SETTINGS), metavar="LIST",
                    help="comma-separated settings: fp32 or wXaY with X, Y in 2..8, optional suffixes -noise, "
                    f"-channel, -fl8 (default {','.join(DEFAULT_SETTINGS)})")
