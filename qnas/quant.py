@@ -45,7 +45,7 @@ import operator
 import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -65,6 +65,7 @@ __all__ = [
     "fake_quantize",
     "fold_bn",
     "parse_specs",
+    "with_granularity",
     "prepare",
     "qparams",
     "quantize_activation",
@@ -192,6 +193,24 @@ def parse_specs(value: str | Iterable[str | QuantSpec]) -> list[QuantSpec]:
     if repeated:
         raise QnasError(f"quantization setting(s) given twice: {', '.join(repeated)}")
     return specs
+
+
+def with_granularity(value: str | Iterable[str], granularity: str) -> list[str]:
+    """Setting names with a default weight granularity: ``w4a4`` -> ``w4a4-channel`` for ``"channel"``.
+
+    A name that says ``-channel`` or ``-tensor`` itself keeps it; fp32 has no weight scales.
+    """
+    if granularity not in GRANULARITIES:
+        raise QnasError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        name = item.strip()
+        suffixes = name.lower().split("-")[1:]
+        explicit = "channel" in suffixes or "tensor" in suffixes
+        spec = QuantSpec.parse(name)
+        out.append(spec.name if spec.is_float or explicit else replace(spec, granularity=granularity).name)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -311,7 +311,7 @@ def test_eval_predictor_json_matches_a_direct_evaluation(capsys: pytest.CaptureF
     from qnas.score import evaluate
 
     rc = main(["eval-predictor", "--predictor", "random", "--splits", "id,bn_free", "--n", "1", "--images", "64",
-               "--bits", "fp32,w4a4", "--bn-stats", "batch", "--json"])
+               "--bits", "fp32,w4a4", "--granularity", "tensor", "--bn-stats", "batch", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["settings"] == ["fp32", "w4a4"] and out["test_images"] == 64 and out["bn_stats"] == "batch"
@@ -346,6 +346,7 @@ def test_eval_predictor_table_and_bad_input(capsys: pytest.CaptureFixture[str]) 
                "--bits", "w8a8", "--no-floor"])
     out = capsys.readouterr().out
     assert rc == 0 and "OOD-BN-Free (n=1)" in out and "±" in out and "random init" not in out
+    assert "w8a8-channel" in out  # per-channel weight scales by default, as `qnas search` scores
 
 
 def test_ghn_init_gives_per_setting_parameters_for_score() -> None:

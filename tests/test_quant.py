@@ -22,6 +22,7 @@ from qnas.quant import (
     qparams,
     quantize_activation,
     quantize_weight,
+    with_granularity,
 )
 from search_spaces import convnets250k
 
@@ -80,6 +81,14 @@ def test_named_settings_and_parsing() -> None:
     for s in ("fp32", "w8a8", "w2a2-noise", "w4a4-channel-fl8", "w32a4"):
         assert QuantSpec.parse(QuantSpec.parse(s).name) == QuantSpec.parse(s)
     assert [s.name for s in parse_specs("fp32, w8a8,w4a4")] == ["fp32", "w8a8", "w4a4"]
+
+
+def test_with_granularity_fills_only_unnamed_scales() -> None:
+    assert with_granularity("fp32,w4a4,w2a2-noise,w8a8-tensor,w4a8-channel", "channel") == [
+        "fp32", "w4a4-channel", "w2a2-noise-channel", "w8a8", "w4a8-channel"]
+    assert with_granularity(["w4a4", "w4a4-channel"], "tensor") == ["w4a4", "w4a4-channel"]
+    with pytest.raises(QnasError):
+        with_granularity("w4a4", "row")
 
 
 @pytest.mark.parametrize("bad", ["w0a8", "w1a1", "w9a8", "w8a9", "w4", "int8", "", "w4a4-fast", "w4a4-noise-noise"])

@@ -158,8 +158,15 @@ def test_cli_scores_a_sampled_architecture(fashion_dir: Path, capsys: pytest.Cap
     assert main([*argv, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["arch"] == arch and record["init"] == "ghn" and record["bn_stats"] == "calibrated"
+    assert record["granularity"] == "channel"  # the protocol `qnas search` scores with
     assert list(record["accuracy"]) == ["fp32", "w8a8", "w4a8", "w4a4", "w2a2"]
     assert record["params"] == convnets250k.count_params(convnets250k.from_string(arch))
+    # per-channel by default: the same numbers as naming -channel; tensorwise on request
+    assert main([*argv, "--bits", "w4a4-channel,w2a2-tensor", "--json"]) == 0
+    named = json.loads(capsys.readouterr().out)["accuracy"]
+    assert named["w4a4-channel"] == record["accuracy"]["w4a4"]
+    assert main([*argv, "--bits", "w2a2", "--granularity", "tensor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"]["w2a2"] == named["w2a2-tensor"]
     assert main([*argv, "--bits", "fp32,w4a4", "--bn-stats", "batch"]) == 0
     out = capsys.readouterr().out
     assert "w4a4" in out and "w8a8" not in out and "top-1" in out

@@ -47,6 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="architectures per split, the first N in committed order (default 0: all)")
     p.add_argument("--bits", default=DEFAULT_SETTINGS, metavar="SETTINGS",
                    help=f"comma-separated settings (default {DEFAULT_SETTINGS})")
+    p.add_argument("--granularity", choices=("channel", "tensor"), default="channel",
+                   help="weight scales of settings that do not name theirs (-channel/-tensor): per output channel "
+                   "(qnas's scoring protocol, default) or per tensor (GHN-Q's protocol)")
     p.add_argument("--bn-stats", choices=("batch", "calibrated"),
                    help="BatchNorm statistics: per test batch of 64 (GHN-Q) or calibrated once "
                    "(default: the scoring default)")
@@ -66,7 +69,7 @@ def _eval_predictor(args: argparse.Namespace) -> int:
     from qnas.data import dataset_info, load_dataset
     from qnas.predictors import default_predictor, load_predictor
     from qnas.predictors.evaluation import evaluate_predictor
-    from qnas.quant import parse_specs
+    from qnas.quant import parse_specs, with_granularity
     from search_spaces import get_space
 
     info = dataset_info(args.dataset)
@@ -75,7 +78,7 @@ def _eval_predictor(args: argparse.Namespace) -> int:
         raise QnasError(f"no shipped predictor for {args.dataset}; pass --predictor PATH.pt or --predictor random")
     predictor = load_predictor(name, dataset=args.dataset, input_shape=info.input_shape,
                                num_classes=info.num_classes, seed=args.seed)
-    parse_specs(args.bits)  # bad settings fail before the dataset is read
+    settings = [s.name for s in parse_specs(with_granularity(args.bits, args.granularity))]  # fail before reading data
     ds = load_dataset(args.dataset, data_dir=args.data_dir)
     space = get_space(predictor.header.search_space)
     total = sum(len(space.load_split(s)[: args.n or None]) for s in args.splits)
@@ -84,7 +87,7 @@ def _eval_predictor(args: argparse.Namespace) -> int:
     with progress:
         task = progress.add_task("eval", total=total, split="")
         result = evaluate_predictor(
-            predictor, ds, splits=args.splits, n=args.n or None, settings=args.bits, bn_stats=args.bn_stats,
+            predictor, ds, splits=args.splits, n=args.n or None, settings=settings, bn_stats=args.bn_stats,
             images=args.images or None, floor=args.floor, seed=args.seed,
             on_arch=lambda split, arch: progress.update(task, advance=1, split=split),
         )

@@ -18,15 +18,17 @@ _BN_HELP = ("BatchNorm statistics and activation ranges: 'calibrated' = measured
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from qnas.quant import DEFAULT_SETTINGS
+    from qnas.quant import DEFAULT_SETTINGS, GRANULARITIES
     from qnas.score import BN_MODES, DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
+    from qnas.scorer import DEFAULT_GRANULARITY
 
     p = subparsers.add_parser(
         "score",
         help="accuracy of one architecture at FP32, W8A8, W4A8, W4A4, W2A2",
         description="Build an architecture of the search space, give it parameters (--init) and measure "
-        "top-1/top-5 on a fixed validation subset with fake quantization: weights with BatchNorm folded "
-        "and activations quantized tensorwise, asymmetric, uniform, min/max ranges (GHN-Q).",
+        "top-1/top-5 on a fixed validation subset with fake quantization: BatchNorm folded into the weights, "
+        "weights with per-output-channel (or, --granularity tensor, per-tensor) and activations with "
+        "per-tensor asymmetric uniform min/max ranges. The defaults are the protocol `qnas search` scores with.",
     )
     p.add_argument("--arch", required=True, metavar="ARCH",
                    help="architecture string (as printed by `qnas space sample`) or genome JSON")
@@ -40,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", default=",".join(DEFAULT_SETTINGS), metavar="LIST",
                    help="comma-separated settings: fp32 or wXaY with X, Y in 2..8, optional suffixes -noise, "
                    f"-channel, -fl8 (default {','.join(DEFAULT_SETTINGS)})")
+    p.add_argument("--granularity", choices=GRANULARITIES, default=DEFAULT_GRANULARITY,
+                   help="weight scales of settings that do not name theirs (-channel/-tensor): one per output "
+                   f"channel or one per tensor (GHN-Q) (default {DEFAULT_GRANULARITY}, as `qnas search`)")
     p.add_argument("--bn-stats", choices=BN_MODES, default=DEFAULT_BN_STATS,
                    help=f"{_BN_HELP} (default {DEFAULT_BN_STATS})")
     p.add_argument("--val-size", type=positive_int, default=1000,
@@ -57,11 +62,13 @@ def _score(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from qnas import data
-    from qnas.quant import parse_specs
+    from qnas.quant import parse_specs, with_granularity
     from qnas.score import evaluate
     from search_spaces import get_space
 
-    specs = parse_specs(args.bits)  # bad input fails before any work
+    # Results keep the names asked for (w4a4), as `qnas search` reports them; "granularity" says the scales.
+    names = [name.strip().lower() for name in args.bits.split(",")]
+    specs = parse_specs(with_granularity(names, args.granularity))  # bad input fails before any work
     space = get_space(args.space)
     genome = space.parse(args.arch)
     info = data.dataset_info(args.dataset)
@@ -86,10 +93,11 @@ def _score(args: argparse.Namespace) -> int:
         "macs": space.count_macs(genome, info.input_shape, info.num_classes),
         "init": args.init,
         "bn_stats": args.bn_stats,
+        "granularity": args.granularity,
         "val_size": args.val_size,
         "calib_size": args.calib_size if args.bn_stats == "calibrated" else None,
         "seed": args.seed,
-        "accuracy": acc,
+        "accuracy": {name: acc[spec.name] for name, spec in zip(names, specs)},
         "seconds": {"init": round(init_seconds, 3), "score": round(time.perf_counter() - start, 3)},
     }
     if args.json:
