@@ -20,8 +20,10 @@ exactly where ``qnas.quant`` quantizes (after fused BatchNorm/ReLU, at adds and 
 after max pooling), names tensors after the traced nodes (the keys of ``quant.json``), and covers the
 layers the engine supports; anything else is a one-line error naming the node.
 
-Quantization convention (the engine's): per-tensor asymmetric affine on unsigned integers,
-``real = (q - zero_point) * scale`` with ``q`` in ``0 .. 2**bits - 1``. Weights are stored as uint8
+Quantization convention (the engine's): asymmetric affine on unsigned integers,
+``real = (q - zero_point) * scale`` with ``q`` in ``0 .. 2**bits - 1``; activations per tensor, weights
+per tensor or per output channel (``-channel`` settings, the search's default: DequantizeLinear with
+``axis=0`` and 1-D scales). Weights are stored as uint8
 initializers already quantized (bit-exact with the engine) after folding BatchNorm with the frozen
 statistics; biases and the logits stay float, as in the engine.
 
@@ -92,9 +94,19 @@ def onnx_name(setting: str) -> str:
 # Quantization parameters
 
 
-def _w_scale(w: torch.Tensor, bits: int) -> tuple[float, int]:
-    lo, hi = torch.aminmax(w.detach().reshape(-1))  # the engine's per-tensor min/max
-    return qparams(float(lo), float(hi), bits)
+def _w_scale(w: torch.Tensor, bits: int, granularity: str) -> tuple[float | list[float], int | list[int]]:
+    """The engine's min/max weight scale and zero point: scalars per tensor, lists per output channel."""
+    if granularity == "tensor":
+        lo, hi = torch.aminmax(w.detach().reshape(-1))
+        return qparams(float(lo), float(hi), bits)
+    # quantize_weight's per-channel arithmetic in float32, so the levels below are bit-exact with it
+    qmax = (1 << bits) - 1
+    wd = w.detach().reshape(w.shape[0], -1)
+    lo, hi = wd.amin(1).clamp(max=0.0), wd.amax(1).clamp(min=0.0)
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zp = torch.round(-lo / scale).clamp_(0, qmax)
+    return scale.tolist(), [int(z) for z in zp.tolist()]
 
 
 def _folded(module: nn.Module, lay: Layout, calibration: Calibration,
@@ -110,27 +122,35 @@ def _folded(module: nn.Module, lay: Layout, calibration: Calibration,
                    bn.bias.detach() if bn.bias is not None else None, mean, var, bn.eps)
 
 
-def _int_weight(w: torch.Tensor, scale: float, zp: int, bits: int) -> np.ndarray:
-    """Integer levels the engine's fake quantizer picks (multiply by the float32 inverse, round half even)."""
+def _int_weight(w: torch.Tensor, scale: Any, zp: Any, bits: int) -> np.ndarray:
+    """Integer levels the engine's fake quantizer picks (multiply by the float32 inverse, round half even);
+    ``scale``/``zp`` scalars, or per-output-channel lists."""
     from qnas.quant import _f32
 
+    if isinstance(scale, list):
+        shape = (-1, *([1] * (w.dim() - 1)))
+        s = torch.tensor(scale, dtype=torch.float32).reshape(shape)
+        z = torch.tensor(zp, dtype=torch.float32).reshape(shape)
+        r = w.mul(torch.ones_like(s).div_(s)).round_()
+        r = torch.maximum(torch.minimum(r, (1 << bits) - 1 - z), -z)
+        return (r + z).to(torch.uint8).numpy()
     r = w.mul(_f32(1.0 / scale)).round_().clamp_(-zp, (1 << bits) - 1 - zp)
     return (r + zp).to(torch.uint8).numpy()
 
 
 def quant_params(module: nn.Module, lay: Layout, calibration: Calibration, spec: QuantSpec) -> dict[str, Any]:
     """Bits, scale and zero point of every quantized weight (after BN folding) and activation at ``spec``."""
-    if spec.granularity != "tensor" or spec.mode != "sim":
-        raise QnasError(f"export supports per-tensor rounding settings, not {spec.name}")
+    if spec.mode != "sim":
+        raise QnasError(f"export supports rounding (SimQuant) settings, not {spec.name}")
     weights: dict[str, Any] = {}
     for layer in lay.weights:
         bits = lay.w_bits(spec, layer)
         if bits is None:
             continue
         w, _ = _folded(module, lay, calibration, layer)
-        scale, zp = _w_scale(w, bits)
-        weights[layer.module] = {"bits": bits, "scale": scale, "zero_point": zp, "bn_folded": layer.bn or None,
-                                 "onnx_initializer": f"{layer.module}.weight_quantized"}
+        scale, zp = _w_scale(w, bits, spec.granularity)
+        weights[layer.module] = {"bits": bits, "granularity": spec.granularity, "scale": scale, "zero_point": zp,
+                                 "bn_folded": layer.bn or None, "onnx_initializer": f"{layer.module}.weight_quantized"}
     acts: dict[str, Any] = {}
     for p in lay.points:
         bits = lay.a_bits(spec, p)
@@ -291,9 +311,11 @@ def to_onnx(
                     wq = g.op("Clip", [wq, g.const(f"{layer.module}.weight_qmin", 0, np.uint8),
                                        g.const(f"{layer.module}.weight_qmax", (1 << bits) - 1, np.uint8)],
                               f"{layer.module}.weight_clip")
+                # per channel: 1-D scale and zero point along the output-channel axis 0 (ONNX per-axis)
                 wname = g.op("DequantizeLinear", [wq, g.const(f"{layer.module}.weight_scale", q["scale"]),
                                                   g.const(f"{layer.module}.weight_zero_point", q["zero_point"],
-                                                          np.uint8)], f"{layer.module}.weight_dq")
+                                                          np.uint8)], f"{layer.module}.weight_dq",
+                             **({"axis": 0} if isinstance(q["scale"], list) else {}))
             inputs = [val(n.args[0]), wname]
             if b is not None:
                 inputs.append(g.const(f"{layer.module}.bias", b.numpy()))
@@ -567,8 +589,10 @@ def export_model(
     (out / WEIGHTS_FILE).write_bytes(save(state, metadata={"format": FORMAT, "arch": str(arch.get("arch", ""))}))
     (out / "arch.json").write_text(json.dumps(dict(arch), indent=1) + "\n")
     quant = {"format": FORMAT, "version": FORMAT_VERSION,
-             "scheme": "per-tensor asymmetric affine, real = (q - zero_point) * scale, q in 0..2**bits-1 (uint8); "
-                       "weights after folding BatchNorm with the exported running statistics; biases and logits float",
+             "scheme": "asymmetric affine, real = (q - zero_point) * scale, q in 0..2**bits-1 (uint8); activations "
+                       "per tensor; weights per tensor or per output channel (axis 0; 'granularity', lists of "
+                       "scales and zero points) after folding BatchNorm with the exported running statistics; "
+                       "biases and logits float",
              "settings": {}}
     for name, (spec, cal, source) in settings.items():
         quant["settings"][name] = {**quant_params(module, lay, cal, spec), "source": source}
@@ -734,6 +758,7 @@ def export_trial(
         read_record,
         record_path,
     )
+    from qnas.search import study_granularity
     from search_spaces import get_space
 
     phase = on_phase or (lambda _text: None)
@@ -754,6 +779,7 @@ def export_trial(
             raise QnasError(f"finetuned weights {str(weights)!r} are missing; run `qnas finetune` again")
         module.load_state_dict(load_file(str(weights)), strict=True)
         fl8 = bool(run["config"].get("first_last_8bit", True))
+        granularity = str(run["config"].get("granularity", "tensor"))  # records before the field: per tensor
         source = (f"FAQ-finetuned at {run['setting']} for {run['config']['epochs']} epochs from "
                   f"{run['source']}")
     else:
@@ -762,6 +788,7 @@ def export_trial(
                             "`qnas finetune` first or pass --predictor")
         module, init_source = initial_module(space, genome, info, "ghn", predictor, target)
         fl8 = True
+        granularity = study_granularity(study)
         source = f"{init_source}, not finetuned (post-training quantization)"
     module.eval()
     qmodel, lay = layout(module)
@@ -774,7 +801,7 @@ def export_trial(
 
     settings: dict[str, tuple[QuantSpec, Calibration, str]] = {}
     for name in dict.fromkeys([*METRIC_SETTINGS[1:], target]):
-        spec = replace(QuantSpec.parse(name), first_last_8bit=fl8)
+        spec = replace(QuantSpec.parse(name), first_last_8bit=fl8, granularity=granularity)
         if run is not None and run["setting"] == name:
             ranges = {k: (float(v[0]), float(v[1])) for k, v in run["ranges"].items()}
             cal = Calibration(bn=stats, ranges=ranges, num_images=0)

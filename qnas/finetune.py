@@ -96,6 +96,9 @@ class FAQConfig:
     """One FAQ run. Defaults are sized for a CPU: 2 epochs over a 10,000-image training subset."""
 
     setting: str = "w4a4"
+    # Weight scales, for a setting that does not name them: per output channel (the scoring protocol of
+    # `qnas search`, so a candidate is finetuned for the quantizer it was chosen under) or per tensor (FAQ).
+    granularity: str = "channel"
     epochs: int = 2
     batch_size: int = 64
     lr: float = 0.05
@@ -126,13 +129,17 @@ class FAQConfig:
             raise QnasError(f"need 0 < final_lr <= lr, got lr={self.lr}, final_lr={self.final_lr}")
         if not 0.0 <= self.freeze_bn_at <= 1.0:
             raise QnasError(f"freeze_bn_at must be a fraction from 0 to 1, got {self.freeze_bn_at}")
+        if self.granularity not in ("channel", "tensor"):
+            raise QnasError(f"granularity must be channel or tensor, got {self.granularity!r}")
         if self.weight_clip is not None and self.weight_clip < 0:
             raise QnasError(f"weight_clip must be >= 0 (0 = min/max), got {self.weight_clip}")
 
     @property
     def spec(self) -> QuantSpec:
         base = QuantSpec.parse(self.setting)
-        return replace(base, first_last_8bit=self.first_last_8bit)
+        suffixes = self.setting.lower().split("-")[1:]
+        granularity = base.granularity if {"channel", "tensor"} & set(suffixes) else self.granularity
+        return replace(base, first_last_8bit=self.first_last_8bit, granularity=granularity)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -385,29 +392,40 @@ def _fold_scale(module: nn.Module, layer: WeightLayer, w: torch.Tensor) -> torch
     return s.reshape(shape)
 
 
-def _clipped(module: nn.Module, layer: WeightLayer, w: torch.Tensor, k: float) -> torch.Tensor:
-    """``w`` clamped so its folded version lies within +-k std of the folded weight; the bound is
-    constant (no gradient), the clamp passes gradients inside the range (straight-through)."""
+def _clipped(module: nn.Module, layer: WeightLayer, w: torch.Tensor, k: float,
+             per_channel: bool = False) -> torch.Tensor:
+    """``w`` clamped so its folded version lies within +-k std of the folded weight (of each output
+    channel's folded weights when ``per_channel``, matching per-channel weight scales: one wide channel
+    must not set the clip of the others); the bound is constant (no gradient), the clamp passes
+    gradients inside the range (straight-through)."""
     s = _fold_scale(module, layer, w)
-    c = k * float((w.detach() * s).std())
-    if not c > 0:
-        return w
+    folded = (w.detach() * s).reshape(w.shape[0], -1)
+    if per_channel:
+        if folded.shape[1] < 2:
+            return w
+        c = k * folded.std(1).reshape(s.shape)
+        c = torch.where(c > 0, c, torch.full_like(c, math.inf))
+    else:
+        c = k * float(folded.std())
+        if not c > 0:
+            return w
     bound = c / s.abs()  # inf where a channel is folded to zero: nothing to clip
     return torch.clamp(w, -bound, bound)
 
 
-def _clipped_params(module: nn.Module, plan: list[tuple[WeightLayer, float]]) -> dict[str, torch.Tensor]:
+def _clipped_params(module: nn.Module, plan: list[tuple[WeightLayer, float]],
+                    per_channel: bool = False) -> dict[str, torch.Tensor]:
     params = dict(module.named_parameters())
     for layer, k in plan:
-        params[layer.weight] = _clipped(module, layer, params[layer.weight], k)
+        params[layer.weight] = _clipped(module, layer, params[layer.weight], k, per_channel)
     return params
 
 
-def _bake_clip(module: nn.Module, plan: list[tuple[WeightLayer, float]]) -> None:
+def _bake_clip(module: nn.Module, plan: list[tuple[WeightLayer, float]], per_channel: bool = False) -> None:
     with torch.no_grad():
         for layer, k in plan:
             w = module.get_parameter(layer.weight)
-            w.copy_(_clipped(module, layer, w, k))
+            w.copy_(_clipped(module, layer, w, k, per_channel))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -507,6 +525,7 @@ def finetune(
     t_start = time.perf_counter()
     qmodel, lay = layout(module)
     plan = _clip_plan(module, lay, spec, config.weight_clip)
+    per_channel = spec.granularity == "channel"
     has_bn = bool(_bn_modules(module))
 
     idx = _subset(len(dataset.train_labels), config.train_size, config.seed)
@@ -524,7 +543,7 @@ def finetune(
         if zero_dead_channels(module, lay, cal.bn):  # their statistics change: estimate them again
             cal = faq_calibration(qmodel, lay, calib_x, spec, batch_size=config.calib_batch_size)
         _set_bn_stats(module, cal.bn)
-        _bake_clip(module, plan)
+        _bake_clip(module, plan, per_channel)
         return cal
 
     decay = [p for n, p in module.named_parameters() if p.dim() > 1]
@@ -578,7 +597,7 @@ def finetune(
                 g["lr"] = lr
             # Before freeze_step: BN on batch statistics, folded per batch, activation ranges per batch.
             frozen = calibration if step >= freeze_step else None
-            logits = qmodel(xb, spec, frozen, params=_clipped_params(module, plan))
+            logits = qmodel(xb, spec, frozen, params=_clipped_params(module, plan, per_channel))
             loss = F.cross_entropy(logits, yb)
             if not torch.isfinite(loss):
                 raise QnasError(f"training diverged at step {step} (loss {float(loss.detach())}); try a lower --lr")
@@ -596,7 +615,7 @@ def finetune(
                   "seconds": time.perf_counter() - t0}
         if epoch_eval is not None:
             with torch.no_grad():
-                clipped = _clipped_params(module, plan)
+                clipped = _clipped_params(module, plan, per_channel)
                 current = calibration
                 if step < freeze_step:  # still on batch statistics: the deployed model needs its own
                     current = faq_calibration(qmodel, lay, calib_x, spec, batch_size=config.calib_batch_size)
@@ -606,7 +625,7 @@ def finetune(
         if hooks.on_epoch is not None:
             hooks.on_epoch(epoch + 1, record)
 
-    _bake_clip(module, plan)
+    _bake_clip(module, plan, per_channel)
     reestimation: dict[str, float] = {}
     kept = False
     if has_bn and freeze_step >= total:  # trained on batch statistics throughout: estimate them now

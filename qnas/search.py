@@ -84,6 +84,13 @@ def parse_target(bits: str) -> str:
     raise QnasError(f"bad --bits {bits!r}: use 8, 4, 2 or a setting like w4a8 (2 to 8 bits)")
 
 
+def study_granularity(study: Any) -> str:
+    """Weight granularity the study scored with (its ``protocol`` attribute, e.g. ``calibrated/channel``);
+    studies written before the attribute existed scored per tensor."""
+    protocol = str(study.user_attrs.get("protocol", "calibrated/tensor"))
+    return "channel" if protocol.endswith("/channel") else "tensor"
+
+
 def redact(url: str) -> str:
     """A storage URL safe to print: the password of ``user:password@host`` replaced."""
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)

@@ -150,6 +150,12 @@ def test_calibration_uses_percentiles_and_clip_is_baked(fashion):
     assert float(folded.abs().max()) > bound
     assert float(clipped.abs().max()) <= bound * (1 + 1e-5)
     assert torch.equal(clipped[folded.abs() < bound], folded[folded.abs() < bound])
+    # per channel (for per-channel weight scales): each output channel within k std of its own weights
+    per = (_clipped(module, layer, w, 4.12, per_channel=True) * _fold_scale(module, layer, w)).flatten(1)
+    bounds = 4.12 * folded.flatten(1).std(1, keepdim=True)
+    assert bool((per.abs() <= bounds * (1 + 1e-5)).all()) and float(per[0].abs().max()) < float(folded[0].abs().max())
+    keep = folded.flatten(1).abs() < bounds
+    assert torch.equal(per[keep], folded.flatten(1)[keep])
 
 
 def test_interrupted_run_resumes_from_its_last_epoch(fashion, tmp_path):
@@ -193,7 +199,8 @@ def test_cli_finetune_records_results_and_skips_done_trials(small_fashion, tmp_p
     assert [r["trial"] for r in out] == [0] and set(out[0]["after"]) == {"fp32", "w4a4"}
     record = json.loads((root / "ft" / "finetune" / "0.json").read_text())
     run = record["runs"]["w4a4"]
-    assert run["spec"] == "w4a4-fl8" and run["test_images"] == 100 and len(run["history"]) == 1
+    # the study's per-channel protocol
+    assert run["spec"] == "w4a4-channel-fl8" and run["test_images"] == 100 and len(run["history"]) == 1
     assert (root / "ft" / "finetune" / run["weights"]).exists()
     assert not list((root / "ft" / "finetune").glob("*.ckpt.pt"))  # removed once finished
     attrs = optuna.load_study(study_name="ft", storage=url).user_attrs["finetune_0_w4a4"]

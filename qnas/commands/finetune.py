@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="the K most accurate distinct candidates of the Pareto front (default 3)")
     f.add_argument("--bits", default=None, help="setting: 8, 4, 2 (wBaB) or a name like w4a8 (default: the "
                    "study's target)")
+    f.add_argument("--granularity", choices=("channel", "tensor"), default=None,
+                   help="weight scales: per output channel or per tensor (FAQ) (default: what the study scored "
+                   "with, per channel for studies of this version)")
     f.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs (default {d.epochs})")
     f.add_argument("--train-size", type=positive_int, default=d.train_size,
                    help=f"training images per epoch, a fixed random subset (default {d.train_size:,}; the "
@@ -122,12 +125,14 @@ def _finetune(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from qnas.finetune import FAQConfig, Hooks, choose_trials, finetune_trial, resolve_predictor
-    from qnas.search import parse_target
+    from qnas.search import parse_target, study_granularity
 
     console = Console(stderr=True)
     study, dataset = _open(args)
     setting = parse_target(args.bits) if args.bits else study.user_attrs.get("target", "w4a4")
-    config = FAQConfig(setting=setting, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    granularity = args.granularity or study_granularity(study)  # finetune for the quantizer it was chosen under
+    config = FAQConfig(setting=setting, granularity=granularity, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr,
                        weight_decay=args.weight_decay, first_last_8bit=not args.no_first_last_8bit,
                        train_size=args.train_size, freeze_bn_at=args.freeze_bn_at, seed=args.seed)
     trials = choose_trials(study, args.trials, args.top_k)
