@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def main() -> None:
                     help="also score the shipped predictor under GHN-Q's protocol (batch BN, tensorwise)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--record", action="store_true",
+                    help="write the table into the --conditioned checkpoint's header (eval_table)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -83,6 +86,15 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
                                                         for lbl, bn, r in rows], "floor": floor}, indent=1))
+    if shipped is not None and args.record:
+        from qnas.predictors import update_header
+
+        table = {"protocol": f"{args.bn_stats}/{args.granularity}", "split": "id", "archs": args.n,
+                 "test_images": args.images, "command": " ".join(sys.argv),
+                 "rows": {lbl: {s: r["table"][s]["id"]["top1"] for s in SETTINGS} for lbl, bn, r in rows
+                          if bn == f"{args.bn_stats}/{args.granularity}"},
+                 "random_init": {s: floor[s]["top1"] for s in SETTINGS}}
+        update_header(args.conditioned, eval_table=table)
     if shipped is not None:
         mean = {s: shipped["table"][s]["id"]["top1"]["mean"] for s in SETTINGS}
         print(f"ratio_w4a4={mean['w4a4'] / mean['fp32']:.3f} ratio_w2a2={mean['w2a2'] / mean['fp32']:.3f}")

@@ -447,14 +447,20 @@ def _progress(enabled: bool):
 
 def export_predictor(trainer: Trainer, path: str | Path, name: str, eval_table: dict | None = None) -> Path:
     """Write the trained GHN as a predictor checkpoint with its header (dataset, space, bits, steps, table)."""
-    from qnas.predictors import PredictorHeader, save_predictor
+    from qnas.predictors import PredictorHeader, read_header, save_predictor
 
     info = trainer.info
+    # A QAT run finetunes an earlier predictor: the header counts the steps of both.
+    try:
+        init_steps = read_header(trainer.cfg.init).train_steps if trainer.cfg.init else 0
+    except QnasError:  # the starting checkpoint is gone: count this run only
+        init_steps = 0
     header = PredictorHeader(
         name=name, dataset=info.name, input_shape=tuple(info.input_shape), num_classes=info.num_classes,
         mean=tuple(info.mean), std=tuple(info.std), search_space=trainer.cfg.space,
-        ghn_config=trainer.ghn.config.to_dict(), bits_trained=tuple(trainer.cfg.bits), train_steps=trainer.step,
-        eval_table=eval_table or {}, notes=json.dumps({"train_config": trainer.cfg.to_json()}),
+        ghn_config=trainer.ghn.config.to_dict(), bits_trained=tuple(trainer.cfg.bits),
+        train_steps=init_steps + trainer.step, eval_table=eval_table or {},
+        notes=json.dumps({"train_config": trainer.cfg.to_json(), "steps": {"init": init_steps, "run": trainer.step}}),
     )
     return save_predictor(path, trainer.ghn.cpu().eval(), header)
 

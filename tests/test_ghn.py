@@ -217,6 +217,13 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         a = predict(ghn, m, "w4a4", input_shape=(1, 28, 28))
         b = pred.predict(m, "w4a4")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the header can be rewritten (an evaluation table recorded later); the weights stay as they were
+    from qnas.predictors import update_header
+
+    update_header(path, eval_table={"fp32": {"id": 0.7}})
+    again = load_predictor(path)
+    assert again.header.eval_table == {"fp32": {"id": 0.7}} == read_header(path).eval_table
+    assert all(torch.equal(ghn.state_dict()[k], v) for k, v in again.ghn.state_dict().items())
 
 
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

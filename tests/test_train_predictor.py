@@ -135,3 +135,18 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path):
     assert torch.equal(r0, r1)
     # ...and they did train (different architectures per rank, averaged gradients).
     assert (tmp_path / "last.pt").exists()
+
+
+def test_exported_qat_predictor_counts_the_steps_of_its_start(tmp_path):
+    import json
+
+    from qnas.predictors import load_predictor
+    from qnas.train_predictor import export_predictor
+
+    first = Trainer(tiny(steps=2), tmp_path / "float")
+    first.run(progress=False)
+    start = export_predictor(first, tmp_path / "float.pt", "float")
+    qat = Trainer(tiny(steps=3, regime="qat", bits=("w4a4-channel",), init=str(start)), tmp_path / "qat")
+    qat.run(progress=False)
+    header = load_predictor(str(export_predictor(qat, tmp_path / "qat.pt", "qat"))).header
+    assert header.train_steps == 5 and json.loads(header.notes)["steps"] == {"init": 2, "run": 3}

@@ -137,6 +137,18 @@ def save_predictor(path: str | Path, ghn: GHN, header: PredictorHeader) -> Path:
     return path
 
 
+def update_header(name_or_path: str | Path, **changes: Any) -> PredictorHeader:
+    """Rewrite a checkpoint's header (e.g. ``eval_table=`` after evaluating it), weights untouched."""
+    from dataclasses import replace
+
+    path = _resolve(name_or_path)
+    header, state = _read(path)
+    header = replace(header, **changes)
+    torch.save({"format": FORMAT, "header": header.to_json(), "state_dict": state}, path)
+    path.with_suffix(".json").write_text(header.to_json() + "\n")
+    return header
+
+
 def _resolve(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     shipped = _DIR / f"{text}.pt"
