@@ -28,6 +28,9 @@ from qnas.errors import QnasError
 
 SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 SAMPLERS = ("nsga2", "tpe", "random")
+# benchmarks/search_efficiency.py (shipped predictor, W4A4, 3 seeds): median hypervolume after 200 trials
+# NSGA-II 2.008, TPE 1.997, random search after 400 trials 1.999 (hv_ratio=1.005). NSGA-II's lead is
+# within seed noise; it is kept for its population (all cores busy, no sequential model to refit).
 DEFAULT_SAMPLER = "nsga2"
 # Study-level attributes that must match when a study is continued, so runs never silently mix.
 _CONTRACT = ("target", "max_params", "space", "dataset", "predictor", "protocol")

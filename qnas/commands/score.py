@@ -130,7 +130,8 @@ def _print(record: dict[str, Any]) -> None:
     ref = acc.get("fp32", {}).get("top1")
     table = Table(title=f"{record['arch']}\n{record['params']:,} params, {record['macs']:,} MACs",
                   caption=f"{record['dataset']}, {record['val_size']} validation images (seed {record['seed']}), "
-                  f"init {record['init']}, BN {record['bn_stats']}, {record['seconds']['score']:.1f} s")
+                  f"init {record['init']}, BN {record['bn_stats']}, {record['granularity']} weight scales, "
+                  f"{record['seconds']['score']:.1f} s")
     for col in ("setting", "top-1 %", "top-5 %") + (("top-1 vs fp32",) if ref is not None else ()):
         table.add_column(col, justify="right" if col != "setting" else "left")
     for name, a in acc.items():
