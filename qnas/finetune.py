@@ -318,9 +318,11 @@ def faq_calibration(
     *,
     batch_size: int = 64,
     stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    low_bit_percentile: float | None = None,
 ) -> Calibration:
     """BN statistics (estimated here unless ``stats`` is given) and percentile activation ranges of the
-    float network on normalized ``images``, for frozen evaluation/training at ``spec``."""
+    float network on normalized ``images``, for frozen evaluation/training at ``spec``
+    (``low_bit_percentile`` replaces FAQ's 99.9 for points below 8 bits)."""
     if len(images) == 0:
         raise QnasError("calibration needs at least one image")
     if stats is None:
@@ -334,7 +336,7 @@ def faq_calibration(
             capture.run(chunk)
             for p in lay.points:
                 bits = lay.a_bits(spec, p) or 8  # float points still get a range (unused)
-                q = percentile_for(bits)
+                q = low_bit_percentile if low_bit_percentile is not None and bits < 8 else percentile_for(bits)
                 y = capture.seen[p.name]
                 lo, hi = _percentile(y, 100.0 - q), _percentile(y, q)
                 old = ranges.get(p.name)

@@ -1,0 +1,75 @@
+"""Low-bit activation ranges: the scorer's calibrated min/max vs FAQ's percentile ranges, same parameters.
+
+    OMP_NUM_THREADS=1 python benchmarks/activation_ranges.py [--predictor NAME|PATH] [--archs 12] [--images 500]
+
+For the first ``--archs`` architectures of the ``id`` split with at most 5e5 parameters (the GHN's
+training range), the predictor's parameters for each setting are evaluated on ``--images`` fixed
+validation images twice: as the search scores them (``qnas.score.evaluate``, ``bn_stats="calibrated"``:
+BN statistics and min/max activation ranges measured in the network quantized at that setting) and with
+FAQ's calibration (``qnas.finetune.faq_calibration``: BN statistics and percentile ranges of the float
+network on 256 training images) at several percentiles for the sub-8-bit points. Prints mean top-1 per
+setting and calibration; the last line is ``w2a2_minmax=<v> w2a2_best_percentile=<v>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qnas import data  # noqa: E402
+from qnas import finetune as ft  # noqa: E402
+from qnas.predictors import default_predictor, load_predictor  # noqa: E402
+from qnas.quant import QuantSpec  # noqa: E402
+from qnas.score import evaluate  # noqa: E402
+from search_spaces import convnets250k  # noqa: E402
+
+PERCENTILES = (99.99, 99.9, 99.0, 97.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--predictor", default=None, help="predictor (default: the shipped one for fashion-mnist)")
+    ap.add_argument("--archs", type=int, default=12, help="id-split architectures (default 12)")
+    ap.add_argument("--images", type=int, default=500, help="validation images (default 500)")
+    ap.add_argument("--settings", default="w4a4-channel,w2a2-channel", help="settings (default w4a4/w2a2 per-channel)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    ds = data.load_dataset("fashion-mnist")
+    pred = load_predictor(args.predictor or default_predictor("fashion-mnist"), dataset="fashion-mnist")
+    x, y = data.val_subset(ds, args.images, seed=0)
+    calib = data.normalize(ds.train_images[:256], ds.info)
+    archs = [g for g in convnets250k.load_split("id") if convnets250k.count_params(g) <= 5e5][: args.archs]
+    means: dict[tuple[str, str], float] = {}
+    for setting in args.settings.split(","):
+        spec = QuantSpec.parse(setting)
+        acc: dict[str, list[float]] = {}
+        for genome in archs:
+            module = convnets250k.build(genome)
+            params = pred.predict(module, setting.split("-")[0])
+            acc.setdefault("minmax", []).append(
+                evaluate(module, params, x, y, [spec], bn_stats="calibrated")[spec.name]["top1"])
+            with torch.no_grad():
+                ft.load_params(module, params)
+            qmodel, lay = ft.layout(module)
+            for q in PERCENTILES:
+                cal = ft.faq_calibration(qmodel, lay, calib, spec, low_bit_percentile=q)
+                acc.setdefault(f"p{q}", []).append(ft.accuracy(qmodel, cal, spec, x, y))
+        for how, values in acc.items():
+            means[(setting, how)] = 100 * sum(values) / len(values)
+            print(f"{setting:14s} {how:8s} {means[(setting, how)]:5.1f}%")
+    w2 = next((s for s in args.settings.split(",") if s.startswith("w2a2")), None)
+    if w2:
+        best = max(v for (s, how), v in means.items() if s == w2 and how != "minmax")
+        print(f"w2a2_minmax={means[(w2, 'minmax')]:.1f} w2a2_best_percentile={best:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
