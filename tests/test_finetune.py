@@ -133,6 +133,12 @@ def test_calibration_uses_percentiles_and_clip_is_baked(fashion):
         lo, hi = cal.ranges[p.name]
         assert float(y.min()) <= lo <= hi <= float(y.max())
         assert hi == pytest.approx(float(torch.quantile(y, q)), rel=0.02, abs=1e-4), p.name
+    # another percentile for the low-bit points only (benchmarks/activation_ranges.py)
+    tight = faq_calibration(qmodel, lay, images, spec, batch_size=128, stats=cal.bn, low_bit_percentile=90.0)
+    for p in lay.points:
+        y = capture.seen[p.name].reshape(-1).double()
+        q = 0.9999 if lay.a_bits(spec, p) == 8 else 0.90
+        assert tight.ranges[p.name][1] == pytest.approx(float(torch.quantile(y, q)), rel=0.02, abs=1e-4), p.name
     relu_points = [p.name for p in lay.points if p.act == "relu"]
     assert relu_points and all(cal.ranges[n][0] >= 0 for n in relu_points)
     assert [p.name for p in lay.points if p.first_last] == ["x", "pool"]  # input, and the input of fc
