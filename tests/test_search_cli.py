@@ -41,9 +41,23 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
+def _default_sigint() -> None:
+    # A job started in the background (`cmd &`, nohup) inherits SIGINT ignored, and qnas rightly leaves an
+    # ignored Ctrl-C alone; the Ctrl-C tests need the interactive default wherever the suite runs.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "qnas.cli", "search", *BOUNDED, *args], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+@pytest.fixture
+def interactive_sigint():
+    """Ctrl-C raises KeyboardInterrupt in this process for the test, as in a terminal."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _check_trial(t: FrozenTrial) -> None:
@@ -180,7 +194,8 @@ class _ConstScorer:
 
 @pytest.mark.parametrize(("method", "state"), [("_create_new_trial", TrialState.FAIL),
                                              ("set_trial_state_values", TrialState.COMPLETE)])
-def test_ctrl_c_during_a_storage_write_leaves_no_running_trial(method, state, tmp_path, monkeypatch):
+def test_ctrl_c_during_a_storage_write_leaves_no_running_trial(method, state, tmp_path, monkeypatch,
+                                                               interactive_sigint):
     """Ctrl-C inside Optuna's ask (_create_new_trial) or tell (set_trial_state_values) must not cut the write:
     the trial is failed (ask) or completed (tell), never left RUNNING; the search stops, the handler is restored."""
     original, sent = getattr(RDBStorage, method), []
