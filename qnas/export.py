@@ -53,7 +53,7 @@ from torch import fx, nn
 
 from qnas.errors import QnasError
 from qnas.finetune import Layout, _Capture, bn_stats, layout
-from qnas.quant import Calibration, QuantModel, QuantSpec, fold_bn, prepare, qparams
+from qnas.quant import Calibration, QuantModel, QuantSpec, fold_bn, prepare, qparams, weight_qparams
 
 __all__ = [
     "OPSET",
@@ -96,17 +96,10 @@ def onnx_name(setting: str) -> str:
 
 def _w_scale(w: torch.Tensor, bits: int, granularity: str) -> tuple[float | list[float], int | list[int]]:
     """The engine's min/max weight scale and zero point: scalars per tensor, lists per output channel."""
-    if granularity == "tensor":
-        lo, hi = torch.aminmax(w.detach().reshape(-1))
-        return qparams(float(lo), float(hi), bits)
-    # quantize_weight's per-channel arithmetic in float32, so the levels below are bit-exact with it
-    qmax = (1 << bits) - 1
-    wd = w.detach().reshape(w.shape[0], -1)
-    lo, hi = wd.amin(1).clamp(max=0.0), wd.amax(1).clamp(min=0.0)
-    scale = (hi - lo) / qmax
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zp = torch.round(-lo / scale).clamp_(0, qmax)
-    return scale.tolist(), [int(z) for z in zp.tolist()]
+    scale, zp = weight_qparams(w, bits, granularity)
+    if isinstance(scale, torch.Tensor):
+        return scale.flatten().tolist(), [int(z) for z in zp.flatten().tolist()]
+    return scale, zp
 
 
 def _folded(module: nn.Module, lay: Layout, calibration: Calibration,

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qnas.errors import QnasError
-from qnas.quant import Calibration, QuantModel, QuantSpec, calibrate, prepare
+from qnas.quant import Calibration, QuantModel, QuantSpec, calibrate, prepare, with_granularity
 
 __all__ = [
     "FAQConfig",
@@ -129,17 +129,14 @@ class FAQConfig:
             raise QnasError(f"need 0 < final_lr <= lr, got lr={self.lr}, final_lr={self.final_lr}")
         if not 0.0 <= self.freeze_bn_at <= 1.0:
             raise QnasError(f"freeze_bn_at must be a fraction from 0 to 1, got {self.freeze_bn_at}")
-        if self.granularity not in ("channel", "tensor"):
-            raise QnasError(f"granularity must be channel or tensor, got {self.granularity!r}")
+        with_granularity([self.setting], self.granularity)  # a bad granularity is a one-line error
         if self.weight_clip is not None and self.weight_clip < 0:
             raise QnasError(f"weight_clip must be >= 0 (0 = min/max), got {self.weight_clip}")
 
     @property
     def spec(self) -> QuantSpec:
-        base = QuantSpec.parse(self.setting)
-        suffixes = self.setting.lower().split("-")[1:]
-        granularity = base.granularity if {"channel", "tensor"} & set(suffixes) else self.granularity
-        return replace(base, first_last_8bit=self.first_last_8bit, granularity=granularity)
+        base = QuantSpec.parse(with_granularity([self.setting], self.granularity)[0])
+        return replace(base, first_last_8bit=self.first_last_8bit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

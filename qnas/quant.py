@@ -70,6 +70,7 @@ __all__ = [
     "qparams",
     "quantize_activation",
     "quantize_weight",
+    "weight_qparams",
 ]
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -301,9 +302,17 @@ def quantize_weight(
 ) -> torch.Tensor:
     """Fake-quantize a weight on its own min/max range (per tensor, or per output channel = dim 0).
     The range is computed from the detached weight: gradients reach ``w`` through the STE only."""
+    scale, zp = weight_qparams(w, bits, granularity)
+    return fake_quantize(w, scale, zp, bits, noise=noise, generator=generator)
+
+
+def weight_qparams(
+    w: torch.Tensor, bits: int, granularity: str = "tensor"
+) -> tuple[float, int] | tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of a weight's min/max range: floats per tensor, or float32 tensors of shape
+    (C, 1, ...) per output channel (what :func:`quantize_weight` uses, and exporters must reproduce)."""
     if granularity == "tensor":
-        scale, zp = qparams(*_minmax(w), bits)
-        return fake_quantize(w, scale, zp, bits, noise=noise, generator=generator)
+        return qparams(*_minmax(w), bits)
     qmax = (1 << bits) - 1
     wd = w.detach()
     dims = tuple(range(1, w.dim()))
@@ -311,8 +320,7 @@ def quantize_weight(
     hi = wd.amax(dims, keepdim=True).clamp_(min=0.0)
     scale = (hi - lo) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zp = torch.round(-lo / scale).clamp_(0, qmax)
-    return fake_quantize(w, scale, zp, bits, noise=noise, generator=generator)
+    return scale, torch.round(-lo / scale).clamp_(0, qmax)
 
 
 def quantize_activation(
