@@ -25,6 +25,9 @@ SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 # Per-channel is also what int8 runtimes deploy (ONNX QDQ per-axis). GHN-Q's tensorwise protocol stays
 # available (--granularity tensor) and is reported beside it.
 DEFAULT_GRANULARITY = "channel"
+# Activation ranges: "auto" is the engine's default rule (min/max at 3+ bits, a percentile at 2 bits, see
+# qnas.quant.LOW_BIT_ACT_PERCENTILE: W2A2 15.2% -> 49.2% on 12 id nets); "minmax" everywhere is GHN-Q's.
+ACT_RANGES = ("auto", "minmax")
 
 
 @dataclass
@@ -40,14 +43,23 @@ class GHNScorer:
     version: str
     settings: tuple[str, ...] = SETTINGS
     granularity: str = "channel"  # weight scales of the quantized settings (see DEFAULT_GRANULARITY)
+    act_ranges: str = "auto"  # activation range rule (see ACT_RANGES)
 
     @property
     def protocol(self) -> str:
-        return f"{self.bn_stats}/{self.granularity}"
+        """How scores are measured: BN statistics / weight scales / activation ranges."""
+        from qnas.quant import LOW_BIT_ACT_PERCENTILE, LOW_BITS
+
+        act = "minmax" if self.act_ranges == "minmax" else f"a{LOW_BITS}p{LOW_BIT_ACT_PERCENTILE:g}"
+        return f"{self.bn_stats}/{self.granularity}/{act}"
 
     def spec_name(self, setting: str) -> str:
-        """The engine's setting for a reported one: ``w4a4`` -> ``w4a4-channel`` under per-channel scales."""
-        return setting if setting == "fp32" or self.granularity == "tensor" else f"{setting}-{self.granularity}"
+        """The engine's setting for a reported one: ``w4a4`` -> ``w4a4-channel`` under per-channel scales
+        (``w4a4-channel-minmax`` with min/max activation ranges)."""
+        if setting == "fp32":
+            return setting
+        name = setting if self.granularity == "tensor" else f"{setting}-{self.granularity}"
+        return f"{name}-minmax" if self.act_ranges == "minmax" else name
 
     def predict(self, genome) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
         """The built module and its predicted parameters per setting."""
@@ -98,6 +110,7 @@ def make_scorer(
     val_size: int = 1000,
     bn_stats: str | None = None,
     granularity: str = DEFAULT_GRANULARITY,
+    act_ranges: str = "auto",
     device: str = "cpu",
     seed: int = 0,
 ) -> GHNScorer:
@@ -108,6 +121,8 @@ def make_scorer(
 
     if granularity not in ("tensor", "channel"):
         raise QnasError(f"granularity must be tensor or channel, got {granularity!r}")
+    if act_ranges not in ACT_RANGES:
+        raise QnasError(f"activation ranges must be one of {', '.join(ACT_RANGES)}, got {act_ranges!r}")
 
     if device != "cpu":
         # Candidates are small and scored one at a time; the CPU path is the one measured and tested.
@@ -125,4 +140,4 @@ def make_scorer(
         version = pred.header.notes or "untrained"
     return GHNScorer(space=space, predictor=pred, images=x, labels=y, input_shape=tuple(info.input_shape),
                      num_classes=info.num_classes, bn_stats=bn_stats or DEFAULT_BN_STATS, name=pred.header.name,
-                     version=version, granularity=granularity)
+                     version=version, granularity=granularity, act_ranges=act_ranges)

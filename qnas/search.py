@@ -59,7 +59,7 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     predictor: str = "fashion-mnist"
     population_size: int = 20
-    protocol: str = "calibrated/channel"  # how scores were measured: BN statistics / weight granularity
+    protocol: str = "calibrated/channel/a2p99.5"  # how scores were measured: BN stats / weights / activations
 
 
 @dataclass
@@ -88,10 +88,10 @@ def parse_target(bits: str) -> str:
 
 
 def study_granularity(study: Any) -> str:
-    """Weight granularity the study scored with (its ``protocol`` attribute, e.g. ``calibrated/channel``);
+    """Weight granularity the study scored with (its ``protocol`` attribute, e.g. ``calibrated/channel/a2p99.5``);
     studies written before the attribute existed scored per tensor."""
-    protocol = str(study.user_attrs.get("protocol", "calibrated/tensor"))
-    return "channel" if protocol.endswith("/channel") else "tensor"
+    protocol = str(study.user_attrs.get("protocol", "calibrated/tensor")).split("/")
+    return "channel" if len(protocol) > 1 and protocol[1] == "channel" else "tensor"
 
 
 def redact(url: str) -> str:

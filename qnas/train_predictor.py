@@ -22,7 +22,7 @@ import signal
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def training_spec(setting: str):
     spec = QuantSpec.parse(setting)
     low = [b for b in (spec.w_bits, spec.a_bits) if b is not None]
     if low and min(low) <= 2:
-        return QuantSpec(spec.w_bits, spec.a_bits, "noise", spec.granularity, spec.first_last_8bit)
+        return replace(spec, mode="noise")
     return spec
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 
 from qnas.errors import QnasError
 from qnas.quant import (
+    LOW_BIT_ACT_PERCENTILE,
     SETTINGS,
     QuantSpec,
     _depthwise_shifted,
@@ -295,6 +297,54 @@ def test_calibration_pools_batches() -> None:
     mean_lo = sum(c.min().item() for c in chunks) / 4
     mean_hi = sum(c.max().item() for c in chunks) / 4
     assert four.ranges["x"] == pytest.approx((mean_lo, mean_hi))
+
+
+def test_activation_range_rule_parses_and_defaults_by_bits() -> None:
+    assert QuantSpec.parse("w2a2").act_percentile(2) == LOW_BIT_ACT_PERCENTILE < 100.0
+    assert QuantSpec.parse("w4a4").act_percentile(4) == 100.0  # GHN-Q's min/max from 3 bits up
+    for name, q in (("w2a2-minmax", 100.0), ("w4a4-channel-p99.9", 99.9), ("w2a2-noise-p99", 99.0)):
+        spec = QuantSpec.parse(name)
+        assert spec.a_percentile == q and spec.act_percentile(2) == spec.act_percentile(8) == q
+        assert QuantSpec.parse(spec.name) == spec
+    assert QuantSpec.parse("w2a2-minmax").name == "w2a2-minmax"
+    assert with_granularity("w2a2-minmax", "channel") == ["w2a2-channel-minmax"]
+    for bad in ("w2a2-p50", "w2a2-p101", "w2a2-minmax-p99", "w2a2-pq"):
+        with pytest.raises(QnasError):
+            QuantSpec.parse(bad)
+
+
+def test_low_bit_activation_ranges_are_percentiles() -> None:
+    """At 2 bits the calibrated range of a point is the mean over batches of each batch's percentile (the
+    network input has no ReLU: both ends), and `-minmax` restores min/max."""
+    m = _module()
+    qm = prepare(m)
+    x = _images(64)
+    x[0, 0, 0, 0] = 40.0  # one outlier: min/max would spend the 4 levels on it
+    with torch.no_grad():
+        pct = calibrate(qm, x, spec="w2a2", batch_size=32).ranges["x"]
+        mm = calibrate(qm, x, spec="w2a2-minmax", batch_size=32).ranges["x"]
+        w4 = calibrate(qm, x, spec="w4a4", batch_size=32).ranges["x"]
+    q = LOW_BIT_ACT_PERCENTILE / 100.0
+    halves = [c.flatten().sort().values for c in x.split(32)]
+    n = halves[0].numel()
+    k = math.ceil(q * n)
+    assert pct == pytest.approx((sum(h[n - k].item() for h in halves) / 2, sum(h[k - 1].item() for h in halves) / 2))
+    assert mm == w4 == pytest.approx((sum(h[0].item() for h in halves) / 2, sum(h[-1].item() for h in halves) / 2))
+    assert pct[1] < 5.0 < mm[1]
+    # Batch mode (no calibration, as QAT trains) clips the same way.
+    with torch.no_grad():
+        seen: dict[str, float] = {}
+        original = qm._activation
+
+        def spy(step, t, ctx, fresh):
+            out = original(step, t, ctx, fresh)
+            seen.setdefault(step.name, float(out.max()))
+            return out
+
+        qm._activation = spy  # type: ignore[method-assign]
+        qm(x, "w2a2")
+        qm._activation = original  # type: ignore[method-assign]
+    assert seen["x"] < 5.0  # the outlier was clipped, not given a level
 
 
 def test_calibration_at_a_setting_reproduces_batch_statistics_on_its_batch() -> None:

@@ -15,7 +15,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from qnas.cli import main
-from qnas.search import SETTINGS, SearchConfig, load_study, run_search
+from qnas.search import SETTINGS, SearchConfig, load_study, run_search, study_granularity
 from search_spaces import convnets250k as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,7 @@ def test_search_end_to_end_then_resume(tmp_path, capsys):
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert study.metric_names == ["top1_w4a4", "params"]
     assert study.user_attrs["max_params"] == BOUND and study.user_attrs["predictor"] == "random"
+    assert study.user_attrs["protocol"] == "calibrated/channel/a2p99.5" and study_granularity(study) == "channel"
 
     rc, _, err = _cli(["search", *BOUNDED, "--trials", "2", "--storage", url, "--study", "cli", "--sampler", "random",
                        "--seed", "3"], capsys)
@@ -102,6 +103,10 @@ def test_search_end_to_end_then_resume(tmp_path, capsys):
     rc, _, err = _cli(["search", *TINY, "--max-params", "1e6", "--trials", "1", "--storage", url,
                        "--study", "cli"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "other settings" in err and "max_params" in err
+    # So would scores measured with other activation ranges.
+    rc, _, err = _cli(["search", *BOUNDED, "--trials", "1", "--storage", url, "--study", "cli", "--act-ranges",
+                       "minmax"], capsys)
+    assert rc == 2 and "other settings" in err and "protocol" in err
     assert len(load_study("cli", url).trials) == 5
 
 

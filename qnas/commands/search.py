@@ -49,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", choices=("channel", "tensor"), default="channel",
                    help="weight quantization scales: per output channel (default; what int8 runtimes deploy) or "
                    "per tensor (GHN-Q's protocol)")
+    p.add_argument("--act-ranges", choices=("auto", "minmax"), default="auto",
+                   help="activation ranges: auto (default; min/max at 3+ bits, 99.5th percentile at 2 bits) or "
+                   "minmax at every bit-width (GHN-Q's protocol)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run)
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     scorer = make_scorer(
         space=space, dataset=args.dataset, data_dir=args.data_dir, predictor=args.predictor,
-        val_size=args.val_size, bn_stats=args.bn_stats, granularity=args.granularity, device=args.device,
+        val_size=args.val_size, bn_stats=args.bn_stats, granularity=args.granularity,
+        act_ranges=args.act_ranges, device=args.device,
     )
     trials = args.trials if args.trials or args.timeout else 50
     cfg = SearchConfig(
