@@ -7,8 +7,10 @@ test batch of 64, folded into the weights, tensorwise weight quantization) and `
 statistics and ranges, as deployed).
 
     python benchmarks/predictor_table.py --float runs/float.pt --w4a4 runs/qat-w4a4.pt \
-        --w2a2 runs/qat-w2a2.pt --conditioned fashion-mnist --n 40 --images 1000
+        --w2a2 runs/qat-w2a2.pt --conditioned runs/condch591.pt --n 40 --images 1000
 
+``--float``/``--w4a4``/``--w2a2``/``--conditioned`` are the comparable-budget runs (same float start,
+same QAT steps); ``--shipped`` (default: the package's predictor) is scored beside them.
 Last line: ``ratio_w4a4=<mean W4A4 / mean FP32 of the shipped predictor on id> ratio_w2a2=<...>``.
 """
 
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def main() -> None:
     ap.add_argument("--float", dest="float_", default=None, help="float-trained GHN (GHN-Q)")
     ap.add_argument("--w4a4", default=None, help="GHN-QAT finetuned at w4a4")
     ap.add_argument("--w2a2", default=None, help="GHN-QAT finetuned at w2a2 (NoiseQuant)")
-    ap.add_argument("--conditioned", default="fashion-mnist", help="bit-conditioned GHN (the shipped one)")
+    ap.add_argument("--conditioned", default=None, help="bit-conditioned GHN trained with the same budget")
+    ap.add_argument("--shipped", default="fashion-mnist", help="the shipped predictor (default fashion-mnist)")
     ap.add_argument("--n", type=int, default=40, help="id-split architectures (default 40)")
     ap.add_argument("--images", type=int, default=1000, help="test images (default 1000)")
     ap.add_argument("--bn-stats", default="calibrated", choices=("batch", "calibrated"))
@@ -40,8 +42,6 @@ def main() -> None:
                     help="also score the shipped predictor under GHN-Q's protocol (batch BN, tensorwise)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write all results here")
-    ap.add_argument("--record", action="store_true",
-                    help="write the table into the --conditioned checkpoint's header (eval_table)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,7 +55,7 @@ def main() -> None:
     rows: list[tuple[str, str, dict]] = []
     t0 = time.perf_counter()
     columns = [("float GHN (GHN-Q)", args.float_), ("GHN-QAT w4a4", args.w4a4), ("GHN-QAT w2a2", args.w2a2),
-               ("bit-conditioned (shipped)", args.conditioned)]
+               ("bit-conditioned", args.conditioned), ("bit-conditioned (shipped)", args.shipped)]
     shipped = None
     floor = None
     for label, name in columns:
@@ -67,7 +67,7 @@ def main() -> None:
         if floor is None:
             floor = {s: res["table"][s]["random"] for s in SETTINGS}
         rows.append((label, f"{args.bn_stats}/{args.granularity}", res))
-        if name == args.conditioned:
+        if label.endswith("(shipped)"):
             shipped = res
             if args.also_ghnq:
                 ghnq = evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=SETTINGS, bn_stats="batch",
@@ -86,15 +86,6 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
                                                         for lbl, bn, r in rows], "floor": floor}, indent=1))
-    if shipped is not None and args.record:
-        from qnas.predictors import update_header
-
-        table = {"protocol": f"{args.bn_stats}/{args.granularity}", "split": "id", "archs": args.n,
-                 "test_images": args.images, "command": " ".join(sys.argv),
-                 "rows": {lbl: {s: r["table"][s]["id"]["top1"] for s in SETTINGS} for lbl, bn, r in rows
-                          if bn == f"{args.bn_stats}/{args.granularity}"},
-                 "random_init": {s: floor[s]["top1"] for s in SETTINGS}}
-        update_header(args.conditioned, eval_table=table)
     if shipped is not None:
         mean = {s: shipped["table"][s]["id"]["top1"]["mean"] for s in SETTINGS}
         print(f"ratio_w4a4={mean['w4a4'] / mean['fp32']:.3f} ratio_w2a2={mean['w2a2'] / mean['fp32']:.3f}")

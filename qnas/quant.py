@@ -156,7 +156,8 @@ class QuantSpec:
     @classmethod
     def parse(cls, value: str | QuantSpec | tuple[int, int] | None) -> QuantSpec:
         """``"fp32"``, ``"w4a8"`` (2-8 bits, 32 = float) with optional ``-noise``, ``-channel``, ``-fl8``,
-        ``-minmax`` / ``-p99.9`` (activation ranges) suffixes; a ``(w_bits, a_bits)`` pair with 32 for float; ``None`` is FP32."""
+        ``-minmax`` / ``-p99.9`` (activation ranges) suffixes; a ``(w_bits, a_bits)`` pair with 32 for float;
+        ``None`` is FP32."""
         if value is None:
             return cls()
         if isinstance(value, QuantSpec):

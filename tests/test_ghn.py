@@ -356,6 +356,29 @@ def test_eval_predictor_table_and_bad_input(capsys: pytest.CaptureFixture[str]) 
     assert "w8a8-channel" in out  # per-channel weight scales by default, as `qnas search` scores
 
 
+def test_eval_predictor_record_merges_rows_by_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not _fashion_available() and not os.environ.get("CI"):
+        pytest.skip("fashion-mnist not installed (make setup installs it)")
+    from qnas.cli import main
+
+    ghn = _ghn(seed=1, hidden=8, max_channels=8, decoder_hidden=4, decoder_mid=8)
+    path = save_predictor(tmp_path / "p.pt", ghn, _header(ghn))
+    base = ["eval-predictor", "--predictor", str(path), "--splits", "bn_free", "--n", "1", "--images", "32",
+            "--no-floor", "--record"]
+    assert main([*base, "--bits", "fp32,w4a4"]) == 0
+    assert main([*base, "--bits", "w2a2"]) == 0  # measured the same way: added to the table
+    table = read_header(path).eval_table
+    assert set(table["rows"]) == {"fp32", "w4a4-channel", "w2a2-channel"}
+    assert table["test_images"] == 32 and table["archs_per_split"] == {"bn_free": 1}
+    assert "--bits w2a2-channel" in table["rows"]["w2a2-channel"]["command"]
+    assert 0 <= table["rows"]["w4a4-channel"]["bn_free"]["top1"]["mean"] <= 1
+    assert main([*base, "--bits", "w8a8", "--images", "64"]) == 0  # measured otherwise: a new table
+    assert list(read_header(path).eval_table["rows"]) == ["w8a8-channel"]
+    capsys.readouterr()
+    assert main(["eval-predictor", "--predictor", "random", "--record", "--n", "1"]) == 2
+    assert "--record" in capsys.readouterr().err
+
+
 def test_ghn_init_gives_per_setting_parameters_for_score() -> None:
     from qnas.data import dataset_info
     from qnas.predictors import ghn_init

@@ -59,6 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also evaluate random initialization as the floor column (default on)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-init floor and noise (default 0)")
     p.add_argument("--json", action="store_true", help="print the table and per-architecture results as JSON")
+    p.add_argument("--record", action="store_true",
+                   help="also write the table into the checkpoint's header (eval_table), merged by setting with "
+                   "a table measured the same way")
     p.set_defaults(func=_eval_predictor)
 
 
@@ -79,6 +82,8 @@ def _eval_predictor(args: argparse.Namespace) -> int:
     predictor = load_predictor(name, dataset=args.dataset, input_shape=info.input_shape,
                                num_classes=info.num_classes, seed=args.seed)
     settings = [s.name for s in parse_specs(with_granularity(args.bits, args.granularity))]  # fail before reading data
+    if args.record and predictor.path is None:
+        raise QnasError("--record writes into a checkpoint's header; --predictor random has none")
     ds = load_dataset(args.dataset, data_dir=args.data_dir)
     space = get_space(predictor.header.search_space)
     total = sum(len(space.load_split(s)[: args.n or None]) for s in args.splits)
@@ -91,6 +96,13 @@ def _eval_predictor(args: argparse.Namespace) -> int:
             images=args.images or None, floor=args.floor, seed=args.seed,
             on_arch=lambda split, arch: progress.update(task, advance=1, split=split),
         )
+    if args.record:
+        from qnas.predictors.evaluation import record_eval_table
+
+        command = (f"qnas eval-predictor --predictor {name} --dataset {args.dataset} --splits {','.join(args.splits)} "
+                   f"--n {args.n} --bits {','.join(settings)} --images {args.images} --seed {args.seed}"
+                   + (f" --bn-stats {args.bn_stats}" if args.bn_stats else ""))
+        record_eval_table(predictor.path, result, command)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -140,3 +140,24 @@ def format_cell(cell: dict[str, float] | None) -> str:
     if not cell:
         return "-"
     return f"{100 * cell['mean']:.1f} ± {100 * cell['sem']:.1f}; {100 * cell['max']:.1f}"
+
+
+def record_eval_table(path: str | Any, result: dict[str, Any], command: str) -> dict[str, Any]:
+    """Write ``result`` (of :func:`evaluate_predictor`) into the checkpoint's header as its ``eval_table``.
+
+    Rows are merged by setting into a table measured the same way (same splits, architectures per split,
+    test images, BN statistics), so settings evaluated in separate runs add up; a row measured another way
+    replaces the whole table. Each row keeps the command that measured it. Returns the new table.
+    """
+    from qnas.predictors import read_header, update_header
+
+    how = {k: result[k] for k in ("dataset", "test_images", "test_subset_seed", "bn_stats", "splits")}
+    how["archs_per_split"] = {c: next(iter(result["table"].values()))[c]["top1"]["n"]
+                              for c in result["splits"]}
+    old = dict(read_header(path).eval_table or {})
+    rows = dict(old.get("rows", {})) if all(old.get(k) == v for k, v in how.items()) else {}
+    for setting, row in result["table"].items():
+        rows[setting] = {"command": command, **row}
+    table = {**how, "rows": rows}
+    update_header(path, eval_table=table)
+    return table
