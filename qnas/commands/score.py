@@ -28,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Build an architecture of the search space, give it parameters (--init) and measure "
         "top-1/top-5 on a fixed validation subset with fake quantization: BatchNorm folded into the weights, "
         "weights with per-output-channel (or, --granularity tensor, per-tensor) and activations with "
-        "per-tensor asymmetric uniform min/max ranges. The defaults are the protocol `qnas search` scores with.",
+        "per-tensor asymmetric uniform ranges (min/max; at 2 activation bits the 99.5th percentile, -minmax in a "
+        "setting name turns that off). The defaults are the protocol `qnas search` scores with.",
     )
     p.add_argument("--arch", required=True, metavar="ARCH",
                    help="architecture string (as printed by `qnas space sample`) or genome JSON")
