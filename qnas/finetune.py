@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qnas.errors import QnasError
-from qnas.quant import Calibration, QuantModel, QuantSpec, calibrate, prepare, with_granularity
+from qnas.quant import Calibration, QuantModel, QuantSpec, _percentile, calibrate, prepare, with_granularity
 
 __all__ = [
     "FAQConfig",
@@ -299,12 +299,6 @@ class _Capture(fx.Interpreter):
         if isinstance(m, nn.Dropout):
             return args[0]
         return super().call_module(target, args, kwargs)
-
-
-def _percentile(x: torch.Tensor, q: float) -> float:
-    flat = x.detach().reshape(-1).float()
-    k = min(max(1, math.ceil(q / 100.0 * flat.numel())), flat.numel())
-    return float(flat.kthvalue(k).values)
 
 
 def faq_calibration(

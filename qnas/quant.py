@@ -8,7 +8,9 @@
     calib = calibrate(qmodel, images, params=params)
     logits = qmodel(x, spec, calib)           # frozen BN statistics and activation ranges (int8-like)
 
-**Quantizer** (GHN-Q: tensorwise, asymmetric, uniform, absolute min/max ranges). A tensor with range
+**Quantizer** (GHN-Q: tensorwise, asymmetric, uniform, absolute min/max ranges; per output channel
+for weights with ``-channel``; activation ranges at 2 bits from the 99.5th percentile, see
+``LOW_BIT_ACT_PERCENTILE``). A tensor with range
 ``[lo, hi]`` is widened to include 0, so zero is exactly representable, and mapped to the ``2**bits``
 integer levels ``0 .. 2**bits - 1`` with ``scale = (hi - lo) / (2**bits - 1)`` and
 ``zero_point = round(-lo / scale)``. The values and the straight-through gradient (identity where the
@@ -74,11 +76,11 @@ __all__ = [
 ]
 
 MIN_BITS, MAX_BITS = 2, 8
-# Activation ranges at <= 2 bits: the 99.5th percentile instead of min/max. Measured with the shipped
-# predictor (12 id nets, 500 validation images, per-channel weights, calibrated BN; /work notes in the
-# issue-8 note): W2A2 15.2% with min/max, 37.0 / 44.7 / 49.2 / 47.4 / 46.8% at the 99.99 / 99.9 / 99.5 /
-# 99 / 98th percentile; at W4A4 min/max (66.5%) is within noise of the best percentile (67.0% at 99.9),
-# so 4+ bits keep GHN-Q's min/max. With 4 levels one outlier otherwise takes a whole level.
+# Activation ranges at <= 2 bits: the 99.5th percentile instead of min/max (with 4 levels one outlier
+# otherwise takes a whole level). benchmarks/activation_ranges.py, shipped predictor, 12 id nets, 500
+# validation images: W2A2 15.2% with min/max, 37.0 / 44.7 / 49.2 / 47.4 / 46.8% at the 99.99 / 99.9 /
+# 99.5 / 99 / 98th percentile; at W4A4 min/max (66.5%) is within a point of the best percentile (67.4%
+# at 99.9), so 3+ bits keep GHN-Q's min/max.
 LOW_BITS, LOW_BIT_ACT_PERCENTILE = 2, 99.5
 FLOAT_BITS = 32  # "32" in a setting name (w32a8) means float
 MODES = ("sim", "noise")
@@ -320,18 +322,19 @@ def _minmax(x: torch.Tensor) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _percentile(x: torch.Tensor, q: float) -> float:
+    """The q-th percentile of ``x`` (exact, kthvalue: ~16 ms for 1.6M values on one core)."""
+    flat = _flat(x.detach()).float()
+    return float(flat.kthvalue(min(max(1, math.ceil(q / 100.0 * flat.numel())), flat.numel())).values)
+
+
 def _act_range(x: torch.Tensor, q: float, relu: bool) -> tuple[float, float]:
     """``[lo, hi]`` of an activation: min/max for ``q >= 100``, else the (100-q)-th and q-th percentiles
-    (exact, kthvalue: ~16 ms for 1.6M values on one core, paid once per calibration batch);
-    ``relu``: the low end is 0 (the quantizer's clamp is the ReLU)."""
+    (paid once per calibration batch); ``relu``: the low end is 0 (the quantizer's clamp is the ReLU)."""
     if q >= 100.0:
         lo, hi = _minmax(x)
     else:
-        flat = _flat(x.detach())
-        n = flat.numel()
-        k = min(n, max(1, math.ceil(q / 100.0 * n)))
-        hi = float(flat.kthvalue(k).values)
-        lo = 0.0 if relu else float(flat.kthvalue(n + 1 - k).values)
+        lo, hi = 0.0 if relu else _percentile(x, 100.0 - q), _percentile(x, q)
     return (0.0, max(hi, 0.0)) if relu else (lo, hi)
 
 
