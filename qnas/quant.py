@@ -131,6 +131,13 @@ class QuantSpec:
             return float(self.a_percentile)
         return LOW_BIT_ACT_PERCENTILE if bits <= LOW_BITS else 100.0
 
+    def spelled_out(self) -> QuantSpec:
+        """This setting with the default activation-range rule made explicit (``w2a2`` -> ``w2a2-p99.5``,
+        ``w4a4`` -> ``w4a4-minmax``): the same quantizer, a name that says everything."""
+        if self.a_bits is None or self.a_percentile is not None:
+            return self
+        return replace(self, a_percentile=self.act_percentile(self.a_bits))
+
     @property
     def is_float(self) -> bool:
         return self.w_bits is None and self.a_bits is None

@@ -84,7 +84,8 @@ class TrainConfig:
 
 
 def training_spec(setting: str):
-    """The quantizer used while training at ``setting``: NoiseQuant at 2 bits, SimQuant (STE) otherwise."""
+    """The quantizer used while training at ``setting``: NoiseQuant at 2 bits, SimQuant (STE) otherwise;
+    activation ranges by the engine's rule (batch min/max, the 99.5th percentile at 2 bits), as scored."""
     from qnas.quant import QuantSpec
 
     spec = QuantSpec.parse(setting)

@@ -308,6 +308,8 @@ def test_activation_range_rule_parses_and_defaults_by_bits() -> None:
         assert QuantSpec.parse(spec.name) == spec
     assert QuantSpec.parse("w2a2-minmax").name == "w2a2-minmax"
     assert with_granularity("w2a2-minmax", "channel") == ["w2a2-channel-minmax"]
+    assert [QuantSpec.parse(n).spelled_out().name for n in ("fp32", "w2a2", "w4a4-channel", "w8a32", "w4a4-p99")] == [
+        "fp32", f"w2a2-p{LOW_BIT_ACT_PERCENTILE:g}", "w4a4-channel-minmax", "w8a32", "w4a4-p99"]
     for bad in ("w2a2-p50", "w2a2-p101", "w2a2-minmax-p99", "w2a2-pq"):
         with pytest.raises(QnasError):
             QuantSpec.parse(bad)

@@ -95,6 +95,8 @@ def _score(args: argparse.Namespace) -> int:
         "init": args.init,
         "bn_stats": args.bn_stats,
         "granularity": args.granularity,
+        # the engine's full setting per reported name: weight scales and activation-range rule spelled out
+        "settings": {name: spec.spelled_out().name for name, spec in zip(names, specs)},
         "val_size": args.val_size,
         "calib_size": args.calib_size if args.bn_stats == "calibrated" else None,
         "seed": args.seed,
