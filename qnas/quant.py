@@ -329,9 +329,17 @@ def _minmax(x: torch.Tensor) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+_PERCENTILE_SAMPLE = 1 << 16
+
+
 def _percentile(x: torch.Tensor, q: float) -> float:
-    """The q-th percentile of ``x`` (exact, kthvalue: ~16 ms for 1.6M values on one core)."""
+    """The q-th percentile of ``x``; of a fixed-seed random sample of 65,536 values for larger tensors
+    (exact kthvalue costs ~16 ms per 1.6M values on one core, which made W2A2 scoring 15-35% slower;
+    the sample's 99.5th percentile has a rank error of ~0.03 percentile points, one s.d.)."""
     flat = _flat(x.detach()).float()
+    if flat.numel() > _PERCENTILE_SAMPLE:
+        pick = torch.randint(flat.numel(), (_PERCENTILE_SAMPLE,), generator=torch.Generator().manual_seed(0))
+        flat = flat[pick]
     return float(flat.kthvalue(min(max(1, math.ceil(q / 100.0 * flat.numel())), flat.numel())).values)
 
 
