@@ -78,8 +78,8 @@ __all__ = [
 MIN_BITS, MAX_BITS = 2, 8
 # Activation ranges at <= 2 bits: the 99.5th percentile instead of min/max (with 4 levels one outlier
 # otherwise takes a whole level). benchmarks/activation_ranges.py, shipped predictor, 12 id nets, 500
-# validation images: W2A2 15.2% with min/max, 37.3 / 46.1 / 48.4 / 46.6 / 46.7% at the 99.99 / 99.9 /
-# 99.5 / 99 / 98th percentile; at W4A4 min/max (66.5%) is within a point of the best percentile (67.4%
+# validation images: W2A2 15.2% with min/max, 39.3 / 45.5 / 48.7 / 47.6 / 46.6% at the 99.99 / 99.9 /
+# 99.5 / 99 / 98th percentile; at W4A4 min/max (66.5%) is within noise of the best percentile (66.8%
 # at 99.9), so 3+ bits keep GHN-Q's min/max.
 LOW_BITS, LOW_BIT_ACT_PERCENTILE = 2, 99.5
 FLOAT_BITS = 32  # "32" in a setting name (w32a8) means float

@@ -26,7 +26,7 @@ SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 # available (--granularity tensor) and is reported beside it.
 DEFAULT_GRANULARITY = "channel"
 # Activation ranges: "auto" is the engine's default rule (min/max at 3+ bits, a percentile at 2 bits, see
-# qnas.quant.LOW_BIT_ACT_PERCENTILE: W2A2 15.2% -> 48.4% on 12 id nets); "minmax" everywhere is GHN-Q's.
+# qnas.quant.LOW_BIT_ACT_PERCENTILE: W2A2 15.2% -> 48.7% on 12 id nets); "minmax" everywhere is GHN-Q's.
 ACT_RANGES = ("auto", "minmax")
 
 
