@@ -283,6 +283,29 @@ def test_registry_names_and_random_predictor() -> None:
     assert torch.equal(state, torch.get_rng_state())  # no hidden global RNG use
 
 
+def test_shipped_predictor_loads_and_its_header_matches_the_package() -> None:
+    from qnas.data import dataset_info
+    from qnas.predictors import default_predictor
+
+    name = default_predictor("fashion-mnist")
+    pred = load_predictor(name, dataset="fashion-mnist")
+    h, info = pred.header, dataset_info("fashion-mnist")
+    assert pred.path is not None and pred.path.stat().st_size < 10_000_000  # a few MB, inside the package
+    assert (h.name, h.dataset, h.search_space) == ("fashion-mnist", "fashion-mnist", "convnets250k")
+    assert h.input_shape == tuple(info.input_shape) and h.num_classes == info.num_classes
+    assert h.mean == tuple(info.mean) and h.std == tuple(info.std)
+    assert pred.ghn.config.bit_conditioning and h.train_steps > 0
+    assert {QuantSpec.parse(b).w_bits for b in h.bits_trained} == {None, 8, 4, 2}
+    module = convnets250k.build(convnets250k.from_string("stem8-16:conv3-maxpool-16:sep3+r-convs2-32:dil3-fc32"))
+    with torch.no_grad():
+        _check_shapes(module, pred.predict(module, "w4a4"))
+    # Its recorded Table 1: every split far above random init at FP32 and W4A4.
+    rows = h.eval_table["rows"]
+    for setting in ("fp32", "w4a4-channel"):
+        for split in h.eval_table["splits"]:
+            assert rows[setting][split]["top1"]["mean"] > rows[setting]["random"]["top1"]["mean"] + 0.2
+
+
 @pytest.mark.slow
 def test_random_ghn_predicts_all_800_split_architectures() -> None:
     pred = random_predictor(seed=0)
