@@ -299,11 +299,6 @@ def test_shipped_predictor_loads_and_its_header_matches_the_package() -> None:
     module = convnets250k.build(convnets250k.from_string("stem8-16:conv3-maxpool-16:sep3+r-convs2-32:dil3-fc32"))
     with torch.no_grad():
         _check_shapes(module, pred.predict(module, "w4a4"))
-    # Its recorded Table 1: every split far above random init at FP32 and W4A4.
-    rows = h.eval_table["rows"]
-    for setting in ("fp32", "w4a4-channel"):
-        for split in h.eval_table["splits"]:
-            assert rows[setting][split]["top1"]["mean"] > rows[setting]["random"]["top1"]["mean"] + 0.2
 
 
 @pytest.mark.slow
