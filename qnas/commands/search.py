@@ -13,6 +13,7 @@ from qnas.commands._args import param_count, positive_float, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from qnas.scorer import ACT_RANGES
     from qnas.search import DEFAULT_SAMPLER, SAMPLERS
 
     p = subparsers.add_parser(
@@ -49,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", choices=("channel", "tensor"), default="channel",
                    help="weight quantization scales: per output channel (default; what int8 runtimes deploy) or "
                    "per tensor (GHN-Q's protocol)")
-    p.add_argument("--act-ranges", choices=("auto", "minmax"), default="auto",
+    p.add_argument("--act-ranges", choices=ACT_RANGES, default="auto",
                    help="activation ranges: auto (default; min/max at 3+ bits, 99.5th percentile at 2 bits) or "
                    "minmax at every bit-width (GHN-Q's protocol)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
