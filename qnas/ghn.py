@@ -90,6 +90,12 @@ class GHNConfig:
     bit_conditioning: bool = True
     layer_norm: bool = True
     normalize: bool = True  # differentiable parameter normalization (GHN-2 section 6)
+    # Scaled weight standardization (NF-Nets) of the conv/linear weights of nets without BatchNorm,
+    # times a predicted per-tensor gain in (0, 2). GHN-2's fan-in gain alone assumes unit-RMS,
+    # uncorrelated decoder outputs; nets with BN never pin those down (BN undoes any scale), so
+    # BN-free nets got activations growing ~3x per layer and logits of 1e6-1e12. Nets with BN are
+    # untouched; False keeps checkpoints trained before it bit-exact.
+    standardize: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> GHNConfig:
@@ -188,6 +194,10 @@ class GHN(nn.Module):
         self.cls_weight_head = nn.Linear(C, cfg.num_classes)  # maps the output axis C -> classes
         self.dec_1d = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, 2 * C))
         self.cls_bias_head = nn.Linear(C, cfg.num_classes)
+        if cfg.standardize:
+            self.ws_gain = nn.Linear(d, 1)  # zero-initialized: gain 1 (He's) until trained
+            nn.init.zeros_(self.ws_gain.weight)
+            nn.init.zeros_(self.ws_gain.bias)
 
     # ------------------------------------------------------------------ public API
 
@@ -278,6 +288,8 @@ class GHN(nn.Module):
         cfg, C = self.config, self.config.max_channels
         targets = self._targets(batch)
         results: list[dict[str, torch.Tensor]] = [{} for _ in batch.graphs]
+        has_bn = {t.graph for t in targets if t.kind == "bn_weight"}
+        bn_free = [gi not in has_bn for gi in range(len(batch.graphs))]
 
         def emit(group: list[_Target], blocks: torch.Tensor) -> None:
             for t, block in zip(group, blocks.unbind(0)):
@@ -302,6 +314,8 @@ class GHN(nn.Module):
                 full = self._decode_weight(h[nodes], C, key[1], 1, 1)[..., 0, 0]  # (n, C, i')
                 block = self.cls_weight_head(F.relu(full).transpose(1, 2)).transpose(1, 2)  # (n, K, i')
             if cfg.normalize:
+                if cfg.standardize and key[0] == "w":
+                    block = self._standardize(block, group, nodes, h, bn_free)
                 gain = torch.tensor([math.sqrt(t.beta / _fan_in(t.shape)) for t in group], device=h.device)
                 block = block * gain.view(-1, *[1] * (block.dim() - 1))
             if key[0] == "w" and len(group[0].shape) == 2:
@@ -328,6 +342,22 @@ class GHN(nn.Module):
                     vec = 2 * torch.sigmoid(0.5 * vec) if kind == "bn_weight" else torch.tanh(0.2 * vec)
                 emit([one_d[j] for j in sel], vec)
         return results
+
+    def _standardize(self, block: torch.Tensor, group: list[_Target], nodes: torch.Tensor, h: torch.Tensor,
+                     bn_free: list[bool]) -> torch.Tensor:
+        """Zero mean, unit variance per output channel over the fan-in, times 2*sigmoid(predicted), for
+        the rows of ``block`` (n, o, i, kh, kw) that belong to BN-free nets; other rows pass through."""
+        rows = [j for j, t in enumerate(group) if bn_free[t.graph]]
+        if not rows:
+            return block
+        sel = torch.tensor(rows, device=block.device)
+        w = block[sel]
+        flat = w.flatten(2)
+        mean = flat.mean(2, keepdim=True)
+        std = flat.var(2, unbiased=False, keepdim=True).add(1e-8).sqrt()
+        gain = 2 * torch.sigmoid(self.ws_gain(h[nodes[sel]]))  # (r, 1)
+        w = ((flat - mean) / std).view_as(w) * gain.view(-1, *[1] * (w.dim() - 1))
+        return block.index_copy(0, sel, w)
 
     def _decode_weight(self, states: torch.Tensor, o: int, i: int, kh: int, kw: int) -> torch.Tensor:
         """(n, d) states -> (n, o, i, kh, kw) blocks with o, i <= C (the top-left of the C x C block)."""

@@ -15,6 +15,7 @@ all-reduce (gloo on CPU, nccl on GPU), and the ranks stay in lockstep.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import random
@@ -54,6 +55,7 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.67, 0.83)  # fractions of `steps` where lr *= 0.1 (GHN-2: 200/250 of 300)
     max_params: int = 1_000_000  # training architectures stay small so a step stays cheap on CPU
     max_nodes: int = 1500  # meta-batches with more graph nodes are redrawn (GHN-2: 2,200)
+    bn_free: float = 0.0  # fraction of training architectures drawn without BatchNorm
     augment: bool = True
     seed: int = 0
     ghn: dict[str, Any] = field(default_factory=dict)  # GHNConfig overrides (hidden, max_channels, ...)
@@ -69,6 +71,8 @@ class TrainConfig:
             raise QnasError("the float regime trains at fp32 only; use --regime qat for other bit settings")
         if self.regime == "qat" and len(self.bits) > 1 and not self.conditioned:
             raise QnasError("several bit settings need a bit-conditioned GHN (--conditioned)")
+        if not 0.0 <= self.bn_free <= 1.0:
+            raise QnasError(f"bn_free must be a fraction in [0, 1], got {self.bn_free}")
         for name, v in (("steps", self.steps), ("meta_batch", self.meta_batch), ("batch_size", self.batch_size)):
             if v <= 0:
                 raise QnasError(f"{name} must be positive, got {v}")
@@ -163,6 +167,8 @@ class Trainer:
         self.rank, self.world = init_distributed(device)
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
         self.space = get_space(cfg.space)
+        if cfg.bn_free > 0 and "bn" not in inspect.signature(self.space.sample).parameters:
+            raise QnasError(f"search space {cfg.space!r} cannot sample BatchNorm-free nets (its sample() has no bn)")
         self.info = dataset_info(cfg.dataset)
         ckpt_path = self.out / CHECKPOINT
         state = None
@@ -281,7 +287,10 @@ class Trainer:
         for _ in range(100):
             picks = []
             for _ in range(cfg.meta_batch):
-                g = self.space.sample(self.arch_rng, cfg.max_params, self.info.input_shape, self.info.num_classes)
+                # The draw is skipped at bn_free == 0, so runs from before the option replay exactly.
+                bn = {"bn": self.arch_rng.random() >= cfg.bn_free} if cfg.bn_free > 0 else {}
+                g = self.space.sample(self.arch_rng, cfg.max_params, self.info.input_shape, self.info.num_classes,
+                                      **bn)
                 picks.append((g, self.arch_rng.choice(cfg.bits)))
             graphs = [self._graph(g) for g, _ in picks]
             if sum(gr.num_nodes for gr in graphs) <= cfg.max_nodes:

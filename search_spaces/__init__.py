@@ -1,10 +1,11 @@
 """Search-space plugins, looked up by name: ``get_space("convnets250k")``.
 
 A space is a module (or package) under ``search_spaces/`` exposing ``NAME``, ``Genome``,
-``sample(rng, max_params, input_shape, num_classes)``, ``suggest(trial)``,
+``sample(rng, max_params, input_shape, num_classes)`` (an optional ``bn=False`` keyword samples
+BatchNorm-free nets, for ``train-predictor --bn-free``), ``suggest(trial)``,
 ``build(genome, input_shape, num_classes)``, ``count_params``, ``count_macs``, ``to_string``,
-``from_string``, ``parse``, ``to_json``, ``from_json`` and ``load_split(name)``. Add a module here and use
-it with ``--space NAME``.
+``from_string``, ``parse``, ``to_json``, ``from_json`` and ``load_split(name)``. Add a module here and
+use it with ``--space NAME``.
 """
 
 from __future__ import annotations

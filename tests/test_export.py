@@ -233,6 +233,18 @@ def test_cli_export_pareto_uses_the_predictor_for_trials_not_finetuned(small_fas
     assert {p.name for p in (out / "trial-0").iterdir()} == {"arch.json", "model.safetensors", "quant.json",
                                                              "model.onnx", "model_int8_qdq.onnx", "README.md"}
     assert "not finetuned" in (out / "trial-0" / "README.md").read_text()
+    # Post-training settings are calibrated as the search scored them: BN statistics re-estimated in
+    # the quantized network travel with each setting, and load_quantized uses them.
+    quant = json.loads((out / "trial-0" / "quant.json").read_text())
+    assert set(quant["settings"]) == {"w8a8", "w4a8", "w4a4", "w2a2"}
+    float_bn = bn_stats(qnas.export.load(out / "trial-0"))
+    for name, entry in quant["settings"].items():
+        assert entry["source"].startswith("post-training (calibrated quantized"), entry["source"]
+        assert entry["batchnorm"].keys() == float_bn.keys()
+        _, cal, _ = load_quantized(out / "trial-0", name)
+        for k, (mean, var) in cal.bn.items():
+            assert mean.tolist() == entry["batchnorm"][k]["mean"] and var.tolist() == entry["batchnorm"][k]["var"]
+    assert quant["settings"]["w2a2"]["batchnorm"] != quant["settings"]["w8a8"]["batchnorm"]
 
 
 @pytest.mark.parametrize(("extra", "message"), [

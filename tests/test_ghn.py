@@ -99,6 +99,42 @@ def test_normalization_rules() -> None:
     torch.testing.assert_close(p["stem.weight"], p_raw["stem.weight"] * math.sqrt(2 / 9))
 
 
+def test_standardize_touches_only_bn_free_nets() -> None:
+    torch.manual_seed(0)
+    plain, std = GHN(GHNConfig()), GHN(GHNConfig(standardize=True))
+    missing = std.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["ws_gain.bias", "ws_gain.weight"]
+    with_bn = convnets250k.from_string("stem8-16:sep3+r,dil3-maxpool-32:mb3k5+r-convs2-64:conv1-fc32")
+    bn_free = convnets250k.from_string("stem8-16:sep3+r,dil3-maxpool-32:mb3k5+r-convs2-64:conv1-fc32-nobn")
+    graphs = [to_graph(convnets250k.build(g), (1, 28, 28)) for g in (with_bn, bn_free)]
+    with torch.no_grad():
+        (a_bn, a_free), (b_bn, b_free) = plain(batch_graphs(graphs)), std(batch_graphs(graphs))
+    for k in a_bn:  # nets with BatchNorm: bit-exact
+        assert torch.equal(a_bn[k], b_bn[k]), k
+    module = convnets250k.build(bn_free)
+    classifier = [n for n, _ in module.named_parameters()][-2]
+    checked = 0
+    for name, t in module.named_parameters():
+        if t.dim() == 1:
+            assert torch.equal(a_free[name], b_free[name]), name  # biases are not standardized
+            continue
+        if name == classifier:
+            assert torch.equal(a_free[name], b_free[name])
+            continue
+        # Scaled WS with the zero-initialized gain (1): zero mean, RMS sqrt(beta / fan_in) per channel.
+        rows = b_free[name].flatten(1)
+        fan_in = rows.shape[1]
+        layer = module.get_submodule(name.rsplit(".", 1)[0])
+        beta = 1.0 if getattr(layer, "groups", 1) > 1 else 2.0  # depthwise: GHN-2's beta 1
+        if fan_in > 1:
+            torch.testing.assert_close(rows.mean(1), torch.zeros(len(rows)), atol=1e-5, rtol=0)
+            torch.testing.assert_close(rows.square().mean(1).sqrt(), torch.full((len(rows),), math.sqrt(beta / fan_in)),
+                                       rtol=1e-3, atol=1e-6)
+        assert not torch.equal(a_free[name], b_free[name])
+        checked += 1
+    assert checked >= 8
+
+
 def test_batching_gives_the_same_predictions_as_one_by_one() -> None:
     ghn = _ghn()
     nets = [AllOps(1, 10), Diamond(), ResNet18(1, 10, width=4),

@@ -108,6 +108,21 @@ def test_config_validation_and_schedule():
     assert lr_at(cfg, 0) == 1e-3 and lr_at(cfg, 50) == pytest.approx(1e-4) and lr_at(cfg, 99) == pytest.approx(1e-5)
 
 
+def test_bn_free_fraction_draws_nets_without_batchnorm(tmp_path):
+    with pytest.raises(QnasError):
+        TrainConfig(bn_free=1.5)
+    drawn = {}
+    for frac in (0.0, 0.5, 1.0):
+        tr = Trainer(tiny(bn_free=frac, meta_batch=8, ghn={**TINY_GHN, "standardize": True}), tmp_path / str(frac))
+        drawn[frac] = [g.bn for _ in range(4) for g, _ in tr._meta_batch()]
+    assert all(drawn[0.0]) and not any(drawn[1.0])
+    assert 5 <= drawn[0.5].count(False) <= 27  # 32 draws at p=0.5
+    # A BN-free step with standardized weights trains (no dropped or skipped architecture).
+    tr = Trainer(tiny(bn_free=1.0, ghn={**TINY_GHN, "standardize": True}), tmp_path / "run")
+    m = tr.train_step()
+    assert m["skipped"] == 0 and m["dropped"] == 0 and m["loss"] < 20
+
+
 _DDP_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qnas.commands._args import param_count, positive_int
+from qnas.commands._args import fraction, param_count, positive_int
 from qnas.errors import QnasError
 
 
@@ -31,6 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--max-params", type=param_count, default=1_000_000,
                    help="bound on training architectures, keeps steps cheap (default 1e6)")
+    p.add_argument("--bn-free", type=fraction, default=0.0, metavar="F",
+                   help="fraction of training architectures drawn without BatchNorm (default 0)")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="rescale predicted weights to He's RMS exactly (needed for BN-free nets; default off)")
     p.add_argument("--hidden", type=positive_int, default=None, help="GHN node state size (default 32)")
     p.add_argument("--max-channels", type=positive_int, default=None, help="GHN decoded block size (default 64)")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
@@ -52,11 +56,12 @@ def config_from_args(args: argparse.Namespace):
     from qnas.train_predictor import TrainConfig
 
     bits = tuple(b.strip().lower() for b in (args.bits or "fp32").split(",") if b.strip())
-    ghn = {k: v for k, v in (("hidden", args.hidden), ("max_channels", args.max_channels)) if v is not None}
+    ghn = {k: v for k, v in (("hidden", args.hidden), ("max_channels", args.max_channels),
+                             ("standardize", args.standardize)) if v is not None}
     return TrainConfig(
         regime=args.regime, bits=bits, conditioned=args.conditioned, init=args.init, dataset=args.dataset,
         space=args.space, steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size, lr=args.lr,
-        max_params=args.max_params, seed=args.seed, ghn=ghn, eval_every=args.eval_every,
+        max_params=args.max_params, bn_free=args.bn_free, seed=args.seed, ghn=ghn, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
     )
 

@@ -213,14 +213,16 @@ def sample(
     max_params: int = MAX_PARAMS,
     input_shape: tuple[int, int, int] = (1, 28, 28),
     num_classes: int = 10,
+    bn: bool = True,
 ) -> Genome:
-    """Sample an architecture of at most ``max_params`` parameters, log-uniform in size.
+    """Sample an architecture of at most ``max_params`` parameters, log-uniform in size
+    (``bn=False``: without BatchNorm, as in the ``bn_free`` split).
 
     Uniform choices per slot alone bunch sizes around 1e5-1e6; drawing a target size
     log-uniformly in [1e4, max_params] and rejecting genomes far from it spreads them evenly
     over the orders of magnitude, so the GHN sees small and large nets alike.
     """
-    return _sample_bounded(rng, max_params, input_shape, num_classes)
+    return _sample_bounded(rng, max_params, input_shape, num_classes, bn=bn)
 
 
 def _sample_bounded(rng, max_params, input_shape, num_classes, log_uniform=True, **kwargs) -> Genome:
