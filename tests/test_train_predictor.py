@@ -134,6 +134,7 @@ tr = Trainer(cfg, sys.argv[1])
 tr.run(progress=False)
 flat = torch.cat([p.detach().reshape(-1) for p in tr.ghn.parameters()])
 torch.save(flat, f"{sys.argv[1]}/rank{tr.rank}.pt")
+dist.barrier()  # neither rank tears its sockets down while the other still talks (a SIGABRT seen under load)
 dist.destroy_process_group()
 """
 
