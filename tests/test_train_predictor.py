@@ -123,6 +123,22 @@ def test_bn_free_fraction_draws_nets_without_batchnorm(tmp_path):
     assert m["skipped"] == 0 and m["dropped"] == 0 and m["loss"] < 20
 
 
+def test_cli_bn_free_turns_standardization_on_and_rejects_bad_fractions(capsys):
+    from qnas.cli import build_parser, main
+    from qnas.commands.train import config_from_args
+
+    def cfg(*extra):
+        return config_from_args(build_parser().parse_args(["train-predictor", "--out", "x", *extra]))
+
+    assert "standardize" not in cfg().ghn
+    assert cfg("--bn-free", "0.3").ghn["standardize"] is True and cfg("--bn-free", "0.3").bn_free == 0.3
+    assert cfg("--bn-free", "0.3", "--no-standardize").ghn["standardize"] is False
+    with pytest.raises(SystemExit) as info:
+        main(["train-predictor", "--out", "x", "--bn-free", "1.5"])
+    assert info.value.code == 2
+    assert "fraction" in capsys.readouterr().err
+
+
 _DDP_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)

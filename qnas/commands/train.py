@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-free", type=fraction, default=0.0, metavar="F",
                    help="fraction of training architectures drawn without BatchNorm (default 0)")
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
-                   help="rescale predicted weights to He's RMS exactly (needed for BN-free nets; default off)")
+                   help="scaled weight standardization of BN-free nets' predicted weights (default: on with --bn-free)")
     p.add_argument("--hidden", type=positive_int, default=None, help="GHN node state size (default 32)")
     p.add_argument("--max-channels", type=positive_int, default=None, help="GHN decoded block size (default 64)")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
@@ -56,8 +56,10 @@ def config_from_args(args: argparse.Namespace):
     from qnas.train_predictor import TrainConfig
 
     bits = tuple(b.strip().lower() for b in (args.bits or "fp32").split(",") if b.strip())
+    # BN-free training needs standardized weights (without, their logits reach 1e6+): on by default there.
+    standardize = args.standardize if args.standardize is not None else (args.bn_free > 0 or None)
     ghn = {k: v for k, v in (("hidden", args.hidden), ("max_channels", args.max_channels),
-                             ("standardize", args.standardize)) if v is not None}
+                             ("standardize", standardize)) if v is not None}
     return TrainConfig(
         regime=args.regime, bits=bits, conditioned=args.conditioned, init=args.init, dataset=args.dataset,
         space=args.space, steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size, lr=args.lr,
