@@ -16,8 +16,8 @@ $PIP install --quiet --upgrade pip
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     $PIP install --quiet torch                       # CUDA build from PyPI
-  elif $PIP install --quiet --no-index torch==2.13.0 2>/dev/null; then
-    :                                                # CPU wheel from this machine's local wheel dir
+  elif ls /opt/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+    $PIP install --quiet torch==2.13.0               # CPU wheel from this machine's local wheel dir
   else
     # A plain `torch` would pull a multi-GB CUDA build; take the CPU wheel instead.
     $PIP install --quiet torch --index-url https://download.pytorch.org/whl/cpu
