@@ -1,50 +1,71 @@
-"""Ground truth for benchmarks/ranking.py: train architectures of the ``id`` split for real, FP32 and QAT.
+"""Ground truth v2: what users get from an architecture, trained for real, for benchmarks/ranking.py.
 
-    OMP_NUM_THREADS=1 nohup python benchmarks/ground_truth.py > runs/ground_truth.log 2>&1 &
+    python benchmarks/ground_truth.py plan                       # (re)write architectures.json: the fixed rule
+    python benchmarks/ground_truth.py run --phase agreement --workers 2 > runs/gt.log 2>&1 &
+    python benchmarks/ground_truth.py run --phase truth --budget k10e2 --workers 2
+    python benchmarks/ground_truth.py status                     # what is done, what is left, CPU-hours
 
-Which architectures (fixed rule, committed as ``benchmarks/ground_truth/architectures.json``): the
-``id`` split of convnets250k restricted to at most ``--max-params`` (1M: the edge range the GHN is
-trained on and the range the CPU budget affords), sorted by parameter count (ties by string), and
-``--archs`` (40) of them at evenly spaced positions, smallest and largest included.
+Two phases share one store (``benchmarks/ground_truth/v2/results/``, one JSON file per (architecture,
+budget, seed), committed):
 
-What each gets (the budget, fixed and stated in the table): the reference trainer
-(``qnas.train.train``) from its seeded re-initialization, once at FP32 and once with quantization-aware
-training at W4A4 with per-output-channel weight scales (``w4a4-channel``: the scorer's default
-granularity, ``qnas.scorer.DEFAULT_GRANULARITY``, and what int8 runtimes deploy; straight-through
-gradients), for one epoch over a fixed class-balanced subset of the training
-split (the first ``--train-images``//10 images of each class in official order; default 2,048, i.e.
-2,040 images, batch 32, peak lr 0.05: 63 SGD steps). Then top-1/top-5 at the training setting on a fixed subset of
-the test set (the first ``--test-images``/10 per class, default 2,000) and on the scorer's validation
-subset (``data.val_subset(ds, --val-images, seed=0)``, the images benchmarks/ranking.py scores on),
-with BatchNorm statistics and activation ranges calibrated on ``--calib-images`` training images
-(``bn_stats="calibrated"``, the deployed int8 behaviour). FP32 rows also record post-training
-quantization of the FP32 net at the same setting (``*_ptq_w4a4-channel``).
+* ``agreement``: 16 architectures at every budget of ``BUDGETS`` (from the 63 SGD steps of ground
+  truth v1 to 5 epochs over 20,000 images), FP32 and W4A4: ``benchmarks/budget_agreement.py`` ranks
+  each budget against the longest, which decides the truth budget.
+* ``truth``: all 80 architectures at the chosen ``--budget``, FP32, W4A4 and W2A2, and a second
+  training seed for 24 of them (the noise ceiling).
 
-The default budget was chosen to fit about an hour on one CPU thread (measured here: ~1.3 s per
-training image summed over the 40 architectures for FP32 + W4A4, plus evaluation): short enough that
-it ranks how fast and how robustly an architecture learns, not its converged accuracy. Say so when
-quoting it.
+**Which architectures** (``plan``, committed as ``architectures.json``): 80 parameter-count targets
+spaced evenly in log10 from 1e4 to 1e7 (stratified: target i at 10^(4 + 3 (i + 0.5) / 80)); each
+target goes to the held-out split (``id``, ``deep``, ``wide``, ``bn_free``) with the fewest picks so
+far among those whose size range covers it, so every split gets 20; there, of the 3 unused architectures
+nearest in log-parameters, the one with the fewest MACs (training cost grows with MACs, up to 2 hours
+for one 1e7-parameter net at the longest budget: the choice trades a little randomness for a table that
+fits a CPU). The ``agreement`` 16: the 80 sorted by size in 16 groups of 5, the fewest MACs of each.
+The ``seed 1`` 24: evenly spaced ranks of the 80 sorted by size.
 
-Resumable and safe to kill: each finished (architecture, setting) row is written to
-``ground_truth.json`` (and ``ground_truth.csv``) at once, atomically; a rerun skips finished rows and
-refuses to mix rows made under another budget or with other versions of the engine's files (their
-hashes are in every run record, with torch/qnas versions, the git commit and the command).
-Architectures are visited in bit-reversed order of size, so a partial table still spans all sizes.
+**What each (architecture, budget, seed) gets**, in stages, each saved as soon as it is done:
+
+1. ``fp32``: the reference trainer (``qnas.train.train``: SGD Nesterov, cosine, warm-up, seeded
+   init) on the budget's fixed class-balanced training images (the first images//10 of each class in
+   official order), checkpointed every 5 minutes;
+2. ``ptq``: the trained FP32 net measured at FP32 and quantized after training (post-training
+   quantization, the engine's default ranges, per-channel weights) at every setting of ``PTQ_SETTINGS``:
+   the quantization *sensitivity* a quantization-aware score must predict;
+3. ``faq_w4a4`` (and ``faq_w2a2`` in the truth phase): FAQ finetuning of the trained FP32 net with
+   qnas's recipe (``qnas.finetune.FAQConfig`` defaults: first and last layer at 8 bits, per-channel
+   weights, learning rate decayed exponentially to 1e-6 from ``FAQ_LR``: small, as FAQ finetunes
+   pretrained nets), one epoch over the budget's training images: the quantized model a user deploys.
+
+Accuracies are top-1 on a fixed class-balanced subset of the official test set (``--test-images``,
+first 200 per class), BatchNorm statistics and activation ranges calibrated on 256 training images.
+
+**Workers.** ``--workers N`` runs N processes with one torch thread each (``--device cuda`` trains on
+a GPU; measuring stays on the CPU). They share the store: a worker takes a job by an exclusive
+``flock`` on its lock file, which the kernel releases when the process dies, so ``kill -9`` leaves
+nothing stale; a restarted run skips finished stages and resumes an interrupted training from its
+checkpoint (in ``--cache``, outside the work tree). Trained FP32 weights are kept there too, so a later
+stage (W2A2 in the truth phase) reuses them; if they are gone the deterministic training is repeated.
+Every stage records its provenance: command, git commit, hashes of the engine files, torch and Python
+versions, device, threads, CPU and wall seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
+import fcntl
 import hashlib
-import io
 import json
+import math
 import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,84 +76,149 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import qnas  # noqa: E402
 from qnas import data  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
-from qnas.train import train  # noqa: E402  (the engine's reference trainer)
+from qnas.finetune import FAQConfig, finetune  # noqa: E402
+from qnas.score import evaluate  # noqa: E402
+from qnas.train import train  # noqa: E402
 from search_spaces import get_space  # noqa: E402
 
-OUT_DIR = Path(__file__).resolve().parent / "ground_truth"
-SPACE, SPLIT, DATASET = "convnets250k", "id", "fashion-mnist"
-PTQ_SETTINGS = ("w4a4-channel",)  # the FP32 net is also measured quantized after training
+REPO = Path(__file__).resolve().parents[1]
+STORE = Path(__file__).resolve().parent / "ground_truth" / "v2"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qnas" / "ground_truth"
+SPACE, DATASET = "convnets250k", "fashion-mnist"
+SPLITS = ("id", "deep", "wide", "bn_free")
+N_ARCHS, N_AGREEMENT, N_SEED1, NEAREST = 80, 16, 24, 3
+LOG_MIN, LOG_MAX = 4.0, 7.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """One training budget: ``epochs`` over the first ``images``//10 training images of each class."""
+
+    images: int
+    epochs: int
+    batch_size: int
+    lr: float = 0.05
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * ((self.images // 10 * 10) // self.batch_size)
+
+    @property
+    def passes(self) -> int:
+        return self.epochs * (self.images // 10 * 10)
+
+
+# Shortest first; the last is the reference of the agreement study. s63 is ground truth v1's budget.
+BUDGETS: dict[str, Budget] = {
+    "s63": Budget(2048, 1, 32),
+    "k10e1": Budget(10_000, 1, 64),
+    "k10e2": Budget(10_000, 2, 64),
+    "k20e2": Budget(20_000, 2, 64),
+    "k20e5": Budget(20_000, 5, 64),
+}
+PTQ_SETTINGS = ("fp32", "w8a8-channel", "w4a8-channel", "w4a4-channel", "w2a2-channel",
+                "w4a4-channel-fl8", "w2a2-channel-fl8")
+FAQ_SETTINGS = {"agreement": ("w4a4",), "truth": ("w4a4", "w2a2")}
+CALIB_IMAGES = 256
+# FAQ's learning rate from a *trained* start (qnas finetune's 0.05 is for GHN-predicted starts): FAQ
+# finetunes pretrained nets with small rates; measured on two nets at s63/k10e1, 0.05 lost 3-12 points
+# at W4A4 where 0.002 gained, and 0.01 was best at W2A2 (docs/ground_truth.md).
+FAQ_LR = {"w4a4": 0.002, "w2a2": 0.01}
+# The code a row's numbers depend on; hashed into every stage's provenance.
+ENGINE_FILES = ("qnas/quant.py", "qnas/train.py", "qnas/score.py", "qnas/data.py", "qnas/finetune.py",
+                "search_spaces/convnets250k/__init__.py")
 
 
 # ----------------------------------------------------------------------------- which architectures
 
 
-def select_architectures(space: Any, n: int, max_params: int, info: data.DatasetInfo) -> list[str]:
-    """``n`` architectures of the split at evenly spaced parameter-count ranks (see module docstring)."""
-    pool = [(space.count_params(g, info.input_shape, info.num_classes), space.to_string(g))
-            for g in space.load_split(SPLIT)]
-    pool = sorted(p for p in pool if p[0] <= max_params)
-    if len(pool) < n:
-        raise QnasError(f"only {len(pool)} {SPLIT} architectures have <= {max_params:,} parameters; need {n}")
-    return [pool[round(i * (len(pool) - 1) / (n - 1))][1] for i in range(n)]
+def plan(space: Any, info: data.DatasetInfo) -> dict[str, Any]:
+    """The fixed selection rule of the module docstring, as the committed ``architectures.json``."""
+    pool: dict[str, list[dict[str, Any]]] = {}
+    for split in SPLITS:
+        pool[split] = []
+        for index, g in enumerate(space.load_split(split)):
+            params = space.count_params(g, info.input_shape, info.num_classes)
+            pool[split].append({"id": f"{split}-{index:03d}", "split": split, "index": index,
+                                "arch": space.to_string(g), "params": params,
+                                "macs": space.count_macs(g, info.input_shape, info.num_classes),
+                                "log_params": math.log10(params)})
+    span = {s: (min(p["log_params"] for p in pool[s]), max(p["log_params"] for p in pool[s])) for s in SPLITS}
+    picks: dict[str, int] = dict.fromkeys(SPLITS, 0)
+    used: set[str] = set()
+    chosen = []
+    for i in range(N_ARCHS):
+        target = LOG_MIN + (LOG_MAX - LOG_MIN) * (i + 0.5) / N_ARCHS
+        cover = [s for s in SPLITS if span[s][0] - 0.1 <= target <= span[s][1] + 0.1] or list(SPLITS)
+        split = min(cover, key=lambda s: (picks[s], SPLITS.index(s)))
+        picks[split] += 1
+        near = sorted((p for p in pool[split] if p["id"] not in used),
+                      key=lambda p: (abs(p["log_params"] - target), p["id"]))[:NEAREST]
+        pick = min(near, key=lambda p: (p["macs"], p["id"]))
+        used.add(pick["id"])
+        chosen.append({k: v for k, v in pick.items() if k != "log_params"})
+    chosen.sort(key=lambda p: (p["params"], p["id"]))
+    group = N_ARCHS // N_AGREEMENT
+    agreement = [min(chosen[group * i: group * (i + 1)], key=lambda p: (p["macs"], p["id"]))["id"]
+                 for i in range(N_AGREEMENT)]
+    seed1 = [chosen[round(i * (N_ARCHS - 1) / (N_SEED1 - 1))]["id"] for i in range(N_SEED1)]
+    return {"space": SPACE, "dataset": DATASET,
+            "rule": "see the docstring of benchmarks/ground_truth.py (plan)",
+            "architectures": chosen, "agreement": agreement, "seed1": seed1}
 
 
-def _visit_order(n: int) -> list[int]:
+def visit_order(n: int) -> list[int]:
     """0..n-1 in bit-reversed order (0, n/2, n/4, 3n/4, ...): any prefix is spread over all sizes."""
     bits = max(1, (n - 1).bit_length())
     keys = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(1 << bits)]
     return [k for k in keys if k < n]
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    arch: dict[str, Any]
+    budget: str
+    seed: int
+    faq: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.arch['id']}_{self.budget}_s{self.seed}"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return ("fp32", "ptq") + tuple(f"faq_{s}" for s in self.faq)
+
+
+def jobs(archs: dict[str, Any], phase: str, budget: str | None) -> list[Job]:
+    by_id = {a["id"]: a for a in archs["architectures"]}
+    faq = FAQ_SETTINGS[phase]
+    if phase == "agreement":
+        ids = archs["agreement"]
+        return [Job(by_id[ids[i]], b, 0, faq) for i in visit_order(len(ids)) for b in BUDGETS]
+    if budget not in BUDGETS:
+        raise QnasError(f"the truth phase needs --budget, one of {', '.join(BUDGETS)}")
+    ids = [a["id"] for a in archs["architectures"]]
+    first = [Job(by_id[ids[i]], budget, 0, faq) for i in visit_order(len(ids))]
+    return first + [Job(by_id[i], budget, 1, faq) for i in archs["seed1"]]
+
+
 # ----------------------------------------------------------------------------- data
 
 
-def _balanced(images: torch.Tensor, labels: torch.Tensor, n: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def balanced(images: torch.Tensor, labels: torch.Tensor, n: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n/classes images of each class, in official order: fixed, balanced, no RNG involved."""
     per = n // classes
     idx = torch.cat([torch.nonzero(labels == c).flatten()[:per] for c in range(classes)]).sort().values
     return images[idx], labels[idx]
 
 
-# ----------------------------------------------------------------------------- one row
+# ----------------------------------------------------------------------------- store
 
 
-def _row(space: Any, arch: str, setting: str, ds: data.Dataset, budget: dict[str, Any]) -> dict[str, Any]:
-    """Train one architecture at one setting with the reference trainer and measure it."""
-    info = ds.info
-    genome = space.from_string(arch)
-    module = space.build(genome, info.input_shape, info.num_classes)  # train() re-initializes it from the seed
-    eval_specs = [setting] + [s for s in PTQ_SETTINGS if setting == "fp32" and s != setting]
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = train(
-        module, ds, budget["epochs"], spec=setting, seed=budget["seed"], batch_size=budget["batch_size"],
-        lr=budget["lr"], val_size=budget["val_images"], val_every=0, eval_specs=eval_specs,
-        bn_stats=budget["bn_stats"], calib_size=budget["calib_images"], test=True,
-    )
-    last = result.history[-1] if result.history else None
-    row = {
-        "arch": arch, "setting": setting,
-        "params": space.count_params(genome, info.input_shape, info.num_classes),
-        "macs": space.count_macs(genome, info.input_shape, info.num_classes),
-        "test_top1": result.test[setting]["top1"], "test_top5": result.test[setting]["top5"],
-        "val_top1": result.val[setting]["top1"], "val_top5": result.val[setting]["top5"],
-        "train_loss": None if last is None else round(last.train_loss, 5),
-        "train_top1": None if last is None else round(last.train_top1, 5),
-        "train_seconds": None if last is None else round(last.seconds, 2),
-        "total_seconds": round(time.perf_counter() - t0, 2),  # wall clock: inflated when the CPU is shared
-        "cpu_seconds": round(time.process_time() - c0, 2),  # this process's CPU time, the real cost
-        "diverged": result.diverged,
-    }
-    for s in eval_specs[1:]:  # post-training quantization of the FP32 net, same calibration
-        row[f"test_top1_ptq_{s}"] = result.test[s]["top1"]
-        row[f"val_top1_ptq_{s}"] = result.val[s]["top1"]
-    return row
-
-
-# ----------------------------------------------------------------------------- table I/O
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -140,118 +226,255 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+def read_result(store: Path, key: str) -> dict[str, Any] | None:
+    path = store / "results" / f"{key}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-# The code a row's numbers depend on; hashed into every run record, and a resume refuses a change,
-# because the engine's files may be edited without a commit in between.
-ENGINE_FILES = ("qnas/quant.py", "qnas/train.py", "qnas/score.py", "qnas/data.py",
-                "search_spaces/convnets250k/__init__.py")
-
-
-def _engine_hashes() -> dict[str, str]:
-    repo = Path(__file__).resolve().parents[1]
-    return {f: hashlib.sha256((repo / f).read_bytes()).hexdigest()[:16] for f in ENGINE_FILES}
-
-
-def _git_commit() -> str:
+@contextmanager
+def claimed(lock_dir: Path, key: str) -> Iterator[bool]:
+    """Hold an exclusive lock on ``key`` if no other live process holds it (released when we die)."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        repo = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+def engine_hashes() -> dict[str, str]:
+    return {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest()[:16] for f in ENGINE_FILES}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *ENGINE_FILES], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
 
 
+# ----------------------------------------------------------------------------- one job
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.space = get_space(SPACE)
+        full = data.load_dataset(DATASET)
+        self.info = full.info
+        self.full = full
+        tx, ty = balanced(full.test_images, full.test_labels, args.test_images, self.info.num_classes)
+        self.test = (data.normalize(tx, self.info), ty)
+        self.engine = engine_hashes()  # of the code this process imported (the work tree may change later)
+        self.provenance = {"git_commit": git_commit(), "engine_sha256": self.engine, "torch": torch.__version__,
+                           "qnas": qnas.__version__, "python": platform.python_version(),
+                           "machine": platform.machine(), "host": socket.gethostname(),
+                           "threads": torch.get_num_threads(), "device": args.device,
+                           "command": "python " + " ".join(sys.argv)}
+
+    def dataset(self, budget: Budget) -> data.Dataset:
+        x, y = balanced(self.full.train_images, self.full.train_labels, budget.images, self.info.num_classes)
+        return dataclasses.replace(self.full, train_images=x, train_labels=y)
+
+    def log(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} w{self.args.worker_id} {text}", flush=True)
+
+    def run(self, job: Job) -> None:
+        store, cache = self.args.store, self.args.cache / job.key
+        result = read_result(store, job.key) or {
+            "key": job.key, **{k: job.arch[k] for k in ("id", "split", "index", "arch", "params", "macs")},
+            "budget": job.budget, "budget_definition": dataclasses.asdict(BUDGETS[job.budget]),
+            "steps": BUDGETS[job.budget].steps, "seed": job.seed, "test_images": self.args.test_images,
+            "calib_images": CALIB_IMAGES, "stages": {}}
+        todo = [s for s in job.stages if s not in result["stages"]]
+        if not todo:
+            return
+        budget = BUDGETS[job.budget]
+        ds = self.dataset(budget)
+        module = self.space.build(self.space.from_string(job.arch["arch"]), self.info.input_shape,
+                                  self.info.num_classes)
+        weights = cache / "fp32.pt"
+        for stage in todo:
+            t0, c0 = time.perf_counter(), time.process_time()
+            if stage == "fp32":
+                out = self.train_fp32(job, budget, ds, module, cache)
+            else:
+                if not weights.exists():
+                    self.log(f"{job.key}: trained weights not in the cache; training again (deterministic)")
+                    self.train_fp32(job, budget, ds, module, cache)
+                module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                out = self.ptq(module, ds) if stage == "ptq" else self.faq(job, stage[4:], ds, module, cache)
+            out["provenance"] = {**self.provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                 "wall_seconds": round(time.perf_counter() - t0, 1),
+                                 "cpu_seconds": round(time.process_time() - c0, 1)}
+            result["stages"][stage] = out
+            atomic_write(store / "results" / f"{job.key}.json", json.dumps(result, indent=1) + "\n")
+            acc = {k: v for k, v in out.items() if k.startswith("test_top1")}
+            self.log(f"{job.key} {stage} done in {out['provenance']['wall_seconds']:.0f}s: "
+                     + " ".join(f"{k[10:] or 'top1'}={v:.4f}" for k, v in acc.items()))
+
+    def train_fp32(self, job: Job, budget: Budget, ds: data.Dataset, module: torch.nn.Module,
+                   cache: Path) -> dict[str, Any]:
+        last = [time.perf_counter()]
+
+        def progress(step: int, total: int) -> None:
+            if time.perf_counter() - last[0] > 120:
+                last[0] = time.perf_counter()
+                self.log(f"{job.key} fp32 step {step}/{total}")
+
+        self.log(f"{job.key}: training fp32, {budget.steps} steps, {job.arch['params']:,} params, "
+                 f"{job.arch['macs'] / 1e6:.0f}M MACs")
+        result = train(module, ds, budget.epochs, seed=job.seed, batch_size=budget.batch_size, lr=budget.lr,
+                       val_size=500, val_every=0, eval_specs="fp32", calib_size=CALIB_IMAGES, test=False,
+                       progress=progress, device=self.args.device, checkpoint=cache / "train.pt")
+        torch.save(module.state_dict(), cache / "fp32.tmp")
+        os.replace(cache / "fp32.tmp", cache / "fp32.pt")
+        (cache / "train.pt").unlink(missing_ok=True)
+        last_epoch = result.history[-1] if result.history else None
+        return {"diverged": result.diverged,
+                "train_loss": None if last_epoch is None else round(last_epoch.train_loss, 5),
+                "train_top1": None if last_epoch is None else round(last_epoch.train_top1, 5),
+                "val_top1": result.val["fp32"]["top1"], "train_seconds": round(result.seconds, 1)}
+
+    def ptq(self, module: torch.nn.Module, ds: data.Dataset) -> dict[str, Any]:
+        calib = data.normalize(balanced(ds.train_images, ds.train_labels, CALIB_IMAGES, self.info.num_classes)[0],
+                               self.info)
+        acc = evaluate(module, None, *self.test, PTQ_SETTINGS, calib_images=calib)
+        return {f"test_top1_{s}": acc[s]["top1"] for s in PTQ_SETTINGS} | {"settings": list(PTQ_SETTINGS)}
+
+    def faq(self, job: Job, setting: str, ds: data.Dataset, module: torch.nn.Module,
+            cache: Path) -> dict[str, Any]:
+        budget = BUDGETS[job.budget]
+        cfg = FAQConfig(setting=setting, epochs=1, train_size=None, lr=FAQ_LR[setting], seed=job.seed)
+        self.log(f"{job.key}: FAQ {setting}, 1 epoch over {len(ds.train_labels):,} images")
+        res = finetune(module, ds, cfg, eval_data=self.test, checkpoint=cache / f"faq_{setting}.pt",
+                       identity=f"{job.key} from trained fp32")
+        (cache / f"faq_{setting}.pt").unlink(missing_ok=True)
+        name = res.setting
+        return {"test_top1": res.after[name], "test_top1_fp32_after": res.after["fp32"],
+                "test_top1_before": res.before[name], "setting": cfg.spec.name, "config": cfg.to_dict(),
+                "bn_reestimated": res.bn_reestimated, "steps": math.ceil(budget.images // 10 * 10 / cfg.batch_size)}
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def load_plan(store: Path) -> dict[str, Any]:
+    path = store / "architectures.json"
+    if not path.exists():
+        raise QnasError(f"{path} is missing: run `python benchmarks/ground_truth.py plan` first")
+    return json.loads(path.read_text())
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    worker = Worker(args)
+    todo = jobs(load_plan(args.store), args.phase, args.budget)
+    done = 0
+    for job in todo:
+        result = read_result(args.store, job.key)
+        if result is not None and all(s in result["stages"] for s in job.stages):
+            continue
+        with claimed(args.cache / "locks", job.key) as mine:
+            if not mine:
+                continue
+            worker.run(job)
+            done += 1
+            if args.limit is not None and done >= args.limit:
+                break
+    worker.log("no job left for this worker")
+    return 0
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """Start ``--workers`` processes of this script (one torch thread each) and wait for them."""
+    load_plan(args.store)  # fail early, with one line
+    jobs(load_plan(args.store), args.phase, args.budget)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = []
+    for i in range(args.workers):
+        cmd = [sys.executable, __file__, "worker", "--phase", args.phase, "--worker-id", str(i),
+               "--store", str(args.store), "--cache", str(args.cache), "--device", args.device,
+               "--test-images", str(args.test_images)]
+        if args.budget:
+            cmd += ["--budget", args.budget]
+        if args.limit is not None:
+            cmd += ["--limit", str(args.limit)]
+        procs.append(subprocess.Popen(cmd, env=env))
+        time.sleep(2)  # stagger: each takes the next free job
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes, key=abs) if any(codes) else 0
+
+
+def status_main(args: argparse.Namespace) -> int:
+    archs = load_plan(args.store)
+    for phase, budget in (("agreement", None), ("truth", args.budget)):
+        if phase == "truth" and budget is None:
+            continue
+        todo = jobs(archs, phase, budget)
+        stages = sum(len(j.stages) for j in todo)
+        done, cpu = 0, 0.0
+        for j in todo:
+            r = read_result(args.store, j.key) or {"stages": {}}
+            done += sum(s in r["stages"] for s in j.stages)
+            cpu += sum(r["stages"][s]["provenance"]["cpu_seconds"] for s in j.stages if s in r["stages"])
+        print(f"{phase}: {done}/{stages} stages of {len(todo)} jobs done, {cpu / 3600:.2f} CPU-hours spent")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--archs", type=int, default=40, help="architectures (default 40)")
-    ap.add_argument("--max-params", type=int, default=1_000_000, help="largest architecture (default 1e6)")
-    ap.add_argument("--settings", default="fp32,w4a4-channel",
-                    help="training settings, engine names (default fp32,w4a4-channel)")
-    ap.add_argument("--train-images", type=int, default=2048, help="training images, class-balanced (default 2048)")
-    ap.add_argument("--epochs", type=int, default=1, help="epochs over them (default 1)")
-    ap.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
-    ap.add_argument("--lr", type=float, default=0.05, help="peak SGD learning rate (default 0.05, the trainer's)")
-    ap.add_argument("--test-images", type=int, default=2000, help="test images, class-balanced (default 2000)")
-    ap.add_argument("--val-images", type=int, default=500, help="validation subset, seed 0 (default 500)")
-    ap.add_argument("--calib-images", type=int, default=256, help="BN calibration images (default 256)")
-    ap.add_argument("--seed", type=int, default=0, help="init, data-order and calibration seed (default 0)")
-    ap.add_argument("--out", type=Path, default=OUT_DIR, help="output directory (default benchmarks/ground_truth)")
-    ap.add_argument("--limit", type=int, default=None, help="stop after this many new rows (timing runs)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("plan", "run", "worker", "status"):
+        p = sub.add_parser(name)
+        p.add_argument("--store", type=Path, default=STORE, help=f"results store (default {STORE})")
+        p.add_argument("--cache", type=Path, default=CACHE,
+                       help=f"checkpoints, trained weights and locks (default {CACHE})")
+        p.add_argument("--budget", choices=list(BUDGETS), default=None, help="truth phase: the budget")
+        if name in ("run", "worker"):
+            p.add_argument("--phase", choices=list(FAQ_SETTINGS), required=True)
+            p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+            p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                           help="training device (default cuda when present)")
+            p.add_argument("--test-images", type=int, default=2000, help="class-balanced test images (2000)")
+            p.add_argument("--limit", type=int, default=None, help="stop each worker after this many jobs")
+            p.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)  # the table's timings are one-thread figures
-
-    space = get_space(SPACE)
-    full = data.load_dataset(DATASET)
-    info = full.info
-    archs = select_architectures(space, args.archs, args.max_params, info)
-    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-    # The trainer trains on all of ds.train_* and tests on all of ds.test_*: hand it the fixed subsets.
-    train_x, train_y = _balanced(full.train_images, full.train_labels, args.train_images, info.num_classes)
-    test_x, test_y = _balanced(full.test_images, full.test_labels, args.test_images, info.num_classes)
-    ds = dataclasses.replace(full, train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y)
-    budget = {
-        "trainer": "qnas.train.train (defaults unless listed: SGD nesterov 0.9, wd 5e-4, cosine, warm-up "
-                   "min(200, steps/10), clip 5, no augmentation)",
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "steps": args.epochs * (len(train_y) // args.batch_size),  # the trainer drops the last partial batch
-        "train_images": args.train_images, "train_images_used": len(train_y),
-        "train_subset": "first train_images//10 per class of the training split",
-        "test_images": args.test_images, "test_subset": "first test_images/10 per class of the official test set",
-        "val_images": args.val_images, "val_subset": "qnas.data.val_subset(ds, val_images, seed=0)",
-        "bn_stats": "calibrated", "calib_images": args.calib_images, "seed": args.seed, "settings": settings,
-        "ptq": list(PTQ_SETTINGS),
-        "summary": f"{args.epochs} epoch x {args.train_images} train images, batch {args.batch_size}, "
-                   f"test on {args.test_images}",
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(args.out / "architectures.json", json.dumps({
-        "space": SPACE, "split": SPLIT, "max_params": args.max_params, "count": len(archs),
-        "rule": f"{SPLIT} split, params <= {args.max_params}, sorted by (params, string), "
-                f"{len(archs)} at evenly spaced ranks round(i*(N-1)/({len(archs)}-1))",
-        "architectures": archs}, indent=1) + "\n")
-
-    table_path = args.out / "ground_truth.json"
-    table: dict[str, Any]
-    if table_path.exists():
-        table = json.loads(table_path.read_text())
-        if table["budget"] != budget or table["architectures"] != archs:
-            raise SystemExit(f"{table_path} was made with another budget or architecture list; "
-                             "move it away or rerun with the same arguments")
-    else:
-        table = {"space": SPACE, "split": SPLIT, "dataset": DATASET, "settings": settings,
-                 "architectures": archs, "budget": budget, "runs": [], "rows": []}
-    engine = _engine_hashes()
-    for run in table["runs"]:
-        if run.get("engine_sha256", engine) != engine:
-            raise SystemExit(f"{table_path} has rows made with other versions of {', '.join(ENGINE_FILES)} "
-                             f"({run['engine_sha256']} vs now {engine}); move it away to start over")
-    table["runs"].append({
-        "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python " + " ".join(sys.argv),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__, "qnas": qnas.__version__,
-        "python": platform.python_version(), "machine": platform.machine(), "git_commit": _git_commit(),
-        "threads": torch.get_num_threads(), "engine_sha256": engine,
-    })
-    done = {(r["arch"], r["setting"]) for r in table["rows"]}
-
-    todo = [(archs[i], s) for i in _visit_order(len(archs)) for s in settings if (archs[i], s) not in done]
-    print(f"{len(done)} rows done, {len(todo)} to go; budget: {budget['summary']}", flush=True)
-    for count, (arch, setting) in enumerate(todo[: args.limit]):
-        row = _row(space, arch, setting, ds, budget)
-        table["rows"].append(row)
-        _atomic_write(table_path, json.dumps(table, indent=1) + "\n")
-        _atomic_write(args.out / "ground_truth.csv", _csv(table["rows"]))
-        print(f"[{len(done) + count + 1}/{len(archs) * len(settings)}] {setting:5s} test {row['test_top1']:.4f} "
-              f"val {row['val_top1']:.4f} train {row['train_seconds']}s total {row['total_seconds']:.1f}s "
-              f"cpu {row['cpu_seconds']:.1f}s {row['params']:>8,d} {arch}", flush=True)
-    return 0
+    try:
+        if args.command == "plan":
+            info = data.dataset_info(DATASET)
+            archs = plan(get_space(SPACE), info)
+            path = args.store / "architectures.json"
+            if path.exists() and json.loads(path.read_text()) != archs:
+                raise QnasError(f"{path} exists with another selection; results refer to it: not overwritten")
+            atomic_write(path, json.dumps(archs, indent=1) + "\n")
+            print(f"{path}: {len(archs['architectures'])} architectures")
+            return 0
+        if args.command == "status":
+            return status_main(args)
+        if args.workers < 1:
+            raise QnasError("--workers must be >= 1")
+        return worker_main(args) if args.command == "worker" else run_main(args)
+    except QnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from qnas.scorer import DEFAULT_GRANULARITY, GHNScorer, make_scorer  # noqa: E40
 from qnas.train import reset_parameters  # noqa: E402
 from search_spaces import get_space  # noqa: E402
 
-GROUND_TRUTH = Path(__file__).resolve().parent / "ground_truth" / "ground_truth.json"
+GROUND_TRUTH = Path(__file__).resolve().parent / "ground_truth" / "v1" / "ground_truth.json"
 
 
 def _load_truth(path: Path) -> tuple[dict, list[str], dict[str, list[float]]]:

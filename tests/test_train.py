@@ -113,3 +113,45 @@ def test_quantization_ordering_after_brief_fp32_training() -> None:
     assert acc["fp32"] > 0.65, acc
     assert abs(acc["fp32"] - acc["w8a8"]) <= 0.01, acc
     assert acc["w8a8"] > acc["w4a4"] > acc["w2a2"], acc
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("spec", [None, "w4a4"])
+def test_checkpointed_run_interrupted_mid_epoch_resumes_to_the_same_result(tmp_path: Path, spec: str | None) -> None:
+    ds = _synthetic()
+    kwargs = dict(spec=spec, seed=3, batch_size=64, warmup_steps=2, test=False, val_every=0)
+    ref_module = convnets250k.build(convnets250k.from_string(TINY))
+    ref = train(ref_module, ds, 2, **kwargs)
+
+    def stop_at_11(step: int, _total: int) -> None:  # 8 steps per epoch: mid-way through epoch 2
+        if step == 11:
+            raise _Stop
+
+    ckpt = tmp_path / "run.pt"
+    module = convnets250k.build(convnets250k.from_string(TINY))
+    with pytest.raises(_Stop):
+        train(module, ds, 2, checkpoint=ckpt, checkpoint_every=0.0, progress=stop_at_11, **kwargs)
+    assert ckpt.exists()
+    resumed_module = convnets250k.build(convnets250k.from_string(TINY))
+    resumed = train(resumed_module, ds, 2, checkpoint=ckpt, **kwargs)
+    assert [round(h.train_loss, 6) for h in resumed.history] == [round(h.train_loss, 6) for h in ref.history]
+    assert resumed.val == ref.val
+    ref_state, state = ref_module.state_dict(), resumed_module.state_dict()
+    assert all(torch.allclose(ref_state[k].float(), state[k].float(), atol=1e-6) for k in ref_state)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
+    ds = _synthetic()
+    ckpt = tmp_path / "run.pt"
+    train(convnets250k.build(convnets250k.from_string(TINY)), ds, 1, seed=0, batch_size=64, test=False,
+          val_every=0, checkpoint=ckpt)
+    with pytest.raises(QnasError, match="other settings"):
+        train(convnets250k.build(convnets250k.from_string(TINY)), ds, 1, seed=1, batch_size=64, test=False,
+              val_every=0, checkpoint=ckpt)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(QnasError, match="not a readable"):
+        train(convnets250k.build(convnets250k.from_string(TINY)), ds, 1, seed=0, batch_size=64, test=False,
+              val_every=0, checkpoint=ckpt)
