@@ -205,6 +205,17 @@ class GHN(nn.Module):
         self, batch: GraphBatch, bits: str | Bits | Sequence[str | Bits] = FP32
     ) -> list[dict[str, torch.Tensor]]:
         """Parameters for every graph of ``batch``; ``bits`` is one setting for all or one per graph."""
+        return self._decode(self._states(batch, bits), batch)
+
+    def embed(self, batch: GraphBatch, bits: str | Bits | Sequence[str | Bits] = FP32) -> torch.Tensor:
+        """One vector per graph: the mean of its final node states (what the decoder reads), (graphs, hidden)."""
+        h = self._states(batch, bits)
+        index = batch.node_graph.to(h.device)
+        sums = torch.zeros(len(batch.graphs), h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, index, h)
+        counts = torch.bincount(index, minlength=len(batch.graphs)).clamp_min(1).to(h.dtype)
+        return sums / counts[:, None]
+
+    def _states(self, batch: GraphBatch, bits: str | Bits | Sequence[str | Bits]) -> torch.Tensor:
         device = self.op_embed.weight.device
         if batch.op_index.device != device:
             batch = batch.to(device)
@@ -222,7 +233,7 @@ class GHN(nn.Module):
         if self.config.bit_conditioning:
             per_graph = self.w_bits_out(bit_idx[:, 0]) + self.a_bits_out(bit_idx[:, 1])
             h = h + per_graph[batch.node_graph]
-        return self._decode(h, batch)
+        return h
 
     @property
     def num_parameters(self) -> int:

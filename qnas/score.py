@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qnas.errors import QnasError
@@ -58,7 +59,8 @@ def evaluate(
     channels_last: bool = True,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Top-1 and top-5 accuracy (fractions) of ``module`` on normalized ``images`` for each setting.
+    """Top-1 and top-5 accuracy (fractions) and mean cross-entropy of ``module`` on normalized ``images``
+    for each setting: ``{setting: {"top1", "top5", "loss"}}``.
 
     ``module`` may be a :class:`QuantModel` from ``prepare`` (reuse it to skip tracing). In
     ``calibrated`` mode the statistics come from ``calib_images`` (all of them), by default the first
@@ -93,6 +95,7 @@ def evaluate(
                     done = calib_logits
             cache: dict[Any, Any] = {}
             top1 = top5 = 0
+            loss = 0.0
             for i, (xb, yb) in enumerate(batches):
                 if i < len(done):
                     logits = done[i]
@@ -103,7 +106,8 @@ def evaluate(
                 hit = top == yb[:, None]
                 top1 += int(hit[:, 0].sum())
                 top5 += int(hit.any(1).sum())
-            results[spec.name] = {"top1": top1 / n, "top5": top5 / n}
+                loss += float(F.cross_entropy(logits.double(), yb, reduction="sum"))
+            results[spec.name] = {"top1": top1 / n, "top5": top5 / n, "loss": loss / n}
     return results
 
 

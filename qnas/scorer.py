@@ -1,7 +1,7 @@
 """Scoring a candidate without training it: GHN-predicted parameters, evaluated at every bit setting.
 
     scorer = make_scorer(space=get_space("convnets250k"), dataset="fashion-mnist", predictor=None)
-    scorer.score(genome)   # {"top1_fp32": ..., "top5_fp32": ..., "top1_w4a4": ..., ...}
+    scorer.score(genome)   # {"top1_fp32": ..., "top5_fp32": ..., "loss_fp32": ..., "top1_w4a4": ..., ...}
 
 A bit-conditioned GHN predicts one parameter set per setting, all in a single batched GHN pass (the
 same graph once per setting); an unconditioned GHN predicts one set shared by all settings.
@@ -86,6 +86,7 @@ class GHNScorer:
         for s in self.settings:
             out[f"top1_{s}"] = acc[self.spec_name(s)]["top1"]
             out[f"top5_{s}"] = acc[self.spec_name(s)]["top5"]
+            out[f"loss_{s}"] = acc[self.spec_name(s)]["loss"]
         return out
 
 

@@ -1,0 +1,100 @@
+"""Which training budget ranks architectures like the longest one? (Decides ground truth v2's budget.)
+
+    python benchmarks/budget_agreement.py [--store benchmarks/ground_truth/v2] [--threshold 0.85]
+
+Reads the ``agreement`` phase of ``benchmarks/ground_truth.py`` (16 architectures trained at every
+budget of ``BUDGETS``, from ground truth v1's 63 SGD steps to 5 epochs over 20,000 images) and, for each
+budget, ranks the architectures finished at both it and the longest budget:
+
+* Kendall tau-b (``scipy.stats.kendalltau``) against the longest budget at FP32 (the trained net),
+  W4A4 (FAQ-finetuned from it, the deployed model) and W4A4 post-training quantized (PTQ, per-channel,
+  first/last layer 8-bit: the start FAQ finetunes from), with a bootstrap 95% interval over
+  architectures (``scipy.stats.bootstrap``, percentile, 2,000 resamples, seed 0);
+* what the budget costs: CPU-hours of all its stages summed over the architectures.
+
+The truth budget is the cheapest whose tau to the longest is >= ``--threshold`` at FP32 and at W4A4
+(the longest budget qualifies trivially). The last line is
+``budget_tau_<budget>=<min of FP32 and W4A4 tau> ... chosen=<budget> n=<architectures>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ground_truth import BUDGETS, STORE, jobs, load_plan, read_result  # noqa: E402
+
+TARGETS = {  # column -> where it is in a result file
+    "fp32": ("ptq", "test_top1_fp32"),
+    "w4a4": ("faq_w4a4", "test_top1"),
+    "w4a4_ptq": ("ptq", "test_top1_w4a4-channel-fl8"),
+}
+
+
+def tau(x: np.ndarray, y: np.ndarray) -> float:
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Bootstrap 95% interval of Kendall tau over architectures (pairs resampled together)."""
+    if len(x) < 4:
+        return (float("nan"), float("nan"))
+    res = stats.bootstrap((x, y), lambda a, b: stats.kendalltau(a, b).statistic, paired=True, vectorized=False,
+                          n_resamples=2000, method="percentile", random_state=np.random.default_rng(0))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", type=Path, default=STORE, help=f"ground-truth store (default {STORE})")
+    ap.add_argument("--threshold", type=float, default=0.85, help="tau to the longest budget (default 0.85)")
+    args = ap.parse_args(argv)
+
+    plan = load_plan(args.store)
+    table: dict[str, dict[str, dict[str, float]]] = {b: {} for b in BUDGETS}  # budget -> arch -> column
+    cpu: dict[str, float] = dict.fromkeys(BUDGETS, 0.0)
+    for job in jobs(plan, "agreement", None):
+        result = read_result(args.store, job.key)
+        if result is None:
+            continue
+        stages = result["stages"]
+        cpu[job.budget] += sum(s["provenance"]["cpu_seconds"] for s in stages.values()) / 3600
+        row = {col: stages[stage][key] for col, (stage, key) in TARGETS.items() if stage in stages}
+        if len(row) == len(TARGETS):
+            table[job.budget][job.arch["id"]] = row
+    longest = list(BUDGETS)[-1]
+    ref = table[longest]
+    print(f"reference: {longest} ({len(ref)} of {len(plan['agreement'])} architectures finished)")
+    print(f"{'budget':8s} {'passes':>7s} {'n':>3s} " + " ".join(f"{c + ' tau [95% CI]':>24s}" for c in TARGETS)
+          + f" {'CPU-h':>6s}")
+    figures, chosen = {}, None
+    n_common = 0
+    for name, budget in BUDGETS.items():
+        common = sorted(set(table[name]) & set(ref))
+        cells, taus = [], {}
+        for col in TARGETS:
+            x = np.array([table[name][a][col] for a in common])
+            y = np.array([ref[a][col] for a in common])
+            t = tau(x, y) if len(common) >= 3 else float("nan")
+            lo, hi = interval(x, y) if name != longest else (t, t)
+            taus[col] = t
+            cells.append(f"{t:+.3f} [{lo:+.2f}, {hi:+.2f}]")
+        print(f"{name:8s} {budget.passes:>7,d} {len(common):>3d} " + " ".join(f"{c:>24s}" for c in cells)
+              + f" {cpu[name]:6.2f}")
+        figures[name] = min(taus["fp32"], taus["w4a4"])
+        if chosen is None and len(common) >= 3 and figures[name] >= args.threshold:
+            chosen = name
+        n_common = max(n_common, len(common)) if name == longest else n_common
+    print(f"chosen: the cheapest budget with tau >= {args.threshold} at FP32 and W4A4: {chosen}")
+    print(" ".join(f"budget_tau_{b}={t:.3f}" for b, t in figures.items()) + f" chosen={chosen} n={n_common}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The ranker's features for every ground-truth architecture, computed once per predictor and cached.
+
+    OMP_NUM_THREADS=1 python benchmarks/ranker_features.py [--predictor NAME]
+
+For each architecture of ground truth v1 (``benchmarks/ground_truth/v1``) and v2 (``.../v2``), the
+features of ``qnas.ranker.candidate_features`` as the search computes them (the scorer on 1,000
+validation images, the scorer's protocol), written to ``benchmarks/ground_truth/features.json`` keyed
+by architecture string, with the predictor's sha256 and the feature version. Resumable: architectures
+already in the file for the same predictor and feature version are skipped; the file is rewritten
+atomically after each one. Last line: ``archs=<n> seconds=<this run>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qnas.ranker import FEATURE_VERSION, candidate_features, file_sha256  # noqa: E402
+from qnas.scorer import make_scorer  # noqa: E402
+from search_spaces import get_space  # noqa: E402
+
+HERE = Path(__file__).resolve().parent / "ground_truth"
+FEATURES = HERE / "features.json"
+
+
+def truth_archs() -> list[str]:
+    """Every architecture string of the ground-truth tables, v2 first (the one the ranker is fitted on)."""
+    archs: list[str] = []
+    plan = HERE / "v2" / "architectures.json"
+    if plan.exists():
+        archs += [a["arch"] for a in json.loads(plan.read_text())["architectures"]]
+    v1 = HERE / "v1" / "architectures.json"
+    if v1.exists():
+        archs += json.loads(v1.read_text())["architectures"]
+    return list(dict.fromkeys(archs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--predictor", default=None, help="predictor name or checkpoint (default: the shipped one)")
+    ap.add_argument("--out", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
+    ap.add_argument("--val-size", type=int, default=1000, help="validation images (default 1000, the search's)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    space = get_space("convnets250k")
+    scorer = make_scorer(space=space, predictor=args.predictor, val_size=args.val_size)
+    sha = file_sha256(scorer.predictor.path) if scorer.predictor.path is not None else "random"
+    table = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if table.get("predictor_sha256") != sha or table.get("feature_version") != FEATURE_VERSION:
+        table = {"predictor_sha256": sha, "predictor": scorer.name, "feature_version": FEATURE_VERSION,
+                 "val_size": args.val_size, "protocol": scorer.protocol, "features": {}}
+    todo = [a for a in truth_archs() if a not in table["features"]]
+    print(f"{len(table['features'])} architectures done, {len(todo)} to go", flush=True)
+    t0 = time.perf_counter()
+    for i, arch in enumerate(todo):
+        t = time.perf_counter()
+        table["features"][arch] = candidate_features(scorer, space.from_string(arch))
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, args.out)
+        print(f"[{i + 1}/{len(todo)}] {time.perf_counter() - t:.1f}s {arch}", flush=True)
+    print(f"archs={len(table['features'])} seconds={time.perf_counter() - t0:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,438 @@
+"""The ranker: predict *trained* accuracy at each setting from features that cost no training.
+
+    feats = candidate_features(scorer, genome)          # GHN accuracies/losses, size, shape, proxies, embedding
+    ranker = load_ranker("fashion-mnist")               # JSON beside the predictor checkpoint; never pickle
+    ranker.predict(feats)                               # {"fp32": 0.87, "w4a4": 0.85, "w2a2": 0.71}
+
+A raw GHN accuracy ranks architectures weakly on its own; what ranks well in the literature is a small
+learned model over several cheap signals fitted on a few dozen trained architectures. The features:
+
+* ``ghn_top1_<s>``, ``ghn_loss_<s>``: the GHN-predicted parameters' validation accuracy and
+  cross-entropy at every scored setting (``qnas.scorer``), the quantization-aware part;
+* size and cost: log10 parameters, MACs, weight bytes and BitOps at W4A4 and W2A2;
+* shape, read from the computational graph (``qnas.graph``), so any CNN has them: weight layers,
+  longest path in weight layers, op counts by kind (dense/grouped/dilated conv, linear, BN, pooling,
+  add, concat), kernel-size fractions, log channel statistics;
+* zero-cost proxies at the seeded init: log synflow, NASWOT;
+* ``emb_<k>``: the GHN's graph embedding (mean node state) projected on its first principal components,
+  the projection fitted with the ranker and stored in it.
+
+A :class:`Ranker` holds one model per target setting, each either a ridge regression on standardized
+features (stored as its coefficients) or a LightGBM booster (stored as LightGBM's own text model), with
+the feature list, the projection, the predictor it was fitted with (its sha256: features depend on it),
+the training table's provenance and its cross-validated metrics. :func:`fit` and
+:func:`cross_val_predict` are what ``benchmarks/ranking.py`` and ``qnas fit-ranker`` use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qnas.errors import QnasError
+
+__all__ = [
+    "FORMAT",
+    "MODEL_KINDS",
+    "TARGETS",
+    "Ranker",
+    "candidate_features",
+    "cross_val_predict",
+    "fit",
+    "graph_features",
+    "load_ranker",
+    "macs",
+    "ranker_path",
+]
+
+FORMAT = "qnas-ranker"
+FORMAT_VERSION = 1
+FEATURE_VERSION = 1  # bump when a feature's definition changes: stored tables and rankers are then stale
+TARGETS = ("fp32", "w4a4", "w2a2")
+MODEL_KINDS = ("ridge", "lgbm", "lgbm-rank")
+EMBED_COMPONENTS = 4
+LOSS_CAP = 20.0  # cross-entropy of a net whose logits blew up: capped so one broken net cannot dominate a fit
+PROXY_IMAGES = 128
+_GRAPH_OPS = ("conv", "group_conv", "dil_conv", "linear", "bn", "max_pool", "avg_pool", "add", "concat")
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def macs(module: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one image through every conv and linear layer (hooks, any module)."""
+    total = [0]
+
+    def hook(m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            total[0] += out[0].numel() * (m.in_channels // m.groups) * kh * kw
+        elif isinstance(m, nn.Linear):
+            total[0] += out[0].numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape))
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def graph_features(graph: Any) -> dict[str, float]:
+    """Shape features of a ``qnas.graph.ArchGraph``: depth, op counts, kernel sizes, channel statistics."""
+    from qnas.graph import WEIGHT_OPS
+
+    ops = graph.ops
+    weight = [v for v, op in enumerate(ops) if op in WEIGHT_OPS]
+    # Longest input-to-output path counted in weight layers (nodes are in topological order).
+    depth = [0] * len(ops)
+    preds: dict[int, list[int]] = {}
+    for a, b in graph.edges:
+        preds.setdefault(b, []).append(a)
+    for v in range(len(ops)):
+        depth[v] = max((depth[u] for u in preds.get(v, [])), default=0) + (ops[v] in WEIGHT_OPS)
+    convs = [v for v in weight if ops[v] != "linear"]
+    kernels = [graph.shapes[v][-1] for v in convs]
+    out_ch = [graph.shapes[v][0] for v in weight]
+    feats = {
+        "weight_layers": float(len(weight)),
+        "depth": float(max(depth, default=0)),
+        **{f"n_{op}": float(sum(o == op for o in ops)) for op in _GRAPH_OPS},
+        "has_bn": float("bn" in ops),
+        "frac_k1": sum(k == 1 for k in kernels) / max(len(kernels), 1),
+        "frac_k3": sum(k == 3 for k in kernels) / max(len(kernels), 1),
+        "frac_k5plus": sum(k >= 5 for k in kernels) / max(len(kernels), 1),
+        "log_ch_mean": float(np.mean(np.log2(out_ch))) if out_ch else 0.0,
+        "log_ch_max": float(np.log2(max(out_ch))) if out_ch else 0.0,
+        "log_ch_min": float(np.log2(min(out_ch))) if out_ch else 0.0,
+    }
+    return feats
+
+
+def _bits(setting: str) -> tuple[int, int]:
+    from qnas.quant import QuantSpec
+
+    spec = QuantSpec.parse(setting)
+    return spec.w_bits or 32, spec.a_bits or 32
+
+
+def candidate_features(
+    scorer: Any,
+    genome: Any,
+    *,
+    scores: Mapping[str, float] | None = None,
+    proxy_seed: int = 0,
+) -> dict[str, float]:
+    """Every ranker feature of one architecture of ``scorer``'s space (a ``qnas.scorer.GHNScorer``).
+
+    ``scores``: the scorer's own output for this genome when already computed (the search has it),
+    so the GHN is not run twice. Proxies read the module at its seeded init (``proxy_seed``).
+    """
+    from qnas.graph import batch_graphs, to_graph
+    from qnas.proxies import naswot, synflow
+    from qnas.train import reset_parameters
+
+    if scores is None:
+        scores = scorer.score(genome)
+    module = scorer.space.build(genome, scorer.input_shape, scorer.num_classes)
+    params = sum(p.numel() for p in module.parameters())
+    n_macs = macs(module, scorer.input_shape)
+    feats: dict[str, float] = {}
+    for s in scorer.settings:
+        feats[f"ghn_top1_{s}"] = float(scores[f"top1_{s}"])
+        loss = float(scores.get(f"loss_{s}", math.nan))
+        feats[f"ghn_loss_{s}"] = LOSS_CAP if not math.isfinite(loss) else min(loss, LOSS_CAP)
+    feats["log_params"] = math.log10(params)
+    feats["log_macs"] = math.log10(max(n_macs, 1))
+    for s in ("w4a4", "w2a2"):
+        w, a = _bits(s)
+        feats[f"log_bytes_{s}"] = math.log10(params * w / 8)
+        feats[f"log_bitops_{s}"] = math.log10(max(n_macs, 1) * w * a)
+    ghn = scorer.predictor.ghn
+    graph = to_graph(module, scorer.input_shape, ghn.config.s_max)
+    feats.update(graph_features(graph))
+    reset_parameters(module, proxy_seed)
+    flow = synflow(module, scorer.input_shape)
+    feats["log_synflow"] = math.log10(flow) if flow > 0 and math.isfinite(flow) else 0.0
+    score = naswot(module, scorer.images[:PROXY_IMAGES])
+    feats["naswot"] = score if math.isfinite(score) else 0.0
+    with torch.no_grad():
+        emb = ghn.embed(batch_graphs([graph]), "fp32")[0]
+    feats.update({f"ghn_emb_{i}": float(v) for i, v in enumerate(emb.tolist())})
+    return feats
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class _Projection:
+    """Principal components of the raw embedding columns, fitted on the training rows."""
+
+    columns: tuple[str, ...]
+    mean: tuple[float, ...]
+    components: tuple[tuple[float, ...], ...]
+
+    def apply(self, row: Mapping[str, float]) -> dict[str, float]:
+        if not self.columns:
+            return {}
+        x = np.array([row[c] for c in self.columns]) - np.array(self.mean)
+        z = np.array(self.components) @ x
+        return {f"emb_pc{i}": float(v) for i, v in enumerate(z)}
+
+    @classmethod
+    def fit(cls, rows: Sequence[Mapping[str, float]], k: int) -> _Projection:
+        from sklearn.decomposition import PCA
+
+        columns = tuple(sorted((c for c in rows[0] if c.startswith("ghn_emb_")), key=lambda c: int(c[8:])))
+        if not columns or k == 0:
+            return cls((), (), ())
+        x = np.array([[r[c] for c in columns] for r in rows])
+        pca = PCA(n_components=min(k, len(rows), len(columns)), random_state=0).fit(x)
+        return cls(columns, tuple(pca.mean_.tolist()), tuple(tuple(c) for c in pca.components_.tolist()))
+
+
+def _design(rows: Sequence[Mapping[str, float]], projection: _Projection, names: Sequence[str] | None) -> tuple[
+        np.ndarray, list[str]]:
+    full = [{**{k: v for k, v in r.items() if not k.startswith("ghn_emb_")}, **projection.apply(r)} for r in rows]
+    names = list(names) if names is not None else sorted(full[0])
+    missing = [n for n in names if n not in full[0]]
+    if missing:
+        raise QnasError(f"features missing for the ranker: {', '.join(missing)}")
+    return np.array([[float(r[n]) for n in names] for r in full], dtype=np.float64), names
+
+
+@dataclass(frozen=True)
+class _Model:
+    kind: str
+    features: tuple[str, ...]
+    # ridge: standardization and coefficients; lgbm: LightGBM's text model
+    mean: tuple[float, ...] = ()
+    scale: tuple[float, ...] = ()
+    coef: tuple[float, ...] = ()
+    intercept: float = 0.0
+    booster: str = ""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "ridge":
+            z = (x - np.array(self.mean)) / np.array(self.scale)
+            return z @ np.array(self.coef) + self.intercept
+        import lightgbm as lgb
+
+        return lgb.Booster(model_str=self.booster).predict(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "features": list(self.features)}
+        if self.kind == "ridge":
+            d.update(mean=list(self.mean), scale=list(self.scale), coef=list(self.coef), intercept=self.intercept)
+        else:
+            d["booster"] = self.booster
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Model:
+        kind = d.get("kind")
+        if kind not in MODEL_KINDS:
+            raise QnasError(f"unknown ranker model kind {kind!r}")
+        feats = tuple(str(f) for f in d["features"])
+        if kind == "ridge":
+            m = cls(kind, feats, tuple(map(float, d["mean"])), tuple(map(float, d["scale"])),
+                    tuple(map(float, d["coef"])), float(d["intercept"]))
+            if not len(m.mean) == len(m.scale) == len(m.coef) == len(feats):
+                raise QnasError("ridge ranker model: coefficient and feature counts differ")
+            return m
+        if not isinstance(d.get("booster"), str) or not d["booster"].startswith("tree"):
+            raise QnasError("LightGBM ranker model: the booster must be LightGBM's text model")
+        return cls(kind, feats, booster=d["booster"])
+
+
+def _fit_model(x: np.ndarray, y: np.ndarray, names: list[str], kind: str, seed: int) -> _Model:
+    if kind == "ridge":
+        from sklearn.linear_model import RidgeCV
+
+        mean, scale = x.mean(0), x.std(0)
+        scale[scale == 0] = 1.0
+        model = RidgeCV(alphas=np.logspace(-2, 3, 21)).fit((x - mean) / scale, y)
+        return _Model(kind, tuple(names), tuple(mean.tolist()), tuple(scale.tolist()),
+                      tuple(model.coef_.tolist()), float(model.intercept_))
+    import lightgbm as lgb
+
+    params = {"learning_rate": 0.05, "num_leaves": 4, "min_data_in_leaf": 4, "feature_fraction": 0.8,
+              "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "verbose": -1, "seed": seed,
+              "deterministic": True, "num_threads": 1, "force_col_wise": True}
+    if kind == "lgbm-rank":
+        # LambdaRank wants integer relevance: accuracy in 32 quantile grades, all rows one query.
+        grades = np.searchsorted(np.quantile(y, np.linspace(0, 1, 33)[1:-1]), y).astype(int)
+        data = lgb.Dataset(x, grades, group=[len(y)], feature_name=names)
+        params.update(objective="lambdarank", label_gain=list(range(33)), lambdarank_truncation_level=len(y))
+    else:
+        data = lgb.Dataset(x, y, feature_name=names)
+        params.update(objective="regression")
+    booster = lgb.train(params, data, num_boost_round=200)
+    return _Model(kind, tuple(names), booster=booster.model_to_string())
+
+
+# ----------------------------------------------------------------------------- the ranker
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """Predicted trained top-1 per target setting; see the module docstring."""
+
+    models: dict[str, _Model]
+    projection: _Projection
+    predictor_sha256: str
+    feature_version: int = FEATURE_VERSION
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(self.models)
+
+    def predict(self, features: Mapping[str, float]) -> dict[str, float]:
+        """Predicted trained top-1 (a fraction; a ranking score for ``lgbm-rank`` models) per target."""
+        return {t: float(v[0]) for t, v in self.predict_many([features]).items()}
+
+    def predict_many(self, rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
+        out = {}
+        for target, model in self.models.items():
+            x, _ = _design(rows, self.projection, model.features)
+            out[target] = model.predict(x)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "feature_version": self.feature_version,
+            "predictor_sha256": self.predictor_sha256,
+            "projection": {"columns": list(self.projection.columns), "mean": list(self.projection.mean),
+                           "components": [list(c) for c in self.projection.components]},
+            "models": {t: m.to_dict() for t, m in self.models.items()},
+            "provenance": self.provenance, "metrics": self.metrics}, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "ranker") -> Ranker:
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise QnasError(f"{source} is not a qnas ranker (not JSON: {exc.__class__.__name__}); "
+                            "refusing it") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise QnasError(f"{source} is not a qnas ranker (no format {FORMAT!r})")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise QnasError(f"{source}: ranker format version {d.get('format_version')!r} is not {FORMAT_VERSION}")
+        if d.get("feature_version") != FEATURE_VERSION:
+            raise QnasError(f"{source} was fitted on features of version {d.get('feature_version')!r}, "
+                            f"this qnas computes version {FEATURE_VERSION}: refit it")
+        try:
+            p = d["projection"]
+            projection = _Projection(tuple(p["columns"]), tuple(map(float, p["mean"])),
+                                     tuple(tuple(map(float, c)) for c in p["components"]))
+            models = {str(t): _Model.from_dict(m) for t, m in d["models"].items()}
+            return cls(models, projection, str(d["predictor_sha256"]), int(d["feature_version"]),
+                       dict(d.get("provenance", {})), dict(d.get("metrics", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise QnasError(f"{source} is a damaged qnas ranker ({exc.__class__.__name__}: {exc})") from None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+
+def fit(
+    rows: Sequence[Mapping[str, float]],
+    targets: Mapping[str, Sequence[float]],
+    *,
+    kind: str = "ridge",
+    features: Sequence[str] | None = None,
+    predictor_sha256: str = "",
+    components: int = EMBED_COMPONENTS,
+    seed: int = 0,
+    provenance: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Ranker:
+    """Fit one model per target on ``rows`` (feature dicts from :func:`candidate_features`).
+
+    ``features``: the columns to use (default all, the embedding as its principal components);
+    e.g. ``["log_params", "log_macs"]`` is the size-only baseline.
+    """
+    if kind not in MODEL_KINDS:
+        raise QnasError(f"ranker model must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+    if len(rows) < 5:
+        raise QnasError(f"fitting a ranker needs at least 5 trained architectures, got {len(rows)}")
+    use_emb = features is None or any(f.startswith("emb_pc") for f in features)
+    projection = _Projection.fit(rows, components if use_emb else 0)
+    models = {}
+    for target, y in targets.items():
+        x, names = _design(rows, projection, features)
+        models[target] = _fit_model(x, np.asarray(y, dtype=np.float64), names, kind, seed)
+    return Ranker(models, projection, predictor_sha256, FEATURE_VERSION, dict(provenance or {}), dict(metrics or {}))
+
+
+def cross_val_predict(
+    rows: Sequence[Mapping[str, float]],
+    y: Sequence[float],
+    *,
+    kind: str = "ridge",
+    features: Sequence[str] | None = None,
+    folds: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
+    """Out-of-fold predictions: each architecture predicted by a model fitted without it (K-fold)."""
+    from sklearn.model_selection import KFold
+
+    y = np.asarray(y, dtype=np.float64)
+    out = np.empty(len(y))
+    for train_idx, test_idx in KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=seed).split(y):
+        ranker = fit([rows[i] for i in train_idx], {"t": y[train_idx]}, kind=kind, features=features, seed=seed)
+        out[test_idx] = ranker.predict_many([rows[i] for i in test_idx])["t"]
+    return out
+
+
+# ----------------------------------------------------------------------------- shipped rankers
+
+
+def ranker_path(predictor_path: str | Path) -> Path:
+    """Where a predictor checkpoint's ranker lives: ``<name>.ranker.json`` beside ``<name>.pt``."""
+    p = Path(predictor_path)
+    return p.with_name(p.stem + ".ranker.json")
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_ranker(path: str | Path, *, predictor_sha256: str | None = None) -> Ranker:
+    """Read a ranker JSON file; refuse anything else (a pickle is never unpickled) and, given the
+    predictor's sha256, a ranker fitted on another predictor's features."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise QnasError(f"cannot read ranker {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise QnasError(f"{path} is not a qnas ranker (not UTF-8 JSON); refusing it") from None
+    ranker = Ranker.from_json(text, source=str(path))
+    if predictor_sha256 is not None and ranker.predictor_sha256 != predictor_sha256:
+        raise QnasError(f"{path} was fitted on another predictor's features (sha256 "
+                        f"{ranker.predictor_sha256[:12]} vs {predictor_sha256[:12]}): refit it")
+    return ranker

@@ -1,0 +1,128 @@
+"""The ranker (qnas.ranker): features, fitting, out-of-fold prediction, and a file format that runs no code."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from qnas.errors import QnasError
+from qnas.graph import to_graph
+from qnas.predictors import available_predictors
+from qnas.ranker import (
+    Ranker,
+    candidate_features,
+    cross_val_predict,
+    fit,
+    graph_features,
+    load_ranker,
+    macs,
+    ranker_path,
+)
+from search_spaces import convnets250k
+
+
+def _rows(n: int = 40, seed: int = 0) -> tuple[list[dict[str, float]], np.ndarray]:
+    """Synthetic feature rows whose target is a noisy function of two of the features."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        r = {"log_params": float(rng.uniform(4, 7)), "log_macs": float(rng.uniform(6, 9)),
+             "ghn_top1_w4a4": float(rng.uniform(0.3, 0.8)), "noise": float(rng.normal())}
+        r.update({f"ghn_emb_{i}": float(rng.normal()) for i in range(6)})
+        rows.append(r)
+    y = np.array([0.5 * r["ghn_top1_w4a4"] + 0.05 * r["log_params"] + 0.01 * rng.normal() for r in rows])
+    return rows, y
+
+
+@pytest.mark.parametrize("kind", ["ridge", "lgbm", "lgbm-rank"])
+def test_json_round_trip_predicts_the_same(kind: str, tmp_path: Path) -> None:
+    rows, y = _rows()
+    ranker = fit(rows, {"w4a4": y}, kind=kind, predictor_sha256="abc", provenance={"truth": "synthetic"})
+    path = ranker.save(tmp_path / "r.ranker.json")
+    again = load_ranker(path, predictor_sha256="abc")
+    assert np.allclose(ranker.predict_many(rows)["w4a4"], again.predict_many(rows)["w4a4"])
+    assert again.provenance == {"truth": "synthetic"} and again.targets == ("w4a4",)
+
+
+def test_out_of_fold_predictions_rank_a_learnable_target() -> None:
+    rows, y = _rows(60)
+    oof = cross_val_predict(rows, y, kind="ridge", folds=5)
+    assert stats.kendalltau(y, oof).statistic > 0.6
+    size_only = cross_val_predict(rows, y, kind="ridge", features=["log_params", "log_macs"], folds=5)
+    assert stats.kendalltau(y, size_only).statistic < stats.kendalltau(y, oof).statistic
+
+
+def test_a_pickle_in_place_of_the_ranker_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):  # unpickling this would create the marker file
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "fashion-mnist.ranker.json"
+    path.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(QnasError, match="not a qnas ranker"):
+        load_ranker(path)
+    assert not marker.exists()
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(QnasError, match="not a qnas ranker"):
+        load_ranker(path)
+
+
+def test_a_ranker_of_another_predictor_or_feature_version_is_refused(tmp_path: Path) -> None:
+    rows, y = _rows()
+    path = fit(rows, {"fp32": y}, predictor_sha256="abc").save(tmp_path / "r.json")
+    with pytest.raises(QnasError, match="another predictor"):
+        load_ranker(path, predictor_sha256="def")
+    text = path.read_text().replace('"feature_version": 1', '"feature_version": 999')
+    with pytest.raises(QnasError, match="refit"):
+        Ranker.from_json(text)
+
+
+def test_graph_features_count_depth_and_ops() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    f = graph_features(to_graph(net, (1, 28, 28)))
+    assert f["weight_layers"] == 4 and f["depth"] == 4
+    assert f["n_conv"] == 2 and f["n_group_conv"] == 1 and f["n_linear"] == 1 and f["has_bn"] == 1.0
+    assert math.isclose(f["frac_k1"], 1 / 3) and math.isclose(f["log_ch_max"], 4.0)
+    assert macs(net, (1, 28, 28)) == 28 * 28 * (8 * 9 + 8 * 9 + 16 * 8) + 160
+
+
+def test_macs_agree_with_the_space_analytic_count() -> None:
+    g = convnets250k.from_string("stem16-32:conv3,sep5+r-maxpool-64:mb6k3+r,dil3-convs2-128:conv1-fc128")
+    assert macs(convnets250k.build(g), (1, 28, 28)) == convnets250k.count_macs(g)
+
+
+def test_candidate_features_are_finite_and_complete() -> None:
+    from qnas.scorer import make_scorer
+
+    scorer = make_scorer(space=convnets250k, predictor="random", val_size=64)
+    g = convnets250k.from_string("stem8-8:conv3-maxpool-16:sep3+r-maxpool-32:mb3k3-fc0")
+    f = candidate_features(scorer, g)
+    for s in scorer.settings:
+        assert 0.0 <= f[f"ghn_top1_{s}"] <= 1.0 and math.isfinite(f[f"ghn_loss_{s}"])
+    assert all(math.isfinite(v) for v in f.values())
+    assert sum(k.startswith("ghn_emb_") for k in f) == scorer.predictor.ghn.config.hidden
+    assert f["log_params"] == pytest.approx(math.log10(sum(p.numel() for p in convnets250k.build(g).parameters())))
+    torch.manual_seed(123)  # features do not depend on the global RNG
+    assert candidate_features(scorer, g) == f
+
+
+@pytest.mark.skipif(not ranker_path(Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt").exists(),
+                    reason="no shipped ranker yet")
+def test_the_shipped_ranker_matches_the_shipped_predictor() -> None:
+    from qnas.ranker import file_sha256
+
+    assert "fashion-mnist" in available_predictors()
+    pt = Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt"
+    ranker = load_ranker(ranker_path(pt), predictor_sha256=file_sha256(pt))
+    assert set(ranker.targets) >= {"fp32", "w4a4"} and ranker.provenance and ranker.metrics
