@@ -74,7 +74,8 @@ def load_v2(budget: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[st
     splits = {a["arch"]: a["split"] for a in plan["architectures"]}
 
     def read(seed: int) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {k: {} for k in ("fp32", "w4a4", "w2a2", "drop_w4a4", "drop_w2a2")}
+        out: dict[str, dict[str, float]] = {k: {} for k in ("fp32", "w8a8", "w4a8", "w4a4", "w2a2", "drop_w4a4",
+                                                            "drop_w2a2")}
         for a in plan["architectures"]:
             path = store / "results" / f"{a['id']}_{budget}_s{seed}.json"
             if not path.exists():
@@ -83,6 +84,9 @@ def load_v2(budget: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[st
             if "ptq" in st:
                 p = st["ptq"]
                 out["fp32"][a["arch"]] = p["test_top1_fp32"]
+                out["w8a8"][a["arch"]] = p["test_top1_w8a8-channel"]  # 8 bits: post-training quantization
+                out["w4a8"][a["arch"]] = p["test_top1_w4a8-channel-fl8"] if "test_top1_w4a8-channel-fl8" in p \
+                    else p["test_top1_w4a8-channel"]
                 out["drop_w4a4"][a["arch"]] = p["test_top1_fp32"] - p["test_top1_w4a4-channel"]
                 out["drop_w2a2"][a["arch"]] = p["test_top1_fp32"] - p["test_top1_w2a2-channel"]
             for s in ("w4a4", "w2a2"):
@@ -107,6 +111,30 @@ def top_k(truth: np.ndarray, pred: np.ndarray, k: int) -> int:
     return len(set(np.argsort(-truth, kind="stable")[:k]) & set(np.argsort(-pred, kind="stable")[:k]))
 
 
+def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: dict[str, dict[str, float]],
+         table: dict, figures: dict, what: str) -> None:
+    """Fit the shipped kind on every architecture with features, per setting target, and write it."""
+    import subprocess
+
+    from qnas.ranker import fit
+
+    targets = {t: v for t, v in truth.items() if not t.startswith("drop_") and len(v) >= 8}
+    common = sorted(set.intersection(*(set(v) for v in targets.values())) & set(feats))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    provenance = {"ground_truth": what, "architectures": len(common), "git_commit": commit,
+                  "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:]),
+                  "features": {"predictor": table["predictor"], "val_size": table["val_size"],
+                               "protocol": table["protocol"]}}
+    metrics = {t: {k: v for k, v in figures[t].get(f"ranker ({SHIPPED_KIND}) [shipped]", {}).items()}
+               for t in targets if t in figures}
+    ranker = fit([feats[a] for a in common], {t: [v[a] for a in common] for t, v in targets.items()},
+                 kind=SHIPPED_KIND, predictor_sha256=table["predictor_sha256"], provenance=provenance,
+                 metrics={"out_of_fold": metrics})
+    ranker.save(args.ship)
+    print(f"shipped ranker ({SHIPPED_KIND}, targets {', '.join(targets)}, {len(common)} architectures) -> {args.ship}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--truth", choices=("v1", "v2"), default="v2", help="ground truth (default v2)")
@@ -115,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=10, help="cross-validation folds (default 10)")
     ap.add_argument("--kinds", default=",".join(MODEL_KINDS), help=f"ranker models to compare ({MODEL_KINDS})")
     ap.add_argument("--json", type=Path, default=None, help="also write every score and figure here")
+    ap.add_argument("--ship", type=Path, default=None,
+                    help="also fit the shipped ranker on all architectures and write it here "
+                         "(e.g. qnas/predictors/fashion-mnist.ranker.json)")
     args = ap.parse_args(argv)
 
     if args.truth == "v1":
@@ -173,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{f['top10']:>4d}/10" + (f"  (n={f['n']})" if "ceiling" in label else ""))
     if args.json is not None:
         args.json.write_text(json.dumps({"figures": figures, "scores": all_scores}, indent=1) + "\n")
+
+    if args.ship is not None:
+        ship(args, truth, feats, table, figures, what)
 
     def fig(target: str, label: str) -> str:
         v = figures.get(target, {}).get(label, {}).get("tau", math.nan)

@@ -1,0 +1,112 @@
+"""The ground-truth generator (benchmarks/ground_truth.py): selection rule, claims that die with their
+process, stage-level resume, and the committed plan."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("ground_truth", ROOT / "benchmarks" / "ground_truth.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["ground_truth"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+gt = _module()
+
+
+def test_committed_plan_follows_the_rule() -> None:
+    from qnas import data
+    from search_spaces import get_space
+
+    committed = json.loads((gt.STORE / "architectures.json").read_text())
+    assert gt.plan(get_space(gt.SPACE), data.dataset_info(gt.DATASET)) == committed
+    archs = committed["architectures"]
+    assert len(archs) == 80 and sum(a["params"] > 1e6 for a in archs) >= 10
+    assert {a["split"] for a in archs} == set(gt.SPLITS)
+    assert min(a["params"] for a in archs) < 2e4 and max(a["params"] > 5e6 for a in archs)
+    assert len(committed["agreement"]) == 16 and len(set(committed["seed1"])) == 24
+
+
+def test_visit_order_is_a_permutation_that_spreads_prefixes() -> None:
+    order = gt.visit_order(16)
+    assert sorted(order) == list(range(16)) and order[:4] == [0, 8, 4, 12]
+
+
+def test_a_claim_is_released_when_its_process_is_killed(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time, fcntl, os
+fd = os.open({str(tmp_path / 'job.lock')!r}, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print('held', flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with gt.claimed(tmp_path, "job") as mine:
+            assert not mine  # a live process holds it
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        with gt.claimed(tmp_path, "job") as mine:
+            assert mine  # kill -9 left nothing stale
+    finally:
+        holder.kill()
+
+
+def _tiny_store(tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    store.mkdir()
+    arch = {"id": "id-000", "split": "id", "index": 0, "arch": "stem8-8:conv3-maxpool-16:conv3-maxpool-32:conv3-fc0",
+            "params": 6866, "macs": 1, }
+    (store / "architectures.json").write_text(json.dumps(
+        {"architectures": [arch], "agreement": ["id-000"], "seed1": ["id-000"]}))
+    return store
+
+
+def test_a_worker_runs_every_stage_and_a_rerun_resumes_the_missing_one(tmp_path: Path) -> None:
+    store, cache = _tiny_store(tmp_path), tmp_path / "cache"
+    args = ["worker", "--phase", "truth", "--budget", "s63", "--store", str(store), "--cache", str(cache),
+            "--device", "cpu", "--test-images", "200"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "benchmarks" / "ground_truth.py")
+    done = subprocess.run([sys.executable, script, *args, "--limit", "1"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    path = store / "results" / "id-000_s63_s0.json"
+    result = json.loads(path.read_text())
+    assert list(result["stages"]) == ["fp32", "ptq", "faq_w4a4", "faq_w2a2"]
+    assert 0.0 <= result["stages"]["faq_w2a2"]["test_top1"] <= 1.0
+    assert result["stages"]["ptq"]["provenance"]["engine_sha256"].keys() == set(gt.ENGINE_FILES)
+    # Lose the last stage: a rerun does only that one, from the cached trained weights.
+    w4a4 = result["stages"]["faq_w4a4"]
+    del result["stages"]["faq_w2a2"]
+    path.write_text(json.dumps(result))
+    t0 = time.time()
+    again = subprocess.run([sys.executable, script, *args, "--limit", "1"], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "training fp32" not in again.stdout and "faq_w2a2 done" in again.stdout
+    resumed = json.loads(path.read_text())
+    assert resumed["stages"]["faq_w4a4"] == w4a4 and "faq_w2a2" in resumed["stages"]
+    assert time.time() - t0 < 300
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert gt.main(["status", "--store", str(tmp_path)]) == 2
+    assert "plan" in capsys.readouterr().err
+    store = _tiny_store(tmp_path)
+    assert gt.main(["run", "--phase", "truth", "--store", str(store)]) == 2  # truth needs --budget
+    assert "--budget" in capsys.readouterr().err
