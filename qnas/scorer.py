@@ -44,6 +44,7 @@ class GHNScorer:
     settings: tuple[str, ...] = SETTINGS
     granularity: str = "channel"  # weight scales of the quantized settings (see DEFAULT_GRANULARITY)
     act_ranges: str = "auto"  # activation range rule (see ACT_RANGES)
+    ranker: Any = None  # qnas.ranker.Ranker: predicted trained accuracy from the scores and cheap features
 
     @property
     def protocol(self) -> str:
@@ -87,7 +88,17 @@ class GHNScorer:
             out[f"top1_{s}"] = acc[self.spec_name(s)]["top1"]
             out[f"top5_{s}"] = acc[self.spec_name(s)]["top5"]
             out[f"loss_{s}"] = acc[self.spec_name(s)]["loss"]
+        if self.ranker is not None:
+            from qnas.ranker import candidate_features
+
+            predicted = self.ranker.predict(candidate_features(self, genome, scores=out))
+            out.update({f"pred_top1_{t}": v for t, v in predicted.items()})
         return out
+
+    @property
+    def objective_key(self) -> str:
+        """What a search maximizes for a setting's accuracy: the ranker's prediction when there is one."""
+        return "pred_top1" if self.ranker is not None else "top1"
 
 
 def resolve_predictor_name(predictor: str | None, dataset: str) -> str:
@@ -114,8 +125,14 @@ def make_scorer(
     act_ranges: str = "auto",
     device: str = "cpu",
     seed: int = 0,
+    ranker: str | None = "auto",
 ) -> GHNScorer:
-    """Load the dataset's validation subset and the predictor; errors are one-line QnasErrors."""
+    """Load the dataset's validation subset, the predictor and its ranker; errors are one-line QnasErrors.
+
+    ``ranker``: ``"auto"`` uses the ranker shipped beside the predictor checkpoint when there is one
+    (``qnas.ranker.ranker_path``), ``"none"`` scores with the GHN alone, a path loads that file. A
+    ranker that is not a valid ranker JSON, or was fitted on another predictor, is refused.
+    """
     from qnas.data import dataset_info, load_dataset, val_subset
     from qnas.predictors import load_predictor
     from qnas.score import DEFAULT_BN_STATS
@@ -134,11 +151,20 @@ def make_scorer(
                           seed=seed)
     ds = load_dataset(dataset, data_dir)
     x, y = val_subset(ds, val_size, seed=seed)
+    from qnas.ranker import load_ranker, ranker_path
+
+    fitted = None
     if pred.path is not None:
-        digest = hashlib.sha256(pred.path.read_bytes()).hexdigest()[:12]
-        version = f"{pred.header.train_steps} steps, sha256 {digest}"
+        sha = hashlib.sha256(pred.path.read_bytes()).hexdigest()
+        version = f"{pred.header.train_steps} steps, sha256 {sha[:12]}"
+        path = ranker_path(pred.path) if ranker == "auto" else None if ranker in (None, "none") else ranker
+        if path is not None and (ranker != "auto" or path.exists()):
+            fitted = load_ranker(path, predictor_sha256=sha)
+            version += f", ranker {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
     else:
         version = pred.header.notes or "untrained"
+        if ranker not in (None, "none", "auto"):
+            raise QnasError("a ranker needs a trained predictor checkpoint, not the random GHN")
     return GHNScorer(space=space, predictor=pred, images=x, labels=y, input_shape=tuple(info.input_shape),
                      num_classes=info.num_classes, bn_stats=bn_stats or DEFAULT_BN_STATS, name=pred.header.name,
-                     version=version, granularity=granularity, act_ranges=act_ranges)
+                     version=version, granularity=granularity, act_ranges=act_ranges, ranker=fitted)
