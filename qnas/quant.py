@@ -10,7 +10,8 @@
 
 **Quantizer** (GHN-Q: tensorwise, asymmetric, uniform, absolute min/max ranges; per output channel
 for weights with ``-channel``; activation ranges at 2 bits from the 99.5th percentile, see
-``LOW_BIT_ACT_PERCENTILE``). A tensor with range
+``LOW_BIT_ACT_PERCENTILE``; weights symmetric where :meth:`QuantSpec.weight_symmetric` says so, see
+below). A tensor with range
 ``[lo, hi]`` is widened to include 0, so zero is exactly representable, and mapped to the ``2**bits``
 integer levels ``0 .. 2**bits - 1`` with ``scale = (hi - lo) / (2**bits - 1)`` and
 ``zero_point = round(-lo / scale)``. The values and the straight-through gradient (identity where the
@@ -19,6 +20,16 @@ rounded value is inside the integer range, zero outside: GHN-QAT's SimQuant) are
 with four vectorized elementwise ops: torch's fused kernel runs ~10 ns/element on this CPU, 40x slower
 than the composite, which would make it cost more than the convolutions themselves. ``noise`` mode
 replaces the rounding by uniform noise of one quantization step (GHN-QAT's NoiseQuant).
+
+**Symmetric weights** (the deployable convention, :func:`weight_levels`): signed levels
+``-(2**(bits-1) - 1) .. 2**(bits-1) - 1``, zero point 0, ``scale = max|w| / (2**(bits-1) - 1)`` (per
+tensor or per output channel), what onnxruntime's int8 kernels run fast (``qnas.export`` writes exactly
+these integers). Which bit-widths use them is the rule in ``SYMMETRIC_WEIGHT_BITS`` (measured in
+docs/quantization.md); a setting can force either with ``-wsym`` / ``-wasym``.
+
+**First and last layers** (:func:`first_last_rule`, the one rule search, finetune and export share):
+by default the first and last weight layers, the network input and the last layer's input stay at
+``FIRST_LAST_BITS`` (8) when a setting is lower (the ``-fl8`` suffix).
 
 **Where quantization happens** (what an integer model materializes). Weights of every conv and linear,
 after BatchNorm is folded into them (GHN-Q eq. 1); biases stay float (they are int32 in integer
@@ -59,19 +70,25 @@ from qnas.errors import QnasError
 
 __all__ = [
     "DEFAULT_SETTINGS",
+    "FIRST_LAST_BITS",
     "SETTINGS",
+    "SYMMETRIC_WEIGHT_BITS",
     "Calibration",
     "QuantModel",
     "QuantSpec",
     "calibrate",
     "fake_quantize",
+    "first_last_rule",
     "fold_bn",
+    "layer_bits",
+    "parse_first_last_bits",
     "parse_specs",
     "with_granularity",
     "prepare",
     "qparams",
     "quantize_activation",
     "quantize_weight",
+    "weight_levels",
     "weight_qparams",
 ]
 
@@ -83,6 +100,12 @@ MIN_BITS, MAX_BITS = 2, 8
 # at 99.9), so 3+ bits keep GHN-Q's min/max.
 LOW_BITS, LOW_BIT_ACT_PERCENTILE = 2, 99.5
 FLOAT_BITS = 32  # "32" in a setting name (w32a8) means float
+# Weight bit-widths quantized symmetric (zero point 0) by default; the others asymmetric. 8 bits: what
+# onnxruntime's int8 kernels run fast; below 8: chosen by accuracy, docs/quantization.md.
+SYMMETRIC_WEIGHT_BITS: frozenset[int] = frozenset({8})
+# The first/last-layer rule: first and last weight layers, network input and last layer's input at this
+# many bits when a setting is lower (FAQ's recipe; see first_last_rule).
+FIRST_LAST_BITS = 8
 MODES = ("sim", "noise")
 GRANULARITIES = ("tensor", "channel")
 
@@ -100,6 +123,8 @@ class QuantSpec:
     ``a_percentile``: activation ranges from the q-th percentile (and the (100-q)-th) instead of min/max
     (100 = min/max, GHN-Q); ``None`` is the default rule: min/max at 3+ bits, the
     ``LOW_BIT_ACT_PERCENTILE`` at <= ``LOW_BITS`` (see :meth:`act_percentile`).
+    ``w_symmetric``: symmetric signed weights (zero point 0) or asymmetric unsigned ones; ``None`` is the
+    default rule, ``SYMMETRIC_WEIGHT_BITS`` (see :meth:`weight_symmetric`).
     """
 
     w_bits: int | None = None
@@ -108,6 +133,7 @@ class QuantSpec:
     granularity: str = "tensor"  # weights: one range per tensor | per output channel
     first_last_8bit: bool = False
     a_percentile: float | None = None  # activation range rule (None: by bits, see act_percentile)
+    w_symmetric: bool | None = None  # weight grid (None: by bits, see weight_symmetric)
 
     def __post_init__(self) -> None:
         for what, bits in (("weight", self.w_bits), ("activation", self.a_bits)):
@@ -124,6 +150,14 @@ class QuantSpec:
         q = self.a_percentile
         if q is not None and (isinstance(q, bool) or not isinstance(q, int | float) or not 50.0 < q <= 100.0):
             raise QnasError(f"activation percentile must be in (50, 100] (100 = min/max), got {q!r}")
+        if self.w_symmetric is not None and not isinstance(self.w_symmetric, bool):
+            raise QnasError(f"w_symmetric must be True, False or None, got {self.w_symmetric!r}")
+
+    def weight_symmetric(self, bits: int) -> bool:
+        """Whether ``bits``-bit weights use the symmetric signed grid (zero point 0)."""
+        if self.w_symmetric is not None:
+            return self.w_symmetric
+        return bits in SYMMETRIC_WEIGHT_BITS
 
     def act_percentile(self, bits: int) -> float:
         """Percentile of the activation range at a point quantized to ``bits`` (100: min/max)."""
@@ -145,7 +179,7 @@ class QuantSpec:
     @property
     def name(self) -> str:
         """Canonical name, parsed back by :meth:`parse`: ``fp32``, ``w4a8``, ``w2a2-noise``, ``w4a4-channel-fl8``,
-        ``w2a2-minmax``, ``w4a4-p99.9``."""
+        ``w2a2-minmax``, ``w4a4-p99.9``, ``w4a4-wsym``."""
         if self.is_float:
             base = "fp32"
         else:
@@ -157,6 +191,8 @@ class QuantSpec:
         q = self.a_percentile
         if q is not None:
             suffix += "-minmax" if q == 100.0 else f"-p{float(q):g}"
+        if self.w_symmetric is not None:
+            suffix += "-wsym" if self.w_symmetric else "-wasym"
         return base + suffix
 
     def __str__(self) -> str:
@@ -165,7 +201,8 @@ class QuantSpec:
     @classmethod
     def parse(cls, value: str | QuantSpec | tuple[int, int] | None) -> QuantSpec:
         """``"fp32"``, ``"w4a8"`` (2-8 bits, 32 = float) with optional ``-noise``, ``-channel``, ``-fl8``,
-        ``-minmax`` / ``-p99.9`` (activation ranges) suffixes; a ``(w_bits, a_bits)`` pair with 32 for float;
+        ``-minmax`` / ``-p99.9`` (activation ranges),
+        ``-wsym`` / ``-wasym`` (weight grid) suffixes; a ``(w_bits, a_bits)`` pair with 32 for float;
         ``None`` is FP32."""
         if value is None:
             return cls()
@@ -184,13 +221,14 @@ class QuantSpec:
         for s in suffixes:
             key = {"noise": ("mode", "noise"), "sim": ("mode", "sim"), "channel": ("granularity", "channel"),
                    "tensor": ("granularity", "tensor"), "fl8": ("first_last_8bit", True),
-                   "minmax": ("a_percentile", 100.0)}.get(s)
+                   "minmax": ("a_percentile", 100.0), "wsym": ("w_symmetric", True),
+                   "wasym": ("w_symmetric", False)}.get(s)
             m = re.fullmatch(r"p(\d+(?:\.\d+)?)", s)
             if key is None and m:
                 key = ("a_percentile", float(m.group(1)))
             if key is None or key[0] in kwargs:
                 raise QnasError(f"bad quantization setting {value!r}: unknown or repeated suffix {s!r} "
-                                "(allowed: -noise, -channel, -tensor, -fl8, -minmax, -p<percentile>)")
+                                "(allowed: -noise, -channel, -tensor, -fl8, -minmax, -p<percentile>, -wsym, -wasym)")
             kwargs[key[0]] = key[1]
         if base in ("fp32", "float", "float32"):
             return cls(**kwargs)
@@ -251,6 +289,41 @@ def with_granularity(value: str | Iterable[str], granularity: str) -> list[str]:
     return out
 
 
+def parse_first_last_bits(value: str | int | None) -> int | None:
+    """``--first-last-bits``: ``8`` (first/last layers at 8 bits) or ``same`` / ``None`` (at the setting)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("same", "none", "off")):
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or text != str(FIRST_LAST_BITS):
+        raise QnasError(f"first/last-layer bits must be {FIRST_LAST_BITS} or 'same' (quantized at the setting), "
+                        f"got {value!r}")
+    return FIRST_LAST_BITS
+
+
+def first_last_rule(spec: QuantSpec | str, first_last_bits: int | None = FIRST_LAST_BITS) -> QuantSpec:
+    """``spec`` under the first/last-layer rule shared by search, finetune and export: with
+    ``first_last_bits=8`` (default) the first and last weight layers, the network input and the last
+    layer's input stay at 8 bits when the setting is lower (``-fl8``); ``None``: quantized at the setting."""
+    spec = QuantSpec.parse(spec)
+    return replace(spec, first_last_8bit=parse_first_last_bits(first_last_bits) is not None)
+
+
+def describe_first_last(spec: QuantSpec) -> str:
+    """One line for records and model cards: what the first/last-layer rule of ``spec`` is."""
+    if spec.first_last_8bit:
+        return (f"first and last weight layers, the network input and the last layer's input at {FIRST_LAST_BITS} "
+                "bits (first_last_bits=8)")
+    return "every layer at the setting's bits (first_last_bits=same)"
+
+
+def layer_bits(bits: int | None, first_last: bool, spec: QuantSpec) -> int | None:
+    """Bits of a weight layer or activation point under ``spec``'s first/last-layer rule (``bits``: the
+    setting's; ``first_last``: the layer is one the rule covers)."""
+    if bits is not None and bits < FIRST_LAST_BITS and first_last and spec.first_last_8bit:
+        return FIRST_LAST_BITS
+    return bits
+
+
 # ---------------------------------------------------------------------------------------------------
 # The quantizer
 
@@ -288,6 +361,16 @@ class _RoundSTE(torch.autograd.Function):
         return grad * mask, None, None, None, None
 
 
+def weight_levels(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range of ``bits``-bit weights: ``0 .. 2**bits - 1`` (asymmetric, with a zero point) or the
+    signed ``-(2**(bits-1) - 1) .. 2**(bits-1) - 1`` (symmetric, zero point 0; -128 unused, as
+    onnxruntime's symmetric int8 weights)."""
+    if symmetric:
+        q = (1 << (bits - 1)) - 1
+        return -q, q
+    return 0, (1 << bits) - 1
+
+
 def fake_quantize(
     x: torch.Tensor,
     scale: float | torch.Tensor,
@@ -296,15 +379,17 @@ def fake_quantize(
     *,
     noise: bool = False,
     generator: torch.Generator | None = None,
+    levels: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Quantize-dequantize ``x`` on ``2**bits`` levels; ``scale``/``zero_point`` are scalars (per tensor)
     or tensors broadcastable to ``x`` (per channel). Equals ``torch.fake_quantize_per_*_affine(x, scale,
     zero_point, 0, 2**bits - 1)`` in value and gradient; ``noise=True`` instead adds uniform noise in
     ``[-scale/2, scale/2)`` (NoiseQuant) after clamping to the region the rounding maps onto the grid
-    (the grid plus half a step on each side), so the gradient is the STE's: identity there, zero outside."""
-    qmax = (1 << bits) - 1
+    (the grid plus half a step on each side), so the gradient is the STE's: identity there, zero outside.
+    ``levels``: the integer range (default ``0 .. 2**bits - 1``; see :func:`weight_levels`)."""
+    lo, hi = levels if levels is not None else (0, (1 << bits) - 1)
     # In integer units with the zero point removed, the representable levels are qlo..qhi.
-    qlo, qhi = -zero_point, qmax - zero_point
+    qlo, qhi = lo - zero_point, hi - zero_point
     if noise:
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device).sub_(0.5)
         return torch.clamp(x, (qlo - 0.5) * scale, (qhi + 0.5) * scale) + u.mul_(scale)
@@ -358,24 +443,38 @@ def quantize_weight(
     bits: int,
     *,
     granularity: str = "tensor",
+    symmetric: bool = False,
     noise: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Fake-quantize a weight on its own min/max range (per tensor, or per output channel = dim 0).
-    The range is computed from the detached weight: gradients reach ``w`` through the STE only."""
-    scale, zp = weight_qparams(w, bits, granularity)
-    return fake_quantize(w, scale, zp, bits, noise=noise, generator=generator)
+    """Fake-quantize a weight on its own min/max range (per tensor, or per output channel = dim 0),
+    asymmetric or ``symmetric`` (:func:`weight_levels`). The range is computed from the detached weight:
+    gradients reach ``w`` through the STE only."""
+    scale, zp = weight_qparams(w, bits, granularity, symmetric)
+    return fake_quantize(w, scale, zp, bits, noise=noise, generator=generator,
+                         levels=weight_levels(bits, symmetric))
 
 
 def weight_qparams(
-    w: torch.Tensor, bits: int, granularity: str = "tensor"
+    w: torch.Tensor, bits: int, granularity: str = "tensor", symmetric: bool = False
 ) -> tuple[float, int] | tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of a weight's min/max range: floats per tensor, or float32 tensors of shape
-    (C, 1, ...) per output channel (what :func:`quantize_weight` uses, and exporters must reproduce)."""
+    (C, 1, ...) per output channel (what :func:`quantize_weight` uses, and exporters must reproduce).
+    ``symmetric``: ``scale = max|w| / (2**(bits-1) - 1)`` and zero point 0 on the signed levels of
+    :func:`weight_levels`."""
+    wd = w.detach()
+    if symmetric:
+        qmax = weight_levels(bits, True)[1]
+        if granularity == "tensor":
+            scale = _f32(float(wd.abs().max()) / qmax) if wd.numel() else 0.0
+            return (scale, 0) if scale > 0.0 and math.isfinite(scale) else (1.0, 0)
+        amax = wd.abs().amax(tuple(range(1, w.dim())), keepdim=True)
+        scale = amax / qmax
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale, torch.zeros_like(scale)
     if granularity == "tensor":
         return qparams(*_minmax(w), bits)
     qmax = (1 << bits) - 1
-    wd = w.detach()
     dims = tuple(range(1, w.dim()))
     lo = wd.amin(dims, keepdim=True).clamp_(max=0.0)
     hi = wd.amax(dims, keepdim=True).clamp_(min=0.0)
@@ -768,14 +867,12 @@ class _Ctx:
         return tuple(p.get(name, t) if name else t for name, t in zip(step.pnames, own, strict=True))  # type: ignore[return-value]
 
     def w_bits(self, step: _Step) -> int | None:
-        b = self.spec.w_bits
-        return 8 if b is not None and b < 8 and step.w8 and self.spec.first_last_8bit else b
+        return layer_bits(self.spec.w_bits, step.w8, self.spec)
 
     def a_bits(self, step: _Step) -> int | None:
         if not step.quant:
             return None
-        b = self.spec.a_bits
-        return 8 if b is not None and b < 8 and step.a8 and self.spec.first_last_8bit else b
+        return layer_bits(self.spec.a_bits, step.a8, self.spec)
 
     def calibrated_range(self, name: str) -> tuple[float, float]:
         assert self.calibration is not None
@@ -971,13 +1068,15 @@ class QuantModel(nn.Module):
                 y = F.batch_norm(y, mean, var, gamma, beta, False, 0.0, bn.eps)
                 return self._activation(step, y, ctx, fresh=True)
             w, b = fold_bn(w, b, gamma, beta, mean, var, bn.eps)
-            w = quantize_weight(w, bits, granularity=ctx.spec.granularity, noise=noise, generator=ctx.generator)
+            w = quantize_weight(w, bits, granularity=ctx.spec.granularity, symmetric=ctx.spec.weight_symmetric(bits),
+                                noise=noise, generator=ctx.generator)
             return self._activation(step, self._conv(step, x, w, b, ctx), ctx, fresh=True)
 
         if bn is not None:
             w, b = fold_bn(w, b, gamma, beta, *ctx.calibrated_bn(step.bn_name), bn.eps)
         if bits is not None:
-            w = quantize_weight(w, bits, granularity=ctx.spec.granularity, noise=noise, generator=ctx.generator)
+            w = quantize_weight(w, bits, granularity=ctx.spec.granularity, symmetric=ctx.spec.weight_symmetric(bits),
+                                noise=noise, generator=ctx.generator)
         if ctx.cache is None or not ctx.inplace or noise or ctx.record is not None:
             return self._activation(step, self._conv(step, x, w, b, ctx), ctx, fresh=True)
         # Inference with frozen ranges, as integer kernels run: fold the output quantizer's 1/scale into

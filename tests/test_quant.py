@@ -12,6 +12,7 @@ from torch import nn
 
 from qnas.errors import QnasError
 from qnas.quant import (
+    FIRST_LAST_BITS,
     LOW_BIT_ACT_PERCENTILE,
     SETTINGS,
     QuantSpec,
@@ -19,12 +20,17 @@ from qnas.quant import (
     _percentile,
     calibrate,
     fake_quantize,
+    first_last_rule,
     fold_bn,
+    layer_bits,
+    parse_first_last_bits,
     parse_specs,
     prepare,
     qparams,
     quantize_activation,
     quantize_weight,
+    weight_levels,
+    weight_qparams,
     with_granularity,
 )
 from search_spaces import convnets250k
@@ -159,6 +165,62 @@ def test_per_channel_equals_torch() -> None:
         assert torch.equal(ours, ref)
         for c in range(6):
             assert ours[c].unique().numel() <= 2**bits
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_symmetric_weights_equal_torch_signed_fake_quantize(granularity: str) -> None:
+    w = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(2))
+    w[2] = -w[2].abs()  # a channel with no positive weight still gets zero point 0
+    for bits in (2, 4, 8):
+        qmin, qmax = weight_levels(bits, True)
+        assert (qmin, qmax) == (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+        ours = quantize_weight(w, bits, granularity=granularity, symmetric=True)
+        scale, zp = weight_qparams(w, bits, granularity, symmetric=True)
+        if granularity == "channel":
+            assert torch.equal(zp, torch.zeros_like(zp))
+            amax = w.abs().amax((1, 2, 3))
+            assert torch.allclose(scale.flatten(), amax / qmax)
+            ref = torch.fake_quantize_per_channel_affine(w, scale.flatten(), torch.zeros(6, dtype=torch.int32), 0,
+                                                         qmin, qmax)
+        else:
+            assert zp == 0 and math.isclose(scale, float(w.abs().max()) / qmax, rel_tol=1e-6)
+            ref = torch.fake_quantize_per_tensor_affine(w, scale, 0, qmin, qmax)
+        assert torch.equal(ours, ref)
+        assert (ours == 0).any() or bits > 2  # zero is a level
+        levels = (ours / scale).round()
+        assert levels.min() >= qmin and levels.max() <= qmax
+
+
+def test_weight_grid_rule_by_bits_and_suffixes() -> None:
+    assert QuantSpec.parse("w8a8").weight_symmetric(8) and not QuantSpec.parse("w4a4").weight_symmetric(4)
+    assert not QuantSpec.parse("w4a4").weight_symmetric(2)
+    spec = QuantSpec.parse("w4a4-channel-wsym")
+    assert spec.w_symmetric is True and spec.weight_symmetric(4) and spec.name == "w4a4-channel-wsym"
+    assert QuantSpec.parse("w8a8-wasym").name == "w8a8-wasym" and not QuantSpec.parse("w8a8-wasym").weight_symmetric(8)
+    with pytest.raises(QnasError):
+        QuantSpec.parse("w4a4-wsym-wasym")
+    # The engine quantizes 8-bit weights on the symmetric grid: W8A8 equals W8A8-wsym, not -wasym.
+    qm = prepare(_module())
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    cal = calibrate(qm, x)
+    with torch.no_grad():
+        assert torch.equal(qm(x, "w8a8", cal), qm(x, "w8a8-wsym", cal))
+        assert not torch.equal(qm(x, "w8a8", cal), qm(x, "w8a8-wasym", cal))
+        assert torch.equal(qm(x, "w4a4", cal), qm(x, "w4a4-wasym", cal))
+
+
+def test_first_last_rule_is_one_function() -> None:
+    assert FIRST_LAST_BITS == 8
+    assert first_last_rule("w4a4").first_last_8bit and first_last_rule("w4a4").name == "w4a4-fl8"
+    assert not first_last_rule("w4a4-fl8", None).first_last_8bit
+    assert parse_first_last_bits("8") == 8 and parse_first_last_bits("same") is None
+    assert parse_first_last_bits(None) is None
+    for bad in ("4", "x", True):
+        with pytest.raises(QnasError):
+            parse_first_last_bits(bad)
+    fl8, plain = QuantSpec.parse("w2a2-fl8"), QuantSpec.parse("w2a2")
+    assert layer_bits(2, True, fl8) == 8 and layer_bits(2, False, fl8) == 2 and layer_bits(2, True, plain) == 2
+    assert layer_bits(None, True, fl8) is None
 
 
 def test_ste_gradient_identity_inside_zero_outside() -> None:
