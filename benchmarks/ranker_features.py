@@ -5,8 +5,9 @@
 For each architecture of ground truth v1 (``benchmarks/ground_truth/v1``) and v2 (``.../v2``), the
 features of ``qnas.ranker.candidate_features`` as the search computes them (the scorer on 1,000
 validation images, the scorer's protocol), written to ``benchmarks/ground_truth/features.json`` keyed
-by architecture string, with the predictor's sha256 and the feature version. Resumable: architectures
-already in the file for the same predictor and feature version are skipped; the file is rewritten
+by architecture string, with the predictor's sha256, the feature version and the scoring protocol.
+Resumable: architectures already in the file for the same predictor, feature version and protocol are
+skipped (any change starts the table over); the file is rewritten
 atomically after each one. Last line: ``archs=<n> seconds=<this run>``.
 """
 
@@ -32,14 +33,14 @@ FEATURES = HERE / "features.json"
 
 
 def truth_archs() -> list[str]:
-    """Every architecture string of the ground-truth tables, v2 first (the one the ranker is fitted on)."""
+    """Every architecture string of the ground-truth tables (v1's 40 small ones first: quick to score)."""
     archs: list[str] = []
-    plan = HERE / "v2" / "architectures.json"
-    if plan.exists():
-        archs += [a["arch"] for a in json.loads(plan.read_text())["architectures"]]
     v1 = HERE / "v1" / "architectures.json"
     if v1.exists():
         archs += json.loads(v1.read_text())["architectures"]
+    plan = HERE / "v2" / "architectures.json"
+    if plan.exists():
+        archs += [a["arch"] for a in json.loads(plan.read_text())["architectures"]]
     return list(dict.fromkeys(archs))
 
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     scorer = make_scorer(space=space, predictor=args.predictor, val_size=args.val_size)
     sha = file_sha256(scorer.predictor.path) if scorer.predictor.path is not None else "random"
     table = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if table.get("predictor_sha256") != sha or table.get("feature_version") != FEATURE_VERSION:
+    if (table.get("predictor_sha256"), table.get("feature_version"), table.get("protocol"),
+            table.get("val_size")) != (sha, FEATURE_VERSION, scorer.protocol, args.val_size):
         table = {"predictor_sha256": sha, "predictor": scorer.name, "feature_version": FEATURE_VERSION,
                  "val_size": args.val_size, "protocol": scorer.protocol, "features": {}}
     todo = [a for a in truth_archs() if a not in table["features"]]
