@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from qnas import __version__
-from qnas.errors import QnasError
+from qnas.errors import QnasError, Terminated, raise_terminated
 
 # Command modules under qnas/commands, in the order `qnas --help` lists them.
 _COMMANDS = ("space", "data", "score", "search", "report", "predictor", "train", "finetune")
@@ -43,14 +45,24 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (kill, a scheduler's stop) runs the same cleanup as Ctrl-C instead of ending the process mid-write.
+    own_sigterm = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if own_sigterm else None
     try:
         result = args.func(args)
     except QnasError as exc:
         sys.stderr.write(f"qnas: error: {exc}\n")
         return 2
+    except Terminated:
+        sys.stderr.write("qnas: terminated\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write("qnas: interrupted\n")
         return 130
+    finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
 
 

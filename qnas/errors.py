@@ -1,4 +1,8 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The one exception type the CLI turns into a one-line message and exit code 2, and SIGTERM as Ctrl-C."""
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class QnasError(Exception):
@@ -6,3 +10,12 @@ class QnasError(Exception):
 
     The CLI prints ``qnas: error: <message>`` and exits with code 2; library callers can catch it.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so every cleanup that handles Ctrl-C handles it too."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    """A SIGTERM handler: raise :class:`Terminated` where the signal lands, as Python does for SIGINT."""
+    raise Terminated

@@ -9,9 +9,13 @@ see ``qnas.scorer``); this module only does the bookkeeping around it.
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
+import random
 import re
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -20,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
-from qnas.errors import QnasError
+from qnas.errors import QnasError, Terminated, raise_terminated
 
 SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -34,6 +40,11 @@ SAMPLERS = ("nsga2", "tpe", "random")
 DEFAULT_SAMPLER = "nsga2"
 # Study-level attributes that must match when a study is continued, so runs never silently mix.
 _CONTRACT = ("target", "max_params", "space", "dataset", "predictor", "protocol")
+# Study names become file names (studies/NAME.db, studies/NAME/): no separators, no hidden or empty names.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
+# A trial is RUNNING without an owner only between Optuna creating it and the objective's first write.
+OWNERLESS_GRACE_S = 60.0
 
 
 class Scorer(Protocol):
@@ -50,7 +61,8 @@ class SearchConfig:
     study: str
     target: str = "w4a4"
     max_params: int = 10_000_000
-    trials: int | None = 20
+    trials: int | None = 20  # more trials by this run
+    total_trials: int | None = None  # stop once the study has this many complete trials (any worker)
     timeout: float | None = None
     storage: str | None = None
     sampler: str = DEFAULT_SAMPLER
@@ -69,6 +81,9 @@ class SearchSummary:
     cached: int = 0
     infeasible: int = 0
     interrupted: bool = False
+    terminated: bool = False  # the interruption was SIGTERM
+    planned: int | None = None  # trials this run will start at most (None: until --timeout)
+    recovered: int = 0  # RUNNING trials of dead workers this run marked failed
     seconds: float = 0.0
     score_seconds: float = 0.0
     pareto: list[FrozenTrial] = field(default_factory=list)
@@ -118,28 +133,58 @@ def _sqlite_fast_commits(storage: RDBStorage) -> None:
     storage.engine.dispose()  # connections opened while Optuna created its tables lack the pragmas
 
 
+def check_study_name(name: str) -> str:
+    """``name`` when it is safe as a file name under studies/ (letters, digits, ``._-``), else QnasError."""
+    if not STUDY_NAME.fullmatch(name):
+        raise QnasError(f"bad study name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a "
+                        "letter or digit")
+    return name
+
+
 def default_storage(study: str, root: Path = Path("studies")) -> str:
-    return f"sqlite:///{root / (study + '.db')}"
+    return f"sqlite:///{root / (check_study_name(study) + '.db')}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL (query string dropped), None for other URLs."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path.removeprefix("file:")) if path not in ("", ":memory:") else None
+
+
+def _readonly_sqlite_url(path: Path) -> str:
+    # WAL readers need to create a -shm file beside the database; immutable=1 reads without any side file.
+    return f"sqlite:///file:{path.resolve()}?mode=ro&immutable=1&uri=true"
+
+
+def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``: RDB URLs with heartbeats and retries, or a journal file.
 
     ``journal:PATH`` (or a path ending in ``.log``/``.jsonl``) selects a journal file, which is the
-    cheapest storage per trial on one machine.
+    cheapest storage per trial on one machine. ``readonly``: the storage must exist (nothing is created)
+    and a SQLite file in a directory this process cannot write is opened immutable.
     """
     try:
         if url.startswith("journal:") or url.endswith((".log", ".jsonl")):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             path = Path(url.removeprefix("journal:").removeprefix("//"))
+            if readonly and not path.is_file():
+                raise QnasError(f"no journal file {str(path)!r}")
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            # SQLite has no concurrent writers across machines; heartbeats still recover crashed trials.
         if "://" not in url:
             raise QnasError(f"bad --storage {url!r}: expected an Optuna storage URL like sqlite:///x.db")
+        db = sqlite_path(url)
+        if db is not None and readonly:
+            if not db.is_file():
+                raise QnasError(f"no study database {str(db)!r}")
+            if not os.access(db.parent, os.W_OK):
+                return _rdb_storage(_readonly_sqlite_url(db))
+        if db is not None and not readonly:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # SQLite has no concurrent writers across machines; heartbeats still recover crashed trials.
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, but long-standing
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # A worker that dies mid-trial is noticed by the others after the grace period; its trial
@@ -191,29 +236,240 @@ def make_sampler(name: str, seed: int | None, population_size: int = 20) -> optu
     raise QnasError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
 
 
-def load_study(study: str, storage: str | None = None) -> optuna.Study:
-    """Open an existing study (for report/show/finetune/export)."""
+class _Recorder:
+    """Answers a space's ``suggest(trial)`` with each distribution's first value and records the distributions."""
+
+    def __init__(self) -> None:
+        self.space: dict[str, BaseDistribution] = {}
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.space[name] = CategoricalDistribution(list(choices))
+        return choices[0]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        self.space[name] = IntDistribution(low, high, step=step, log=log)
+        return low
+
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None, log: bool = False) -> float:
+        self.space[name] = FloatDistribution(low, high, step=step, log=log)
+        return low
+
+
+class BoundedSampler(optuna.samplers.BaseSampler):
+    """Proposes only candidates within the parameter bound, every parameter of the fixed-length space at once.
+
+    The base sampler's proposal (NSGA-II's children, TPE's draws) is redrawn until it fits; where the base
+    sampler has nothing of its own to propose (NSGA-II's first generation, TPE's start-up trials, random
+    search) candidates are drawn as the space's ``sample`` draws them: a target size log-uniform between
+    ``10**MIN_LOG_PARAMS`` and the bound, parameters uniform, the first candidate near the target kept.
+    The bound stays an Optuna constraint, so a candidate that still does not fit is recorded, not scored.
+    """
+
+    def __init__(self, base: optuna.samplers.BaseSampler, space: Any, input_shape: tuple[int, int, int],
+                 num_classes: int, max_params: int, seed: int | None, tries: int = 200,
+                 random_tries: int = 20_000) -> None:
+        self.base = base
+        self._space_module = space
+        self._shape, self._classes, self._bound = input_shape, num_classes, max_params
+        self._rng = random.Random(seed)
+        self._tries, self._random_tries = tries, random_tries
+        recorder = _Recorder()
+        space.suggest(recorder)
+        self._search_space = recorder.space
+
+    def size(self, params: dict[str, Any]) -> int:
+        genome = self._space_module.suggest(FixedTrial(params))
+        return int(self._space_module.count_params(genome, self._shape, self._classes))
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(self._search_space)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        base_space = self.base.infer_relative_search_space(study, trial)
+        if set(base_space) == set(self._search_space):
+            for _ in range(self._tries):
+                proposal = self.base.sample_relative(study, trial, base_space)
+                if not proposal:
+                    break
+                params = {name: proposal[name] if name in proposal else
+                          self.base.sample_independent(study, trial, name, dist)  # NSGA-II's mutations
+                          for name, dist in self._search_space.items()}
+                if self.size(params) <= self._bound:
+                    return params
+        return self._random_params()
+
+    def _random_params(self) -> dict[str, Any]:
+        low = float(getattr(self._space_module, "MIN_LOG_PARAMS", 4.0))
+        high = math.log10(self._bound)
+        target = self._rng.uniform(low, high) if high > low + 0.5 else None
+        best, best_gap = None, math.inf
+        for _ in range(self._random_tries):
+            params = {name: self._draw(dist) for name, dist in self._search_space.items()}
+            n = self.size(params)
+            if n > self._bound:
+                continue
+            gap = 0.0 if target is None else abs(math.log10(max(n, 1)) - target)
+            if gap <= 0.25:
+                return params
+            if gap < best_gap:
+                best, best_gap = params, gap
+        return best or {}  # nothing fits: the base sampler proposes, the bound rejects
+
+    def _draw(self, dist: BaseDistribution) -> Any:
+        if isinstance(dist, CategoricalDistribution):
+            return self._rng.choice(dist.choices)
+        if isinstance(dist, IntDistribution):
+            return self._rng.randrange(dist.low, dist.high + 1, dist.step)
+        if isinstance(dist, FloatDistribution):
+            return self._rng.uniform(dist.low, dist.high)
+        raise QnasError(f"the search space suggests an unsupported distribution {dist!r}")
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._rng = random.Random()
+
+
+def load_study(study: str, storage: str | None = None, readonly: bool = False) -> optuna.Study:
+    """Open an existing study (for report/show/finetune/export); a missing SQLite file is an error, never
+    a new empty database. ``readonly``: also readable from a directory this process cannot write."""
     url = storage or default_storage(study)
-    store = open_storage(url)
+    db = sqlite_path(url)
+    if db is not None and not db.is_file():
+        hint = "" if storage else " (pass --storage URL if the study lives elsewhere)"
+        raise QnasError(f"no study {study!r}: {db} does not exist{hint}")
+    store = open_storage(url, readonly=readonly)
     try:
         return optuna.load_study(study_name=study, storage=store)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise QnasError(f"no study {study!r} in {url} (found: {', '.join(names) or 'none'})") from None
+        raise QnasError(f"no study {study!r} in {redact(url)} (found: {', '.join(names) or 'none'})") from None
 
 
-def create_or_continue(cfg: SearchConfig) -> optuna.Study:
-    """Create the study, or continue it when it exists and was made with the same contract."""
+def sampler_seed(seed: int, n_before: int) -> int:
+    """The sampler seed of a run: a hash of ``--seed`` and the trials already in the study.
+
+    A hash, not a sum: seed 1 after one trial must not replay seed 2 from the start, and workers with
+    different seeds must draw unrelated streams (Optuna samplers with equal seeds propose equal trials).
+    """
+    return int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Worker:
+    """The process running a trial: host, pid and the pid's start time (pids are reused)."""
+
+    host: str
+    pid: int
+    started: str | None  # boot id and start tick of the pid on Linux, None elsewhere
+
+    @classmethod
+    def this(cls) -> Worker:
+        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": self.pid, "started": self.started}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Worker | None:
+        if not isinstance(d, dict) or not isinstance(d.get("pid"), int) or not isinstance(d.get("host"), str):
+            return None
+        return cls(d["host"], d["pid"], d.get("started"))
+
+    def is_gone(self) -> bool:
+        """True only when this process provably no longer runs (same host, pid dead or reused)."""
+        if self.host != socket.gethostname():
+            return False
+        if self.pid == os.getpid():
+            return self.started != _process_start(self.pid)
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, owned by another user
+            pass
+        return self.started is not None and _process_start(self.pid) != self.started
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (start time in clock ticks); the command name before it may contain spaces, so split after ')'.
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+WORKER_ATTR = "worker"
+
+
+def fail_dead_trials(study: optuna.Study, now: datetime.datetime | None = None) -> int:
+    """Mark failed the RUNNING trials whose worker is provably gone (killed on this host), and those left
+    without an owner for longer than Optuna needs to start a trial; re-queue each once, as Optuna's
+    heartbeat does. Trials of live or remote workers are left alone (RDB heartbeats cover remote ones).
+    Returns how many trials were failed."""
+    now = now or datetime.datetime.now()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
+    failed = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = Worker.from_json(t.user_attrs.get(WORKER_ATTR))
+        if owner is None:
+            started = t.datetime_start
+            stale = started is not None and (now - started).total_seconds() > OWNERLESS_GRACE_S
+        else:
+            stale = owner.is_gone()
+        if not stale:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # another worker failed it first
+            continue
+        failed += 1
+        retry(study, study.get_trials(deepcopy=False)[t.number])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB heartbeats: remote workers gone for the grace period
+    return failed
+
+
+def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[int, int, int] = (1, 28, 28),
+                       num_classes: int = 10) -> optuna.Study:
+    """Create the study, or continue it when it exists and was made with the same contract.
+
+    With ``space`` the sampler proposes only candidates within ``cfg.max_params`` (:class:`BoundedSampler`).
+    """
+    check_study_name(cfg.study)
+    if cfg.seed is not None and not 0 <= cfg.seed <= MAX_SEED:
+        raise QnasError(f"bad seed {cfg.seed}: expected an integer in [0, {MAX_SEED}]")
+    if cfg.population_size < 2:
+        raise QnasError(f"bad population size {cfg.population_size}: NSGA-II needs at least 2")
     store = open_storage(cfg.storage or default_storage(cfg.study))
-    # Seeding from the number of finished trials means a continued study does not re-propose the
-    # exact candidates of its first run, while a fresh study stays reproducible by --seed.
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
     n_before = existing[cfg.study].n_trials if cfg.study in existing else 0
-    seed = None if cfg.seed is None else cfg.seed + n_before
+    # Seeding from the number of trials too means a continued study does not re-propose the candidates
+    # of its first run, while a fresh study stays reproducible by --seed.
+    seed = None if cfg.seed is None else sampler_seed(cfg.seed, n_before)
+    sampler = make_sampler(cfg.sampler, seed, cfg.population_size)
+    if space is not None:
+        sampler = BoundedSampler(sampler, space, input_shape, num_classes, cfg.max_params, seed)
     study = optuna.create_study(
         study_name=cfg.study,
         storage=store,
-        sampler=make_sampler(cfg.sampler, seed, cfg.population_size),
+        sampler=sampler,
         directions=["maximize", "minimize"],
         load_if_exists=True,
     )
@@ -276,14 +532,23 @@ def run_search(
     num_classes: int,
     on_trial: Callable[[optuna.Study, FrozenTrial, SearchSummary], None] | None = None,
 ) -> SearchSummary:
-    """Run ``cfg.trials`` more trials (or until ``cfg.timeout``) on the study ``cfg.study``.
+    """Run ``cfg.trials`` more trials (or until ``cfg.timeout``, or until the study has ``cfg.total_trials``
+    complete trials) on the study ``cfg.study``.
 
-    Ctrl-C marks a trial being scored failed, lets a trial being stored finish (see :class:`_CtrlC`)
-    and returns with ``interrupted``; no trial is left RUNNING.
+    First, trials left RUNNING by workers that were killed on this host are marked failed and re-queued
+    (:func:`fail_dead_trials`). Ctrl-C or SIGTERM marks a trial being scored failed, lets a trial being
+    stored finish (see :class:`_CtrlC`) and returns with ``interrupted``; no trial is left RUNNING.
     """
-    study = create_or_continue(cfg)
+    study = create_or_continue(cfg, space, input_shape, num_classes)
     summary = SearchSummary()
+    summary.recovered = fail_dead_trials(study)
+    worker = Worker.this().to_json()
     ctrl_c = _CtrlC()  # installed around optimize below
+    n_trials = cfg.trials
+    if cfg.total_trials is not None:
+        left = max(cfg.total_trials - _count(study, TrialState.COMPLETE), 0)
+        n_trials = left if n_trials is None else min(n_trials, left)
+    summary.planned = n_trials
     # Architectures already scored in this study (by any worker), so duplicates are not rescored.
     cache: dict[str, dict[str, Any]] = {}
 
@@ -296,6 +561,7 @@ def run_search(
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         if ctrl_c.requested:  # Ctrl-C arrived while Optuna was creating this trial: fail it, stop
             raise KeyboardInterrupt
+        trial.set_user_attr(WORKER_ATTR, worker)  # first: a killed worker's trial is recognized by it
         genome = space.suggest(trial)
         arch = space.to_string(genome)
         params = space.count_params(genome, input_shape, num_classes)
@@ -342,50 +608,67 @@ def run_search(
             on_trial(study, trial, summary)
         if ctrl_c.requested:
             study.stop()
+        # Trials other workers are running now will most likely complete: count them against the total.
+        elif cfg.total_trials is not None and \
+                _count(study, TrialState.COMPLETE) + _count(study, TrialState.RUNNING) >= cfg.total_trials:
+            study.stop()
 
     t0 = time.perf_counter()
-    try:
-        with ctrl_c:
-            study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[callback],
-                           catch=(), gc_after_trial=False)
-    except KeyboardInterrupt:
-        summary.interrupted = True
+    if n_trials != 0:
+        try:
+            with ctrl_c:
+                study.optimize(objective, n_trials=n_trials, timeout=cfg.timeout, callbacks=[callback],
+                               catch=(), gc_after_trial=False)
+        except KeyboardInterrupt:
+            summary.interrupted = True
     summary.interrupted = summary.interrupted or ctrl_c.requested
+    summary.terminated = ctrl_c.terminated
     summary.seconds = time.perf_counter() - t0
     summary.pareto = pareto_front(study)
     return summary
 
 
+def _count(study: optuna.Study, state: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
 class _CtrlC:
-    """Ctrl-C that never leaves a trial RUNNING.
+    """Ctrl-C (and SIGTERM, handled the same way) that never leaves a trial RUNNING.
 
     A KeyboardInterrupt inside Optuna's ask/tell (storage writes) would leave the trial RUNNING forever
     (journal) or until the heartbeat grace period (RDB). So a first Ctrl-C interrupts at once only while
     the scorer runs (pure computation; Optuna marks the trial failed); elsewhere it sets ``requested``,
     the objective fails a trial started afterwards and the trial callback stops the study. A second
-    Ctrl-C interrupts wherever it lands. Installed only in the main thread over Python's default handler.
+    Ctrl-C interrupts wherever it lands. Installed only in the main thread, over Python's default SIGINT
+    handler and over the default (or the qnas CLI's) SIGTERM handler; an ignored signal stays ignored.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.terminated = False
         self.scoring = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _CtrlC:
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, raise_terminated):
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         interrupt_now = self.requested or self.scoring
         self.requested = True
+        self.terminated = self.terminated or signum == signal.SIGTERM
         if interrupt_now:
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:

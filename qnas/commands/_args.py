@@ -56,3 +56,35 @@ def fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
     return value
+
+
+def seed(text: str) -> int:
+    """A random seed in [0, 2**32 - 1], the range numpy (and so Optuna's samplers) accepts."""
+    from qnas.search import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, {MAX_SEED}], got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, {MAX_SEED}], got {text!r}")
+    return value
+
+
+def study_name(text: str) -> str:
+    """A study name that is safe as a file name under studies/ (see ``qnas.search.check_study_name``)."""
+    from qnas.errors import QnasError
+    from qnas.search import check_study_name
+
+    try:
+        return check_study_name(text)
+    except QnasError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def population(text: str) -> int:
+    """An NSGA-II population size (at least 2: a child needs two parents)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a population of at least 2, got {text!r}")
+    return value

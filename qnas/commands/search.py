@@ -9,7 +9,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from qnas.commands._args import param_count, positive_float, positive_int
+from qnas.commands._args import param_count, population, positive_float, positive_int, seed, study_name
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,21 +21,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="search architectures: quantized accuracy at --bits vs parameter count",
         description="Multi-objective Optuna search over a space: maximize top-1 at the target bit setting "
         "(parameters predicted by the GHN, fake-quantized), minimize parameters, under --max-params. "
-        "Re-running with the same --study continues it; many processes may share one --storage.",
+        "Re-running with the same --study continues it; many processes may share one --storage. Trials left "
+        "RUNNING by a worker killed on this machine (kill -9, out of memory) are marked failed and re-run when "
+        "any worker starts on the study; Ctrl-C and SIGTERM stop cleanly.",
     )
     p.add_argument("--bits", default="4", help="target setting: 8, 4, 2 (wBaB) or a name like w4a8 (default 4)")
     p.add_argument("--max-params", type=param_count, default=10_000_000, help="parameter bound, e.g. 1e6 (default 1e7)")
     p.add_argument("--trials", type=positive_int, default=None,
-                   help="trials to run in this process (default 50 when --timeout is not given)")
+                   help="trials to run in this process, on top of those already in the study (default 50 when "
+                   "neither --timeout nor --total-trials is given)")
+    p.add_argument("--total-trials", type=positive_int, default=None, metavar="N",
+                   help="run until the study has N complete trials, counting every earlier run and worker (the rest "
+                   "of an interrupted search); with --trials, whichever comes first")
     p.add_argument("--timeout", type=positive_float, default=None, help="stop starting new trials after this many s")
-    p.add_argument("--study", default="qnas", help="study name (default qnas)")
+    p.add_argument("--study", type=study_name, default="qnas",
+                   help="study name: letters, digits, '.', '_', '-' (default qnas)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (default sqlite:///studies/<study>.db; postgresql+psycopg2://..., "
                    "journal:path.log)")
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
                    help=f"Optuna sampler (default {DEFAULT_SAMPLER}, chosen by benchmarks/search_efficiency.py)")
-    p.add_argument("--population", type=positive_int, default=20, help="NSGA-II population size (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0; give each worker its own)")
+    p.add_argument("--population", type=population, default=20, help="NSGA-II population size, >= 2 (default 20)")
+    p.add_argument("--seed", type=seed, default=0,
+                   help="sampler seed in [0, 2**32) (default 0; give each concurrent worker its own: the sampler is "
+                   "seeded with a hash of it and the trials already in the study)")
     p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are (default: standard places)")
@@ -74,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
         val_size=args.val_size, bn_stats=args.bn_stats, granularity=args.granularity,
         act_ranges=args.act_ranges, device=args.device,
     )
-    trials = args.trials if args.trials or args.timeout else 50
+    trials = args.trials if args.trials or args.timeout or args.total_trials else 50
     cfg = SearchConfig(
-        study=args.study, target=target, max_params=args.max_params, trials=trials, timeout=args.timeout,
+        study=args.study, target=target, max_params=args.max_params, trials=trials,
+        total_trials=args.total_trials, timeout=args.timeout,
         storage=args.storage, sampler=args.sampler, seed=args.seed, space=args.space, dataset=args.dataset,
         predictor=scorer.name, population_size=args.population, protocol=scorer.protocol,
     )
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         if front:
             best["acc"] = max(t.values[0] for t in front)
         rate = summary.trials_run / max(time.perf_counter() - start, 1e-9) * 60
-        progress.update(task, advance=1, rate=rate, front=len(front),
+        progress.update(task, advance=1, total=summary.planned, rate=rate, front=len(front),
                         best="-" if best["acc"] is None else f"{100 * best['acc']:.1f}%")
 
     # Optuna logs a trial failed by Ctrl-C with the full traceback; the summary already says "interrupted".
@@ -111,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         optuna_log.removeFilter(_drop_interrupt_traceback)
 
     _print_summary(console, cfg, summary)
+    if summary.terminated:
+        return 143
     return 130 if summary.interrupted else 0
 
 
@@ -125,7 +137,9 @@ def _print_summary(console: Console, cfg, summary) -> None:
     console.print(
         f"{summary.trials_run} trials in {summary.seconds:.1f}s: {summary.scored} scored "
         f"({per_trial:.2f}s each), {summary.cached} duplicates served from the study, "
-        f"{summary.infeasible} over the bound" + ("; interrupted" if summary.interrupted else "")
+        f"{summary.infeasible} over the bound"
+        + (f"; {summary.recovered} trials of killed workers marked failed and re-queued" if summary.recovered else "")
+        + ("; terminated (SIGTERM)" if summary.terminated else "; interrupted" if summary.interrupted else "")
     )
     table = Table(title=f"Pareto front of study {cfg.study!r} (top-1 at {cfg.target} vs params)")
     for col in ("trial", "params", f"top1 {cfg.target}", "top1 fp32", "architecture"):
