@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qnas.commands._args import positive_int
+from qnas.commands._args import param_count, positive_int, seed
+from qnas.errors import QnasError
 
 _BN_HELP = ("BatchNorm statistics and activation ranges: 'calibrated' = measured once per setting on the "
             "first --calib-size images in the network quantized at that setting, then frozen (a deployable "
@@ -18,6 +19,7 @@ _BN_HELP = ("BatchNorm statistics and activation ranges: 'calibrated' = measured
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from qnas.limits import DEFAULT_MAX_MACS, DEFAULT_MAX_PARAMS
     from qnas.quant import DEFAULT_SETTINGS, GRANULARITIES
     from qnas.score import BN_MODES, DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
     from qnas.scorer import DEFAULT_GRANULARITY
@@ -50,10 +52,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help=f"{_BN_HELP} (default {DEFAULT_BN_STATS})")
     p.add_argument("--val-size", type=positive_int, default=1000,
                    help="validation images, a fixed subset for a given --seed (default 1000)")
-    p.add_argument("--calib-size", type=positive_int, default=DEFAULT_CALIB_SIZE,
-                   help=f"calibration images for --bn-stats calibrated (default {DEFAULT_CALIB_SIZE})")
+    p.add_argument("--calib-size", type=positive_int, default=None,
+                   help=f"calibration images for --bn-stats calibrated, the first of the validation subset, at most "
+                   f"--val-size (default {DEFAULT_CALIB_SIZE} or --val-size if smaller)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch size (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the init, training and subset (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the init, training and subset (default 0)")
+    p.add_argument("--max-params", type=param_count, default=DEFAULT_MAX_PARAMS,
+                   help="refuse larger architectures before building them (default 1e7, the space's bound)")
+    p.add_argument("--max-macs", type=param_count, default=DEFAULT_MAX_MACS,
+                   help="refuse architectures needing more multiply-accumulates per image (default 2e9)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
     p.set_defaults(func=_score)
 
@@ -63,16 +70,25 @@ def _score(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from qnas import data
+    from qnas.limits import check_arch_size
     from qnas.quant import parse_specs, with_granularity
-    from qnas.score import evaluate
+    from qnas.score import DEFAULT_CALIB_SIZE, evaluate
     from search_spaces import get_space
 
     # Results keep the names asked for (w4a4), as `qnas search` reports them; "granularity" says the scales.
     names = [name.strip().lower() for name in args.bits.split(",")]
     specs = parse_specs(with_granularity(names, args.granularity))  # bad input fails before any work
+
+    if args.calib_size is None:
+        args.calib_size = min(DEFAULT_CALIB_SIZE, args.val_size)
+    elif args.bn_stats == "calibrated" and args.calib_size > args.val_size:
+        raise QnasError(f"--calib-size {args.calib_size} is larger than --val-size {args.val_size}: calibration "
+                        "images are taken from the validation subset")
     space = get_space(args.space)
     genome = space.parse(args.arch)
     info = data.dataset_info(args.dataset)
+    check_arch_size(space, genome, info.input_shape, info.num_classes, max_params=args.max_params,
+                    max_macs=args.max_macs)
     ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
