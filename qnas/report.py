@@ -39,17 +39,9 @@ _HOVER = {"bgcolor": "white", "font": {"color": "#222", "size": 12}}
 
 
 def open_study(study: str, storage: str | None = None) -> optuna.Study:
-    """Open an existing study read-only in spirit; a missing SQLite file is an error, not a new file.
-
-    (Opening ``sqlite:///x.db`` with Optuna would create an empty database as a side effect.)
-    """
-    url = storage or default_storage(study)
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            hint = "" if storage else " (pass --storage URL if the study lives elsewhere)"
-            raise QnasError(f"no study {study!r}: {path} does not exist{hint}")
-    return load_study(study, url)
+    """Open an existing study read-only; a missing SQLite file is an error, not a new file, and a study in a
+    directory this process cannot write is still readable (see ``qnas.search.load_study``)."""
+    return load_study(study, storage, readonly=True)
 
 
 def study_target(study: optuna.Study) -> str:
@@ -139,7 +131,7 @@ def list_studies(url: str) -> list[StudyRow]:
     """Studies in one storage with trial counts by state and the best feasible top-1 at the target."""
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise QnasError(f"no such SQLite file: {url.removeprefix('sqlite:///')}")
-    store = open_storage(url)
+    store = open_storage(url, readonly=True)
     rows = []
     for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=store)

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from qnas.commands._args import positive_float, positive_int
+from qnas.commands._args import positive_float, positive_int, seed, study_name
+from qnas.errors import QnasError
 
 _STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qnas search` writes)"
 
@@ -38,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "epoch. Defaults fit a CPU: "
         f"{d.epochs} epochs over {d.train_size:,} training images, batch {d.batch_size}, lr {d.lr}.",
     )
-    f.add_argument("--study", required=True, help="study name (as given to `qnas search --study`)")
+    f.add_argument("--study", type=study_name, required=True, help="study name (as given to `qnas search --study`)")
     f.add_argument("--storage", help=_STORAGE_HELP)
     pick = f.add_mutually_exclusive_group()
     pick.add_argument("--trials", type=_trial_list, help="trial numbers, e.g. 3,7")
@@ -72,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(default studies)")
     f.add_argument("--restart", action="store_true", help="redo candidates already finetuned at this setting and "
                    "ignore their checkpoints")
-    f.add_argument("--seed", type=int, default=0, help="data order and subset (default 0)")
+    f.add_argument("--seed", type=seed, default=0, help="data order and subset (default 0)")
     f.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     f.add_argument("--quiet", action="store_true", help="no progress display")
     f.set_defaults(func=_finetune)
@@ -87,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "ONNX file is run in onnxruntime on test images and compared with the PyTorch fake-quant model; a "
         "mismatch exits with 1. --trial writes to OUT; --pareto writes OUT/trial-N per Pareto trial.",
     )
-    e.add_argument("--study", required=True, help="study name")
+    e.add_argument("--study", type=study_name, required=True, help="study name")
     e.add_argument("--storage", help=_STORAGE_HELP)
     which = e.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="trial number")
@@ -107,14 +108,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_export)
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace, readonly: bool = False):
     import optuna
 
     from qnas.data import load_dataset
     from qnas.search import load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_study(args.study, args.storage)
+    study = load_study(args.study, args.storage, readonly=readonly)
     dataset = load_dataset(study.user_attrs.get("dataset", "fashion-mnist"), args.data_dir)
     return study, dataset
 
@@ -124,7 +125,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from qnas.finetune import FAQConfig, Hooks, choose_trials, finetune_trial, resolve_predictor
+    from qnas.finetune import FAQConfig, Hooks, choose_trials, finetune_trial
     from qnas.search import parse_target, study_granularity
 
     console = Console(stderr=True)
@@ -136,7 +137,11 @@ def _finetune(args: argparse.Namespace) -> int:
                        weight_decay=args.weight_decay, first_last_8bit=not args.no_first_last_8bit,
                        train_size=args.train_size, freeze_bn_at=args.freeze_bn_at, seed=args.seed)
     trials = choose_trials(study, args.trials, args.top_k)
-    predictor = resolve_predictor(args.predictor, study, dataset.info) if args.init == "ghn" else None
+    predictor = None
+    if args.init == "ghn":
+        predictor, why = _study_predictor(args.predictor, study, dataset.info)
+        if predictor is None:
+            raise QnasError(why)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
                         disable=args.quiet)
@@ -172,13 +177,13 @@ def _export(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from qnas.errors import QnasError
     from qnas.export import VerificationError, export_trial
-    from qnas.finetune import resolve_predictor, study_trial
+    from qnas.finetune import study_trial
     from qnas.search import pareto_front, parse_target
 
+    _require_export_dependencies()
     console = Console(stderr=True)
-    study, dataset = _open(args)
+    study, dataset = _open(args, readonly=True)
     bits = parse_target(args.bits) if args.bits else None
     if args.pareto:
         trials = pareto_front(study)
@@ -190,19 +195,18 @@ def _export(args: argparse.Namespace) -> int:
     for _, out in targets:  # refuse before any work, so an export is never half-replaced
         if out.is_dir() and any(out.iterdir()) and not args.force:
             raise QnasError(f"{str(out)!r} is not empty; pass --force to overwrite the exported files there")
-    predictor = None
-    try:
-        predictor = resolve_predictor(args.predictor, study, dataset.info)
-    except QnasError:
-        if args.predictor:
-            raise
+    # Finetuned trials need no predictor: a missing one is an error only for a trial that is not finetuned.
+    predictor, why = _study_predictor(args.predictor, study, dataset.info)
     results = []
     try:
         for t, out in targets:
             with console.status(f"exporting trial {t.number} to {out}"):
-                results.append((t, export_trial(study, t, out, dataset=dataset, bits=bits, predictor=predictor,
-                                                root=args.out_root, verify_size=args.verify_size,
-                                                test_size=args.test_size, force=args.force)))
+                try:
+                    results.append((t, export_trial(study, t, out, dataset=dataset, bits=bits, predictor=predictor,
+                                                    root=args.out_root, verify_size=args.verify_size,
+                                                    test_size=args.test_size, force=args.force)))
+                except QnasError as exc:
+                    raise QnasError(f"{exc} ({why})" if predictor is None and why else str(exc)) from None
     except VerificationError as exc:
         sys.stderr.write(f"qnas: error: {exc}\n")
         return 1
@@ -222,3 +226,40 @@ def _export(args: argparse.Namespace) -> int:
                           f"{100 * v['fused_top1_agreement']:.2f}%" if "fused_top1_agreement" in v else "")
         console.print(table)
     return 0
+
+
+# Modules `qnas export` imports; they are the optional dependency group "export".
+EXPORT_MODULES = ("safetensors", "onnx", "onnxruntime")
+
+
+def _require_export_dependencies() -> None:
+    import importlib.util
+
+    missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QnasError(f"qnas export needs {', '.join(missing)}: pip install 'qnas[export]' (or pip install "
+                        f"{' '.join(missing)})")
+
+
+def _study_predictor(name: str | None, study, info):
+    """(predictor, None) for ``--predictor`` or the one the study was scored with, else (None, why).
+
+    The study's own predictor is never silently replaced by another: its scores came from it.
+    """
+    from qnas.finetune import resolve_predictor
+    from qnas.predictors import load_predictor
+
+    if name:
+        return resolve_predictor(name, study, info), None
+    recorded = study.user_attrs.get("predictor")
+    if not recorded:
+        try:
+            return resolve_predictor(None, study, info), None
+        except QnasError as exc:
+            return None, str(exc)
+    try:
+        return load_predictor(recorded, dataset=info.name, input_shape=info.input_shape,
+                              num_classes=info.num_classes), None
+    except QnasError as exc:
+        return None, (f"the study was scored with predictor {recorded!r}, which cannot be loaded: {exc}; pass "
+                      "--predictor NAME|PATH.pt to use another")

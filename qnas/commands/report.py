@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from qnas.commands._args import positive_int
+from qnas.commands._args import positive_int, study_name
 from qnas.errors import QnasError
 
 _STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qnas search` writes)"
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and a CSV with one row per trial, and print the Pareto front at the target setting. Existing output "
         "files are overwritten (they are derived from the study).",
     )
-    r.add_argument("--study", required=True, help="study name (as given to `qnas search --study`)")
+    r.add_argument("--study", type=study_name, required=True, help="study name (as given to `qnas search --study`)")
     r.add_argument("--storage", help=_STORAGE_HELP)
     r.add_argument("--out", type=Path, help="HTML file to write (default studies/NAME/report.html)")
     r.add_argument("--csv", type=Path, help="CSV file to write (default studies/NAME/trials.csv)")
@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "front with --pareto): trial number, params, MACs, top-1 at every setting and the architecture. "
         "Duplicate architectures are listed once, under the trial that scored them.",
     )
-    w.add_argument("--study", required=True, help="study name")
+    w.add_argument("--study", type=study_name, required=True, help="study name")
     w.add_argument("--storage", help=_STORAGE_HELP)
     w.add_argument("--pareto", action="store_true", help="only the Pareto front (accuracy vs params), by params")
     w.add_argument("--top", type=positive_int, help="how many trials (default 10; all of the front with --pareto)")
@@ -62,12 +62,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _report(args: argparse.Namespace) -> int:
     from qnas import report as R
 
-    study = R.open_study(args.study, args.storage)
-    target = R.study_target(study)
     out = args.out or Path("studies") / args.study / "report.html"
     csv = args.csv or Path("studies") / args.study / "trials.csv"
     if out.suffix.lower() not in (".html", ".htm"):
         raise QnasError(f"--out {str(out)!r} should end in .html")
+    for flag, path in (("--out", out), ("--csv", csv)):  # both checked before either is written
+        _check_file_target(flag, path)
+    study = R.open_study(args.study, args.storage)
+    target = R.study_target(study)
     messages = []
     for path, write in ((out, lambda p: R.write_report(study, p, cdn=args.cdn, storage=args.storage)),
                         (csv, lambda p: R.write_csv(study, p))):
@@ -83,6 +85,17 @@ def _report(args: argparse.Namespace) -> int:
     for m in messages:
         console.print(m, highlight=False)
     return 0
+
+
+def _check_file_target(flag: str, path: Path) -> None:
+    """QnasError unless ``path`` can become a file: not a directory, no file where a parent directory goes."""
+    if path.is_dir():
+        raise QnasError(f"{flag} {str(path)!r} is a directory; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise QnasError(f"{flag} {str(path)!r}: {str(parent)!r} is not a directory")
+            break
 
 
 # ----------------------------------------------------------------------------- studies
