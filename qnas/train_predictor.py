@@ -173,8 +173,7 @@ class Trainer:
         ckpt_path = self.out / CHECKPOINT
         state = None
         if resume and ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            stored = TrainConfig.from_json(json.loads(state["config"]))
+            state, stored = _read_checkpoint(ckpt_path)
             if stored != cfg:
                 diff = [k for k in cfg.to_json() if cfg.to_json()[k] != stored.to_json()[k]]
                 raise QnasError(f"{ckpt_path} was made with other settings ({', '.join(diff)}); "
@@ -216,6 +215,14 @@ class Trainer:
         self.log(f"initialized {len(loaded)}/{len(own)} GHN tensors from {init}")
 
     def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self._restore_unchecked(state)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QnasError(f"{self.out / CHECKPOINT} does not fit this run ({type(exc).__name__}: {reason}); "
+                            "delete it to start over or choose another --out") from None
+
+    def _restore_unchecked(self, state: dict[str, Any]) -> None:
         self.ghn.load_state_dict(state["ghn"])
         self.opt.load_state_dict(state["opt"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch"])
@@ -436,6 +443,21 @@ class Trainer:
         import threading
 
         return threading.current_thread() is threading.main_thread()
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], TrainConfig]:
+    """A run checkpoint and its config, or a one-line QnasError for a truncated, foreign or unsafe file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"expected a dict, found {type(state).__name__}")
+        return state, TrainConfig.from_json(json.loads(state["config"]))
+    except QnasError as exc:
+        raise QnasError(f"{path} holds an invalid run config ({exc}); delete it or choose another --out") from None
+    except Exception as exc:  # UnpicklingError, EOFError/RuntimeError for junk, KeyError/TypeError for other files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QnasError(f"cannot resume from {path}: not a readable qnas run checkpoint ({reason}); delete it to "
+                        "start over or choose another --out") from None
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:

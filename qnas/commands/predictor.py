@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qnas.commands._args import non_negative_int
+from qnas.commands._args import non_negative_int, seed
 from qnas.errors import QnasError
 
 DEFAULT_SETTINGS = "fp32,w8a8,w4a8,w4a4,w2a2"
@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="test images, a fixed subset (default 1000; 0: the full test set, as GHN-Q)")
     p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate random initialization as the floor column (default on)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-init floor and noise (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random-init floor and noise (default 0)")
     p.add_argument("--json", action="store_true", help="print the table and per-architecture results as JSON")
     p.add_argument("--record", action="store_true",
                    help="also write the table into the checkpoint's header (eval_table), merged by setting with "

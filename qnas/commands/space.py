@@ -10,7 +10,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from qnas.commands._args import param_count, positive_int
+from qnas.commands._args import param_count, positive_int, seed
 from qnas.errors import QnasError
 
 
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="print random architectures with their params and MACs")
     _add_space_args(s)
     s.add_argument("--n", type=positive_int, default=10, help="how many architectures (default 10)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     s.add_argument("--max-params", type=param_count, default=10_000_000, help="parameter bound, e.g. 1e6")
     s.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     s.set_defaults(func=_sample)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from qnas.commands._args import fraction, param_count, positive_int
+from qnas.commands._args import fraction, param_count, positive_float, positive_int, seed
 from qnas.errors import QnasError
 
 
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=positive_int, default=None, help="stop after this many steps in this run")
     p.add_argument("--meta-batch", type=positive_int, default=8, help="architectures per step (default 8)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--max-params", type=param_count, default=1_000_000,
                    help="bound on training architectures, keeps steps cheap (default 1e6)")
     p.add_argument("--bn-free", type=fraction, default=0.0, metavar="F",
@@ -40,12 +41,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
     p.add_argument("--eval-every", type=positive_int, default=250, help="validate every N steps (default 250)")
-    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints (default 300)")
+    p.add_argument("--checkpoint-every", type=positive_float, default=300.0,
+                   help="seconds between checkpoints (default 300)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--export", default=None, metavar="PATH.pt", help="write the trained GHN as a predictor here")
+    p.add_argument("--export", default=None, metavar="PATH.pt",
+                   help="write the trained GHN as a predictor here (and its header as PATH.json); an existing file is "
+                   "replaced only when it is an export of this same run, or with --force")
+    p.add_argument("--force", action="store_true", help="let --export replace files that are not this run's export")
     p.add_argument("--export-only", action="store_true",
                    help="write --export from the run's last checkpoint without training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
         raise QnasError("--export-only needs --export PATH.pt")
     if args.export_only and not (Path(args.out) / "last.pt").exists():
         raise QnasError(f"no checkpoint {Path(args.out) / 'last.pt'} to export")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise QnasError(f"--out {args.out!r} is a file; give a directory for the run")
+    if args.export:
+        check_export_target(Path(args.export), cfg, force=args.force)
     trainer = Trainer(cfg, args.out, data_dir=args.data_dir, device=args.device)
     if args.export_only:
         path = export_predictor(trainer, args.export, name=Path(args.export).stem)
@@ -94,3 +104,24 @@ def run(args: argparse.Namespace) -> int:
         path = export_predictor(trainer, args.export, name=Path(args.export).stem)
         trainer.log(f"exported predictor {path}")
     return 130 if result["interrupted"] else 0
+
+
+def check_export_target(path: Path, cfg, force: bool) -> None:
+    """Refuse to replace an existing predictor file (or its .json header) that this run did not write."""
+    from qnas.predictors import read_header
+
+    if path.suffix != ".pt":
+        raise QnasError(f"--export {str(path)!r}: predictor checkpoints end in .pt")
+    existing = [p for p in (path, path.with_suffix(".json")) if p.exists()]
+    if not existing or force:
+        if path.is_dir():
+            raise QnasError(f"--export {str(path)!r} is a directory")
+        return
+    try:
+        notes = json.loads(read_header(path).notes or "{}")
+        same_run = isinstance(notes, dict) and notes.get("train_config") == json.loads(json.dumps(cfg.to_json()))
+    except (QnasError, ValueError):
+        same_run = False
+    if not same_run:
+        raise QnasError(f"--export: {', '.join(repr(str(p)) for p in existing)} exists and is not an export of this "
+                        "run; pass --force to replace it, or choose another path")

@@ -60,14 +60,45 @@ class PredictorHeader:
     def from_json(cls, text: str) -> PredictorHeader:
         try:
             d = json.loads(text)
+            if not isinstance(d, dict):
+                raise TypeError(f"expected a JSON object, found {type(d).__name__}")
             known = {f.name for f in fields(cls)}
             d = {k: v for k, v in d.items() if k in known}  # newer optional fields are ignored
             for key in ("input_shape", "mean", "std", "bits_trained"):
                 if d.get(key) is not None:
+                    if not isinstance(d[key], list):
+                        raise TypeError(f"{key} must be a list, found {d[key]!r}")
                     d[key] = tuple(d[key])
-            return cls(**d)
-        except (json.JSONDecodeError, TypeError) as exc:
+            header = cls(**d)
+            header.check_types()
+            return header
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
             raise QnasError(f"bad predictor header: {exc}") from None
+
+    def check_types(self) -> None:
+        """TypeError naming the first field whose JSON type is wrong (so later comparisons cannot crash)."""
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        checks = {
+            "name": isinstance(self.name, str),
+            "dataset": self.dataset is None or isinstance(self.dataset, str),
+            "input_shape": all(is_int(v) and v > 0 for v in self.input_shape),
+            "num_classes": is_int(self.num_classes) and self.num_classes > 0,
+            "mean": self.mean is None or all(isinstance(v, (int, float)) for v in self.mean),
+            "std": self.std is None or all(isinstance(v, (int, float)) for v in self.std),
+            "search_space": isinstance(self.search_space, str),
+            "ghn_config": isinstance(self.ghn_config, dict),
+            "bits_trained": all(isinstance(v, str) for v in self.bits_trained),
+            "train_steps": is_int(self.train_steps),
+            "eval_table": isinstance(self.eval_table, dict),
+            "qnas_version": isinstance(self.qnas_version, str),
+            "format_version": is_int(self.format_version),
+            "notes": isinstance(self.notes, str),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise TypeError(f"field {bad[0]!r} has the wrong type ({getattr(self, bad[0])!r})")
 
 
 @dataclass
