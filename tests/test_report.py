@@ -62,7 +62,7 @@ def _fast_tmp(tmp_path_factory) -> tuple[Path, bool]:
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Iterator[Path]:
-    """studies/demo.db as `qnas search` makes it: 21 trials, some over the bound, one duplicate, one failed."""
+    """studies/demo.db as `qnas search` makes it: 22 trials, one over the bound, one duplicate, one failed."""
     root, fast = _fast_tmp(tmp_path_factory)
     cfg = SearchConfig(study="demo", storage=f"sqlite:///{root / 'studies' / 'demo.db'}", trials=19,
                        max_params=400_000, sampler="random", seed=0)
@@ -71,6 +71,9 @@ def study_dir(tmp_path_factory) -> Iterator[Path]:
     small = next(t for t in study.trials if t.user_attrs["params"] < 300_000)
     study.enqueue_trial(small.params)  # the same architecture again: served from the cache
     assert run_search(replace(cfg, trials=1), CurveScorer(), S, (1, 28, 28), 10).cached == 1
+    # Over the bound: the sampler proposes none (BoundedSampler), but an enqueued one is recorded unscored.
+    study.enqueue_trial({**small.params, "s2_width": 384, "s2_depth": 4, **{f"s2_b{j}_op": "conv5" for j in range(4)}})
+    assert run_search(replace(cfg, trials=1), CurveScorer(), S, (1, 28, 28), 10).infeasible == 1
     study.enqueue_trial({**small.params, "hidden": 64 if small.params["hidden"] == 0 else 0})  # a new one
     assert run_search(replace(cfg, trials=1), _Interrupted(), S, (1, 28, 28), 10).interrupted
     yield root
@@ -129,7 +132,7 @@ def test_report_is_self_contained_with_a_front_per_setting(in_dir, capsys):
     assert '"name":"w4a4 front (target)"' in html and html.count("(target)") >= 2
     for div in ("pareto", "drop", "history", "hypervolume"):
         assert f'id="{div}"' in html
-    for label, value in (("trials", "21"), ("complete", "20"), ("duplicates (cached)", "1"),
+    for label, value in (("trials", "22"), ("complete", "21"), ("duplicates (cached)", "1"),
                          ("failed / running", "1 / 0"), ("over the bound", str(_n_over(in_dir)))):
         assert f"<dt>{label}</dt><dd>{value}</dd>" in html
     # Hover text carries the architecture string of a front trial.
@@ -162,7 +165,7 @@ def test_trials_csv_has_one_row_per_trial(in_dir, capsys):
     assert main(["report", "--study", "demo", "--out", "studies/demo/r.html"]) == 0
     df = pd.read_csv(in_dir / "studies" / "demo" / "trials.csv")
     study = _study(in_dir)
-    assert len(df) == len(study.trials) == 21
+    assert len(df) == len(study.trials) == 22
     assert list(df["number"]) == [t.number for t in study.trials]
     for col in ("arch", "params", "top1_w4a4", "top5_fp32", "size_bytes_w2a2", "bitops_w4a8", "pareto", "genome"):
         assert col in df
@@ -180,7 +183,7 @@ def test_studies_lists_default_sqlite_files(in_dir, capsys):
     assert "demo" in out and "w4a4" in out and "400k" in out and "storage: sqlite:///studies/demo.db" in out
     assert main(["studies", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["name"] == "demo" and row["trials"] == 21 and row["complete"] == 20 and row["failed"] == 1
+    assert row["name"] == "demo" and row["trials"] == 22 and row["complete"] == 21 and row["failed"] == 1
     best = max(t.user_attrs["top1_w4a4"] for t in R.scored_trials(_study(in_dir), "w4a4"))
     assert row["best_top1"] == pytest.approx(best)
 
