@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Mapping
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,21 +55,44 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qnas.errors import QnasError
-from qnas.finetune import Layout, _Capture, bn_stats, layout
-from qnas.quant import Calibration, QuantModel, QuantSpec, calibrate, fold_bn, prepare, qparams, weight_qparams
+from qnas.finetune import Capture, Layout, bn_stats, layout
+from qnas.quant import (
+    FIRST_LAST_BITS,
+    Calibration,
+    QuantModel,
+    QuantSpec,
+    calibrate,
+    describe_first_last,
+    f32,
+    first_last_rule,
+    fold_bn,
+    parse_first_last_bits,
+    prepare,
+    qparams,
+    weight_levels,
+    weight_qparams,
+)
 
 __all__ = [
+    "DEFAULT_TEST_SIZE",
     "OPSET",
+    "ExportHooks",
+    "ExportResult",
     "VerificationError",
+    "WeightStorage",
     "export_model",
+    "export_trial",
+    "int_weight",
     "load",
     "load_quantized",
+    "measure_latency",
     "quant_params",
     "to_onnx",
     "verify_onnx",
 ]
 
-OPSET = 17
+OPSET = 17  # float and int8 files: readable by older runtimes and converters
+OPSET_4BIT = 21  # sub-8-bit files: the ONNX INT4/UINT4 weight types
 FORMAT = "qnas-export"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -94,12 +120,43 @@ def onnx_name(setting: str) -> str:
 # Quantization parameters
 
 
-def _w_scale(w: torch.Tensor, bits: int, granularity: str) -> tuple[float | list[float], int | list[int]]:
+def _w_scale(w: torch.Tensor, bits: int, granularity: str,
+             symmetric: bool) -> tuple[float | list[float], int | list[int]]:
     """The engine's min/max weight scale and zero point: scalars per tensor, lists per output channel."""
-    scale, zp = weight_qparams(w, bits, granularity)
+    scale, zp = weight_qparams(w, bits, granularity, symmetric)
     if isinstance(scale, torch.Tensor):
         return scale.flatten().tolist(), [int(z) for z in zp.flatten().tolist()]
     return scale, zp
+
+
+@dataclass(frozen=True)
+class WeightStorage:
+    """How a weight's integers are stored in ONNX: the smallest integer type that holds its levels."""
+
+    bits: int
+    symmetric: bool
+
+    @property
+    def container_bits(self) -> int:
+        # Not UINT2/INT2 (opset 25) for 2 bits: onnxruntime fails to load those graphs with its default
+        # optimizations (docs/quantization.md), so 2- and 3-bit weights take 4-bit containers.
+        return 4 if self.bits <= 4 else 8
+
+    @property
+    def type_name(self) -> str:
+        return f"{'int' if self.symmetric else 'uint'}{self.container_bits}"
+
+    @property
+    def opset(self) -> int:
+        return OPSET_4BIT if self.container_bits == 4 else OPSET
+
+    def array(self, levels: np.ndarray) -> np.ndarray:
+        """``levels`` (integers) in this storage's dtype; ONNX packs 4-bit types two to a byte."""
+        if self.container_bits == 8:
+            return levels.astype(np.int8 if self.symmetric else np.uint8)
+        import ml_dtypes
+
+        return levels.astype(getattr(ml_dtypes, self.type_name))
 
 
 def _folded(module: nn.Module, lay: Layout, calibration: Calibration,
@@ -115,20 +172,19 @@ def _folded(module: nn.Module, lay: Layout, calibration: Calibration,
                    bn.bias.detach() if bn.bias is not None else None, mean, var, bn.eps)
 
 
-def _int_weight(w: torch.Tensor, scale: Any, zp: Any, bits: int) -> np.ndarray:
-    """Integer levels the engine's fake quantizer picks (multiply by the float32 inverse, round half even);
-    ``scale``/``zp`` scalars, or per-output-channel lists."""
-    from qnas.quant import _f32
-
+def int_weight(w: torch.Tensor, scale: Any, zp: Any, bits: int, symmetric: bool) -> np.ndarray:
+    """Integer levels the engine's fake quantizer picks (multiply by the float32 inverse, round half even),
+    as int64 in :func:`qnas.quant.weight_levels`' range; ``scale``/``zp`` scalars or per-output-channel lists."""
+    lo, hi = weight_levels(bits, symmetric)
     if isinstance(scale, list):
         shape = (-1, *([1] * (w.dim() - 1)))
         s = torch.tensor(scale, dtype=torch.float32).reshape(shape)
         z = torch.tensor(zp, dtype=torch.float32).reshape(shape)
         r = w.mul(torch.ones_like(s).div_(s)).round_()
-        r = torch.maximum(torch.minimum(r, (1 << bits) - 1 - z), -z)
-        return (r + z).to(torch.uint8).numpy()
-    r = w.mul(_f32(1.0 / scale)).round_().clamp_(-zp, (1 << bits) - 1 - zp)
-    return (r + zp).to(torch.uint8).numpy()
+        r = torch.maximum(torch.minimum(r, hi - z), lo - z)
+        return (r + z).to(torch.int64).numpy()
+    r = w.mul(f32(1.0 / scale)).round_().clamp_(lo - zp, hi - zp)
+    return (r + zp).to(torch.int64).numpy()
 
 
 def quant_params(module: nn.Module, lay: Layout, calibration: Calibration, spec: QuantSpec) -> dict[str, Any]:
@@ -141,9 +197,13 @@ def quant_params(module: nn.Module, lay: Layout, calibration: Calibration, spec:
         if bits is None:
             continue
         w, _ = _folded(module, lay, calibration, layer)
-        scale, zp = _w_scale(w, bits, spec.granularity)
-        weights[layer.module] = {"bits": bits, "granularity": spec.granularity, "scale": scale, "zero_point": zp,
-                                 "bn_folded": layer.bn or None, "onnx_initializer": f"{layer.module}.weight_quantized"}
+        symmetric = spec.weight_symmetric(bits)
+        scale, zp = _w_scale(w, bits, spec.granularity, symmetric)
+        storage = WeightStorage(bits, symmetric)
+        weights[layer.module] = {"bits": bits, "symmetric": symmetric, "levels": list(weight_levels(bits, symmetric)),
+                                 "granularity": spec.granularity, "scale": scale, "zero_point": zp,
+                                 "storage": storage.type_name, "bn_folded": layer.bn or None,
+                                 "onnx_initializer": f"{layer.module}.weight_quantized"}
     acts: dict[str, Any] = {}
     for p in lay.points:
         bits = lay.a_bits(spec, p)
@@ -153,7 +213,8 @@ def quant_params(module: nn.Module, lay: Layout, calibration: Calibration, spec:
         scale, zp = qparams(lo, hi, bits)
         acts[p.name] = {"bits": bits, "scale": scale, "zero_point": zp, "range": [lo, hi], "after": p.tail,
                         "onnx_tensor": f"{p.name}_q"}
-    return {"spec": spec.name, "first_last_8bit": spec.first_last_8bit, "weights": weights, "activations": acts}
+    return {"spec": spec.name, "first_last_8bit": spec.first_last_8bit, "first_last": describe_first_last(spec),
+            "weights": weights, "activations": acts}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,7 +224,8 @@ def quant_params(module: nn.Module, lay: Layout, calibration: Calibration, spec:
 class _Graph:
     """Accumulates ONNX nodes and initializers with unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, opset: int = OPSET) -> None:
+        self.opset = opset
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self._names: set[str] = set()
@@ -179,18 +241,21 @@ class _Graph:
         from onnx import numpy_helper
 
         name = self.unique(name)
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        array = value if isinstance(value, np.ndarray) and dtype is None else np.asarray(value, dtype=dtype)
+        self.inits.append(numpy_helper.from_array(array, name))
         return name
 
     def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
         from onnx import helper
 
         out = self.unique(name)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        # No node names (optional in ONNX; the output names identify nodes): bytes a 4-bit file would carry.
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
 
     def qdq(self, x: str, scale: float, zp: int, bits: int, name: str) -> str:
-        """QuantizeLinear -> (Clip to 0..2**bits-1 below 8 bits) -> DequantizeLinear."""
+        """QuantizeLinear -> (Clip to 0..2**bits-1 below 8 bits) -> DequantizeLinear, on uint8: onnxruntime
+        rejects uint4 activations where its QDQ fusion passes them to MaxPool (docs/quantization.md)."""
         s = self.const(f"{name}_scale", scale)
         z = self.const(f"{name}_zero_point", zp, np.uint8)
         q = self.op("QuantizeLinear", [x, s, z], f"{name}_q")
@@ -242,14 +307,15 @@ def to_onnx(
     params = quant_params(module, lay, calibration, spec) if spec is not None else None
     # Shapes of every node on a small batch (3, so a reshape that keeps the batch is recognizable).
     gm = fx.GraphModule(module, lay.graph)
-    capture = _Capture(gm, calibration.bn, {n.name: n.name for n in lay.graph.nodes})
+    capture = Capture(gm, calibration.bn, {n.name: n.name for n in lay.graph.nodes})
     with torch.no_grad():
         capture.run(torch.zeros(3, *input_shape))
     shapes = {k: tuple(v.shape) for k, v in capture.seen.items() if isinstance(v, torch.Tensor)}
     layers = {layer.step: layer for layer in lay.weights}
     modules = dict(module.named_modules())
 
-    g = _Graph()
+    storages = [WeightStorage(q["bits"], q["symmetric"]) for q in (params or {}).get("weights", {}).values()]
+    g = _Graph(max([OPSET, *(st.opset for st in storages)]))
     names: dict[str, str] = {}
     out_name, out_shape = "", (0,)
 
@@ -298,17 +364,14 @@ def to_onnx(
                 wname = g.const(f"{layer.module}.weight", w.numpy())
             else:
                 q = params["weights"][layer.module]  # type: ignore[index]
-                wq = g.const(f"{layer.module}.weight_quantized", _int_weight(w, q["scale"], q["zero_point"], bits),
-                             np.uint8)
-                if bits < 8:  # QCDQ: the Clip states the weight's bit-width
-                    wq = g.op("Clip", [wq, g.const(f"{layer.module}.weight_qmin", 0, np.uint8),
-                                       g.const(f"{layer.module}.weight_qmax", (1 << bits) - 1, np.uint8)],
-                              f"{layer.module}.weight_clip")
+                storage = WeightStorage(bits, q["symmetric"])
+                levels = int_weight(w, q["scale"], q["zero_point"], bits, q["symmetric"])
+                wq = g.const(f"{layer.module}.weight_quantized", storage.array(levels), None)
+                zp = storage.array(np.asarray(q["zero_point"], dtype=np.int64))
                 # per channel: 1-D scale and zero point along the output-channel axis 0 (ONNX per-axis)
                 wname = g.op("DequantizeLinear", [wq, g.const(f"{layer.module}.weight_scale", q["scale"]),
-                                                  g.const(f"{layer.module}.weight_zero_point", q["zero_point"],
-                                                          np.uint8)], f"{layer.module}.weight_dq",
-                             **({"axis": 0} if isinstance(q["scale"], list) else {}))
+                                                  g.const(f"{layer.module}.weight_zero_point", zp, None)],
+                             f"{layer.module}.weight_dq", **({"axis": 0} if isinstance(q["scale"], list) else {}))
             inputs = [val(n.args[0]), wname]
             if b is not None:
                 inputs.append(g.const(f"{layer.module}.bias", b.numpy()))
@@ -345,16 +408,17 @@ def to_onnx(
         names[n.name] = _emit_call(g, n, modules, shapes, val, reshape, finish)
     if not out_name:
         raise QnasError("the traced model has no output")
-    g.nodes.append(helper.make_node("Identity", [out_name], ["logits"], name="logits"))
+    g.nodes.append(helper.make_node("Identity", [out_name], ["logits"]))
     c, h, w = input_shape
     graph = helper.make_graph(
         g.nodes, "qnas", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", out_shape[-1]])],
         g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qnas",
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)], producer_name="qnas",
                               doc_string=doc)
-    model.ir_version = min(model.ir_version, 9)  # readable by older onnxruntime releases too
+    # The oldest IR version the opset allows: readable by older onnxruntime releases too.
+    model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", g.opset)], True)
     onnx.checker.check_model(model)
     return model
 
@@ -446,6 +510,8 @@ def _mean(g: _Graph, n: fx.Node, x: str, dims: Any, keepdim: bool, shapes: Mappi
     if dims is None:
         raise _unsupported(n, "a mean over all dimensions")
     axes = [int(d) % rank for d in ((dims,) if isinstance(dims, int) else dims)]
+    if g.opset >= 18:  # axes became an input in opset 18
+        return g.op("ReduceMean", [x, g.const(f"{n.name}_axes", axes, np.int64)], n.name, keepdims=int(keepdim))
     return g.op("ReduceMean", [x], n.name, axes=axes, keepdims=int(keepdim))
 
 
@@ -519,6 +585,7 @@ def _check(file: str, spec: QuantSpec | None, r: Mapping[str, float]) -> str | N
 
 
 _OWNED = ("arch.json", WEIGHTS_FILE, "quant.json", "model.onnx", "model_int8_qdq.onnx", "README.md")
+PARTIAL_PREFIX = ".qnas-partial-"  # a sibling being written; renamed into place when complete
 
 
 def _owned(path: Path) -> list[Path]:
@@ -526,20 +593,44 @@ def _owned(path: Path) -> list[Path]:
 
 
 def prepare_dir(path: Path, force: bool) -> None:
-    """Create ``path``; refuse a non-empty directory without ``force`` (then our files are replaced)."""
+    """Check that ``path`` can receive an export: refuse a non-empty directory without ``force`` (then
+    our files there are replaced) and a place that cannot be written."""
     if path.exists() and not path.is_dir():
         raise QnasError(f"cannot write to {str(path)!r}: it is a file")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise QnasError(f"{str(path)!r} is not empty; pass --force to overwrite the exported files there")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".qnas-write-test"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f"{PARTIAL_PREFIX}probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise QnasError(f"cannot write to {str(path)!r}: {exc.strerror or exc}") from None
-    for stale in _owned(path):  # --force: a previous export's files (its other bit-widths included) go
-        stale.unlink()
+
+
+def _partial_dir(path: Path) -> Path:
+    """A fresh sibling of ``path`` to write into (same file system, so moving it into place is a rename)."""
+    tmp = path.parent / f"{PARTIAL_PREFIX}{path.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Publish a complete export: rename ``tmp`` to ``out``, or (``out`` holds other files, --force) replace
+    our files there, ``arch.json`` removed first and moved last, so ``load`` never sees a mixed directory."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    stale = _owned(out)
+    for f in sorted(stale, key=lambda f: f.name != "arch.json"):
+        f.unlink()
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == "arch.json"):
+        os.replace(f, out / f.name)
+    tmp.rmdir()
 
 
 @dataclass
@@ -548,6 +639,53 @@ class ExportResult:
     files: dict[str, int]  # file name -> bytes
     verification: dict[str, dict[str, float]]  # ONNX file -> verify_onnx() figures
     metrics: dict[str, float] = field(default_factory=dict)  # setting -> top-1 on the test images
+    latency_ms: dict[str, float] = field(default_factory=dict)  # ONNX file -> median ms per image, batch 1
+
+
+@dataclass
+class ExportHooks:
+    """Progress callbacks: ``on_stage(name, total)`` when a stage starts (``total`` units for a bar, None
+    for none), ``on_advance(units)`` as it proceeds."""
+
+    on_stage: Callable[[str, int | None], None] | None = None
+    on_advance: Callable[[int], None] | None = None
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        if self.on_stage is not None:
+            self.on_stage(name, total)
+
+    def advance(self, units: int = 1) -> None:
+        if self.on_advance is not None:
+            self.on_advance(units)
+
+
+def measure_latency(models: Mapping[str, Any], *, batch_size: int = 1, rounds: int = 20, runs: int = 10,
+                    input_shape: tuple[int, ...] = (1, 28, 28),
+                    on_round: Callable[[], None] | None = None) -> dict[str, float]:
+    """Median milliseconds per image of each ONNX model (path or ModelProto) in onnxruntime (CPU, one
+    thread, default optimizations), timed interleaved (each round runs every model ``runs`` times), so
+    a machine's varying load falls on all of them alike."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    sessions = {k: ort.InferenceSession(str(m) if isinstance(m, str | Path) else m.SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])
+                for k, m in models.items()}
+    x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for sess in sessions.values():  # warm-up
+        for _ in range(3):
+            sess.run(["logits"], {"input": x})
+    for _ in range(rounds):
+        for k, sess in sessions.items():
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                sess.run(["logits"], {"input": x})
+                times[k].append(time.perf_counter() - t0)
+        if on_round is not None:
+            on_round()
+    return {k: 1000.0 * float(np.median(v)) / batch_size for k, v in times.items()}
 
 
 def export_model(
@@ -562,17 +700,41 @@ def export_model(
     metrics: Mapping[str, float] | None = None,
     card: Mapping[str, Any] | None = None,
     force: bool = False,
+    latency_rounds: int = 20,
+    hooks: ExportHooks | None = None,
 ) -> ExportResult:
     """Write a model directory for ``module`` (BN buffers = the statistics to fold with).
 
     ``settings``: name -> (spec, frozen calibration, where it comes from) for every quantized setting
     to describe in ``quant.json``; ``onnx_settings``: those also written as ONNX. Every ONNX file is
-    checked on ``verify_images``; a mismatch raises :class:`VerificationError` (files are kept).
+    checked on ``verify_images``; a mismatch raises :class:`VerificationError` (the files are kept in
+    ``out_dir``). ``latency_rounds``: rounds of the batch-1 onnxruntime timing for the model card (0: none).
+    Files are written into a hidden sibling directory renamed into place at the end: an interrupted
+    export leaves no directory :func:`load` accepts.
     """
     from safetensors.torch import save
 
+    hooks = hooks or ExportHooks()
     out = Path(out_dir)
     prepare_dir(out, force)
+    tmp = _partial_dir(out)
+    try:
+        result, failures = _write_export(module, tmp, out, arch, input_shape, settings, onnx_settings, verify_images,
+                                         metrics, card, latency_rounds, hooks, save)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if failures:
+        raise VerificationError(failures[0] + f" (files kept in {str(out)!r})")
+    return result
+
+
+def _write_export(module: nn.Module, out: Path, final: Path, arch: Mapping[str, Any], input_shape: tuple[int, ...],
+                  settings: Mapping[str, tuple[QuantSpec, Calibration, str]], onnx_settings: tuple[str, ...],
+                  verify_images: torch.Tensor, metrics: Mapping[str, float] | None, card: Mapping[str, Any] | None,
+                  latency_rounds: int, hooks: ExportHooks, save: Any) -> tuple[ExportResult, list[str]]:
+    """The files of :func:`export_model` in ``out`` (to be moved to ``final``), ``arch.json`` last."""
     module.eval()
     qmodel, lay = layout(module)
     stats = bn_stats(module)
@@ -580,12 +742,14 @@ def export_model(
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     # save() + write_bytes: the file gets the usual permissions (save_file creates it private).
     (out / WEIGHTS_FILE).write_bytes(save(state, metadata={"format": FORMAT, "arch": str(arch.get("arch", ""))}))
-    (out / "arch.json").write_text(json.dumps(dict(arch), indent=1) + "\n")
     quant = {"format": FORMAT, "version": FORMAT_VERSION,
-             "scheme": "asymmetric affine, real = (q - zero_point) * scale, q in 0..2**bits-1 (uint8); activations "
-                       "per tensor; weights per tensor or per output channel (axis 0; 'granularity', lists of "
-                       "scales and zero points) after folding BatchNorm with the exported running statistics, "
-                       "or with the setting's own 'batchnorm' statistics where it has them; biases and logits float",
+             "scheme": "real = (q - zero_point) * scale. Weights (after folding BatchNorm with the exported running "
+                       "statistics, or with the setting's own 'batchnorm' statistics where it has them) per tensor "
+                       "or per output channel (axis 0; 'granularity', lists of scales and zero points): symmetric "
+                       "signed where 'symmetric' (zero point 0, q in -(2**(bits-1)-1)..2**(bits-1)-1; int8 at 8 "
+                       "bits), else asymmetric unsigned (q in 0..2**bits-1), stored as 'storage' (ONNX int8/uint8, "
+                       "int4/uint4 below 8 bits). Activations per tensor, asymmetric uint8 (q in 0..2**bits-1). "
+                       "Biases and logits float. 'first_last' says which layers stay at 8 bits",
              "settings": {}}
     for name, (spec, cal, source) in settings.items():
         entry = {**quant_params(module, lay, cal, spec), "source": source}
@@ -599,20 +763,28 @@ def export_model(
     failures: list[str] = []
     plans: list[tuple[str, QuantSpec | None, Calibration]] = [("model.onnx", None, float_cal)]
     plans += [(onnx_name(s), settings[s][0], settings[s][1]) for s in onnx_settings]
+    hooks.stage("writing and checking ONNX files", len(plans))
+    models: dict[str, Any] = {}
     for file, spec, cal in plans:
         model = to_onnx(module, lay, cal, spec, input_shape, doc=f"qnas {arch.get('arch', '')} {spec or 'fp32'}")
         (out / file).write_bytes(model.SerializeToString())
+        models[file] = model
         verification[file] = verify_onnx(model, qmodel, cal, spec, verify_images)
         why = _check(file, spec, verification[file])
         if why:
             failures.append(why)
+        hooks.advance()
+    latency: dict[str, float] = {}
+    if latency_rounds > 0:
+        hooks.stage("timing the ONNX files (onnxruntime, batch 1, one thread)", latency_rounds)
+        latency = measure_latency(models, rounds=latency_rounds, input_shape=input_shape,
+                                  on_round=hooks.advance)
+    (out / "arch.json").write_text(json.dumps(dict(arch), indent=1) + "\n")
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
-    result = ExportResult(out, files, verification, dict(metrics or {}))
+    result = ExportResult(final, files, verification, dict(metrics or {}), latency)
     (out / "README.md").write_text(_model_card(arch, quant, result, card or {}))
     result.files["README.md"] = (out / "README.md").stat().st_size
-    if failures:
-        raise VerificationError(failures[0] + f" (files kept in {str(out)!r})")
-    return result
+    return result, failures
 
 
 def _model_card(arch: Mapping[str, Any], quant: Mapping[str, Any], result: ExportResult,
@@ -621,10 +793,15 @@ def _model_card(arch: Mapping[str, Any], quant: Mapping[str, Any], result: Expor
 
     params = int(arch.get("params") or 0)
     where = f" (study `{arch['study']}`, trial {arch['trial']})" if "study" in arch else ""
+    rule = next((e["first_last"] for e in quant["settings"].values() if "first_last" in e), "")
     lines = [f"# {arch.get('arch', 'qnas model')}", "",
              f"A {arch.get('space', '')} CNN for {arch.get('dataset', '')} found by qnas{where}.", "",
              f"- parameters: {params:,}", f"- MACs per image: {int(arch.get('macs') or 0):,}",
-             f"- weights: {card.get('weights_source', arch.get('weights_source', ''))}", ""]
+             f"- weights: {card.get('weights_source', arch.get('weights_source', ''))}",
+             *([f"- first/last layers: {rule}"] if rule else []),
+             "- weight grid: symmetric int8 per output channel (zero point 0) at 8 bits; asymmetric per output "
+             "channel below 8 bits, stored as ONNX UINT4 (2- to 4-bit weights: ONNX's INT2/UINT2 do not load in "
+             "onnxruntime 1.32 with its default optimizations)", ""]
     if result.metrics:
         lines += ["## Accuracy", "", "| setting | top-1 | weight storage (bytes) | quantizer |", "|---|---|---|---|"]
         for s, acc in result.metrics.items():
@@ -634,18 +811,21 @@ def _model_card(arch: Mapping[str, Any], quant: Mapping[str, Any], result: Expor
         lines += ["", f"Top-1 on {card.get('test_images', '?')} test images with frozen BatchNorm statistics and "
                   "activation ranges (the deployed model). Weight storage: every parameter at the weight "
                   "bit-width, BatchNorm folded.", ""]
-    lines += ["## Files", "", "| file | bytes | max abs logit diff | top-1 agreement | with ORT QDQ fusion |",
-              "|---|---|---|---|---|"]
+    lines += ["## Files", "", "| file | bytes | ms per image | max abs logit diff | top-1 agreement | "
+              "with ORT QDQ fusion |", "|---|---|---|---|---|---|"]
     for f, size in result.files.items():
         v = result.verification.get(f)
         fused = f"{100 * v['fused_top1_agreement']:.2f}%" if v and "fused_top1_agreement" in v else "-"
-        lines.append(f"| {f} | {size:,} | " + (f"{v['max_abs_diff']:.3g} | {100 * v['top1_agreement']:.2f}% | {fused} |"
-                                              if v else "- | - | - |"))
+        ms = f"{result.latency_ms[f]:.3f}" if f in result.latency_ms else "-"
+        lines.append(f"| {f} | {size:,} | {ms} | " + (f"{v['max_abs_diff']:.3g} | {100 * v['top1_agreement']:.2f}% | "
+                                                        f"{fused} |" if v else "- | - | - |"))
     n = int(next(iter(result.verification.values()), {}).get("images", 0))
     lines += ["", f"Each ONNX file was run in onnxruntime on {n} real test images and compared with the PyTorch "
               "fake-quant model (same scales; QDQ fusion off, so the graph runs as written). The last column is "
               "onnxruntime's default: QDQ fused into its integer kernels, biases re-quantized to int32 (an "
-              "approximation at 2-4 bits). `quant.json` lists every scale and zero point.", ""]
+              "approximation at 2-4 bits). `quant.json` lists every scale and zero point. Milliseconds per image: "
+              "onnxruntime CPU, one thread, batch 1, default optimizations, median of interleaved runs on the "
+              "exporting machine (other load on it moves them).", ""]
     mean, std = arch.get("mean", [0.0]), arch.get("std", [1.0])
     c, h, w = arch.get("input_shape", [1, 28, 28])
     first = next(iter(quant["settings"]), "w8a8")
@@ -719,6 +899,8 @@ def load_quantized(path: str | Path, setting: str | None = None) -> tuple[QuantM
 
 
 METRIC_SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
+DEFAULT_TEST_SIZE = 1000  # model-card accuracies: a quick estimate; --test-size 10000 for the full test set
+FIRST_LAST_ATTR = "first_last_bits"  # the study attribute holding the search's first/last-layer rule
 
 
 def _pick_run(record: Mapping[str, Any], target: str | None) -> dict[str, Any] | None:
@@ -740,28 +922,33 @@ def export_trial(
     predictor: Any = None,
     root: Path = Path("studies"),
     verify_size: int = 1000,
-    test_size: int | None = None,
+    test_size: int | None = DEFAULT_TEST_SIZE,
     force: bool = False,
-    on_phase: Any = None,
+    first_last_bits: int | str | None = "study",
+    latency_rounds: int = 20,
+    hooks: ExportHooks | None = None,
 ) -> ExportResult:
     """Export one trial: its FAQ-finetuned weights (``qnas finetune``) when there are some, else the
     predictor's parameters calibrated without training. ``bits`` (a target setting such as ``w4a4``)
-    selects the sub-8-bit QCDQ file; default: the finetuned setting, else the study's target."""
+    selects the sub-8-bit QCDQ file; default: the finetuned setting, else the study's target.
+    ``test_size``: test images of the model card's accuracies (None: all). ``first_last_bits``: the
+    first/last-layer rule (:func:`qnas.quant.first_last_rule`: 8 or None); ``"study"``: the finetuned run's,
+    else the study's ``first_last_bits`` attribute, else ``FIRST_LAST_BITS``."""
     from safetensors.torch import load_file
 
     from qnas.data import normalize
     from qnas.finetune import (
-        _set_bn_stats,
-        _subset,
         accuracy,
         initial_module,
+        random_subset,
         read_record,
         record_path,
+        set_bn_stats,
     )
     from qnas.search import study_granularity
     from search_spaces import get_space
 
-    phase = on_phase or (lambda _text: None)
+    hooks = hooks or ExportHooks()
     info = dataset.info
     space_name = study.user_attrs.get("space", "convnets250k")
     space = get_space(space_name)
@@ -778,7 +965,11 @@ def export_trial(
         if not weights.exists():
             raise QnasError(f"finetuned weights {str(weights)!r} are missing; run `qnas finetune` again")
         module.load_state_dict(load_file(str(weights)), strict=True)
-        fl8 = bool(run["config"].get("first_last_8bit", True))
+        trained = FIRST_LAST_BITS if run["config"].get("first_last_8bit", True) else None
+        if first_last_bits != "study" and parse_first_last_bits(first_last_bits) != trained:
+            raise QnasError(f"trial {trial.number} was finetuned with first/last layers at "
+                            f"{trained or 'the setting'}'s bits; export it with that rule (or finetune again)")
+        fl_bits = trained
         granularity = str(run["config"].get("granularity", "tensor"))  # records before the field: per tensor
         source = (f"FAQ-finetuned at {run['setting']} for {run['config']['epochs']} epochs from "
                   f"{run['source']}")
@@ -787,21 +978,24 @@ def export_trial(
             raise QnasError(f"trial {trial.number} was not finetuned and no predictor is available; run "
                             "`qnas finetune` first or pass --predictor")
         module, init_source = initial_module(space, genome, info, "ghn", predictor, target)
-        fl8 = True
+        fl_bits = parse_first_last_bits(study.user_attrs.get(FIRST_LAST_ATTR, FIRST_LAST_BITS)
+                                        if first_last_bits == "study" else first_last_bits)
         granularity = study_granularity(study)
         source = f"{init_source}, not finetuned (post-training quantization)"
     module.eval()
     qmodel, lay = layout(module)
-    idx = _subset(len(dataset.train_labels), None, 0)[:320]
+    idx = random_subset(len(dataset.train_labels), None, 0)[:320]
     calib_x = normalize(dataset.train_images[idx], info)
+    names = list(dict.fromkeys([*METRIC_SETTINGS[1:], target]))
+    hooks.stage("calibrating", len(names) + (run is None))
     if run is None:
-        phase("calibrating BatchNorm")
-        _set_bn_stats(module, calibrate(qmodel, calib_x).bn)  # float statistics
+        set_bn_stats(module, calibrate(qmodel, calib_x).bn)  # float statistics
+        hooks.advance()
     stats = bn_stats(module)
 
     settings: dict[str, tuple[QuantSpec, Calibration, str]] = {}
-    for name in dict.fromkeys([*METRIC_SETTINGS[1:], target]):
-        spec = replace(QuantSpec.parse(name), first_last_8bit=fl8, granularity=granularity)
+    for name in names:
+        spec = first_last_rule(replace(QuantSpec.parse(name), granularity=granularity), fl_bits)
         if run is not None and run["setting"] == name:
             ranges = {k: (float(v[0]), float(v[1])) for k, v in run["ranges"].items()}
             cal = Calibration(bn=stats, ranges=ranges, num_images=0)
@@ -810,23 +1004,26 @@ def export_trial(
             # Not trained at this setting: calibrate it as the search scored it (BN statistics and
             # activation ranges measured in the quantized network, the engine's range rule). FAQ's
             # float-network percentiles scored 25.9% vs 48.7% at W2A2 (benchmarks/activation_ranges.py).
-            phase(f"calibrating {name}")
             cal = calibrate(qmodel, calib_x, spec=spec)
             settings[name] = (spec, cal, f"post-training (calibrated quantized, {spec.spelled_out().name})")
+        hooks.advance()
     n_test = len(dataset.test_labels) if test_size is None else min(test_size, len(dataset.test_labels))
     test_x, test_y = normalize(dataset.test_images[:n_test], info), dataset.test_labels[:n_test]
-    phase("measuring accuracy")
+    hooks.stage(f"top-1 on {n_test:,} test images", len(settings) + 1)
     metrics = {"fp32": accuracy(qmodel, Calibration(bn=stats, ranges={}, num_images=0), None, test_x, test_y)}
+    hooks.advance()
     for name, (spec, cal, _) in settings.items():
         metrics[name] = accuracy(qmodel, cal, spec, test_x, test_y)
+        hooks.advance()
     arch = {"format": FORMAT, "version": FORMAT_VERSION, "space": space_name, "genome": trial.user_attrs["genome"],
             "arch": trial.user_attrs.get("arch", space.to_string(genome)), "dataset": info.name,
             "input_shape": list(info.input_shape), "num_classes": info.num_classes, "mean": list(info.mean),
             "std": list(info.std), "class_names": list(info.class_names), "study": study.study_name,
             "trial": trial.number, "params": trial.user_attrs.get("params"), "macs": trial.user_attrs.get("macs"),
-            "weights_source": source, "target": target}
+            "weights_source": source, "target": target, "first_last_bits": fl_bits or "same"}
     onnx_settings = tuple(dict.fromkeys(["w8a8", target]))
-    phase("writing and checking ONNX")
+    verify_x = normalize(dataset.test_images[:verify_size], info)
     return export_model(module, out_dir, arch=arch, input_shape=tuple(info.input_shape), settings=settings,
-                        onnx_settings=onnx_settings, verify_images=test_x[:verify_size], metrics=metrics,
-                        card={"test_images": n_test, "weights_source": source}, force=True)
+                        onnx_settings=onnx_settings, verify_images=verify_x, metrics=metrics,
+                        card={"test_images": n_test, "weights_source": source}, force=True,
+                        latency_rounds=latency_rounds, hooks=hooks)

@@ -50,7 +50,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,22 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qnas.errors import QnasError
-from qnas.quant import Calibration, QuantModel, QuantSpec, _percentile, calibrate, prepare, with_granularity
+from qnas.quant import (
+    Calibration,
+    QuantModel,
+    QuantSpec,
+    calibrate,
+    first_last_rule,
+    layer_bits,
+    percentile,
+    prepare,
+    with_granularity,
+)
 
 __all__ = [
     "FAQConfig",
     "FAQResult",
+    "Capture",
     "Hooks",
     "Layout",
     "accuracy",
@@ -72,6 +83,8 @@ __all__ = [
     "layout",
     "load_params",
     "percentile_for",
+    "random_subset",
+    "set_bn_stats",
     "weight_clip_for",
 ]
 
@@ -105,7 +118,7 @@ class FAQConfig:
     final_lr: float = 1e-6
     momentum: float = 0.9
     weight_decay: float = 5e-5
-    first_last_8bit: bool = True
+    first_last_8bit: bool = True  # qnas.quant.first_last_rule at its default (8 bits) or off ("same")
     train_size: int | None = 10_000  # None: the whole training split
     calib_batches: int = 5
     calib_batch_size: int = 64
@@ -136,7 +149,7 @@ class FAQConfig:
     @property
     def spec(self) -> QuantSpec:
         base = QuantSpec.parse(with_granularity([self.setting], self.granularity)[0])
-        return replace(base, first_last_8bit=self.first_last_8bit)
+        return first_last_rule(base, 8 if self.first_last_8bit else None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,12 +213,10 @@ class Layout:
     env: dict[str, str]  # fx node name -> the step whose value it is (fused nodes alias their step)
 
     def w_bits(self, spec: QuantSpec, layer: WeightLayer) -> int | None:
-        b = spec.w_bits
-        return 8 if b is not None and b < 8 and layer.first_last and spec.first_last_8bit else b
+        return layer_bits(spec.w_bits, layer.first_last, spec)
 
     def a_bits(self, spec: QuantSpec, point: QuantPoint) -> int | None:
-        b = spec.a_bits
-        return 8 if b is not None and b < 8 and point.first_last and spec.first_last_8bit else b
+        return layer_bits(spec.a_bits, point.first_last, spec)
 
 
 def layout(module: nn.Module) -> tuple[QuantModel, Layout]:
@@ -257,7 +268,7 @@ def _bn_modules(module: nn.Module) -> dict[str, nn.BatchNorm2d]:
     return {n: m for n, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)}
 
 
-def _set_bn_stats(module: nn.Module, stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+def set_bn_stats(module: nn.Module, stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Store statistics in the BN buffers, so ``module.eval()`` is the network the engine runs."""
     bns = _bn_modules(module)
     with torch.no_grad():
@@ -276,7 +287,7 @@ def bn_stats(module: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 # Calibration (FAQ section 3.2)
 
 
-class _Capture(fx.Interpreter):
+class Capture(fx.Interpreter):
     """Runs the float network with BN on fixed statistics and keeps the outputs of chosen nodes."""
 
     def __init__(self, gm: fx.GraphModule, stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
@@ -319,7 +330,7 @@ def faq_calibration(
     if stats is None:
         stats = calibrate(qmodel, images, batch_size=batch_size).bn
     gm = fx.GraphModule(qmodel, lay.graph)
-    capture = _Capture(gm, stats, {p.tail: p.name for p in lay.points})
+    capture = Capture(gm, stats, {p.tail: p.name for p in lay.points})
     ranges: dict[str, tuple[float, float]] = {}
     with torch.no_grad():
         for chunk in images.split(batch_size):
@@ -329,7 +340,7 @@ def faq_calibration(
                 bits = lay.a_bits(spec, p) or 8  # float points still get a range (unused)
                 q = low_bit_percentile if low_bit_percentile is not None and bits < 8 else percentile_for(bits)
                 y = capture.seen[p.name]
-                lo, hi = _percentile(y, 100.0 - q), _percentile(y, q)
+                lo, hi = percentile(y, 100.0 - q), percentile(y, q)
                 old = ranges.get(p.name)
                 ranges[p.name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
     return Calibration(bn=dict(stats), ranges=ranges, num_images=len(images))
@@ -448,7 +459,7 @@ def accuracy(
 # The run
 
 
-def _subset(n: int, size: int | None, seed: int) -> torch.Tensor:
+def random_subset(n: int, size: int | None, seed: int) -> torch.Tensor:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order if size is None else order[: min(size, n)]
 
@@ -521,7 +532,7 @@ def finetune(
     per_channel = spec.granularity == "channel"
     has_bn = bool(_bn_modules(module))
 
-    idx = _subset(len(dataset.train_labels), config.train_size, config.seed)
+    idx = random_subset(len(dataset.train_labels), config.train_size, config.seed)
     train_x, train_y = dataset.train_images[idx], dataset.train_labels[idx]
     calib_x = normalize(train_x[: config.calib_batches * config.calib_batch_size], info)
     if eval_data is None:
@@ -535,7 +546,7 @@ def finetune(
         cal = faq_calibration(qmodel, lay, calib_x, spec, batch_size=config.calib_batch_size)
         if zero_dead_channels(module, lay, cal.bn):  # their statistics change: estimate them again
             cal = faq_calibration(qmodel, lay, calib_x, spec, batch_size=config.calib_batch_size)
-        _set_bn_stats(module, cal.bn)
+        set_bn_stats(module, cal.bn)
         _bake_clip(module, plan, per_channel)
         return cal
 

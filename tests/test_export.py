@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import onnx
@@ -62,6 +63,12 @@ def test_export_writes_every_file_and_onnx_matches_pytorch(exported):
     assert fp["max_abs_diff"] < 1e-4 * max(1.0, fp["mean_abs_logit"])
     card = (out / "README.md").read_text()
     assert "qnas.load(" in card and "model_w2a2_qcdq.onnx" in card and "| fp32 | 50.00% |" in card
+    # The card states measured latency per file, and the first/last-layer rule.
+    assert set(res.latency_ms) == {f for f in names if f.endswith(".onnx")} and min(res.latency_ms.values()) > 0
+    int8 = "model_int8_qdq.onnx"
+    assert f"| {int8} | {res.files[int8]:,} | {res.latency_ms[int8]:.3f} |" in card
+    assert "first/last layers: first and last weight layers" in card
+    assert not list(out.parent.glob(".qnas-partial-*"))  # the partial directory was renamed into place
 
 
 def _ops(path: Path) -> list[str]:
@@ -75,11 +82,37 @@ def _clip_max(path: Path) -> set[int]:
             and inits[n.input[2]].dtype.name == "uint8"}
 
 
+def _weight_inits(path: Path) -> dict[str, onnx.TensorProto]:
+    return {i.name: i for i in onnx.load(str(path)).graph.initializer if i.name.endswith(".weight_quantized")}
+
+
 def test_onnx_graph_conventions(exported):
-    _, _, out, _, _ = exported
+    _, _, out, res, _ = exported
     assert not {"QuantizeLinear", "DequantizeLinear"} & set(_ops(out / "model.onnx"))
     int8 = _ops(out / "model_int8_qdq.onnx")
     assert "QuantizeLinear" in int8 and "DequantizeLinear" in int8 and "Clip" not in int8
+    # int8: symmetric signed weights, zero point 0 (what onnxruntime's integer kernels run fast).
+    model = onnx.load(str(out / "model_int8_qdq.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    for name, w in _weight_inits(out / "model_int8_qdq.onnx").items():
+        assert w.data_type == onnx.TensorProto.INT8
+        zp = onnx.numpy_helper.to_array(inits[name.replace("_quantized", "_zero_point")])
+        assert zp.dtype.name == "int8" and not zp.any()
+        assert onnx.numpy_helper.to_array(w).min() >= -127
+    # Sub-8-bit: weights stored as UINT4 (2-bit ones too: 4-bit containers), first/last layers INT8.
+    quant = json.loads((out / "quant.json").read_text())
+    for setting in ("w4a4", "w2a2"):
+        f = out / f"model_{setting}_qcdq.onnx"
+        types = {n: w.data_type for n, w in _weight_inits(f).items()}
+        for module, q in quant["settings"][setting]["weights"].items():
+            want = onnx.TensorProto.INT8 if q["bits"] == 8 else onnx.TensorProto.UINT4
+            assert types[q["onnx_initializer"]] == want, (setting, module)
+        assert types["stem.0.weight_quantized"] == onnx.TensorProto.INT8  # first layer: 8 bits
+        assert onnx.load(str(f)).opset_import[0].version == 21
+    # 4-bit weights take half the bytes of 8-bit ones (two to a byte).
+    for name, w in _weight_inits(out / "model_w4a4_qcdq.onnx").items():
+        n = math.prod(w.dims)
+        assert len(w.raw_data) == (n if w.data_type == onnx.TensorProto.INT8 else (n + 1) // 2), name
     # QCDQ: Q -> Clip to the low-bit range -> DQ; first/last layers and their activations stay 8-bit.
     assert _clip_max(out / "model_w4a4_qcdq.onnx") == {15}
     assert _clip_max(out / "model_w2a2_qcdq.onnx") == {3}
@@ -92,7 +125,12 @@ def test_onnx_graph_conventions(exported):
     w4 = quant["settings"]["w4a4"]
     assert w4["spec"] == "w4a4-fl8" and w4["weights"]["stem.0"]["bits"] == 8 and w4["activations"]["x"]["bits"] == 8
     assert {v["bits"] for v in w4["weights"].values()} == {4, 8}
-    for entry in [*w4["weights"].values(), *w4["activations"].values()]:
+    assert "first and last weight layers" in w4["first_last"]
+    for entry in w4["weights"].values():
+        assert entry["symmetric"] == (entry["bits"] == 8)
+        assert entry["storage"] == ("int8" if entry["bits"] == 8 else "uint4")
+        assert entry["scale"] > 0 and entry["levels"][0] <= entry["zero_point"] <= entry["levels"][1]
+    for entry in w4["activations"].values():
         assert entry["scale"] > 0 and 0 <= entry["zero_point"] < 2 ** entry["bits"]
 
 
@@ -182,8 +220,10 @@ def test_per_channel_weights_export_bit_exact_and_match_onnx(fashion):  # noqa: 
             shape = (-1, *([1] * (w.dim() - 1)))
             deq = (levels - torch.tensor(q["zero_point"], dtype=torch.float32).reshape(shape)) * torch.tensor(
                 q["scale"], dtype=torch.float32).reshape(shape)
-            assert torch.equal(deq, quantize_weight(w, spec.w_bits, granularity="channel"))
-        dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.name.endswith(".weight_dq")]
+            symmetric = spec.weight_symmetric(spec.w_bits)
+            assert q["symmetric"] == symmetric == (spec.w_bits == 8)
+            assert torch.equal(deq, quantize_weight(w, spec.w_bits, granularity="channel", symmetric=symmetric))
+        dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0].endswith(".weight_dq")]
         assert dq and all(a.name == "axis" and a.i == 0 for n in dq for a in n.attribute)
 
 
@@ -272,13 +312,54 @@ def test_cli_export_mismatch_exits_1(finetuned_study, small_fashion, tmp_path, c
     import qnas.export as E
 
     url, root = finetuned_study
-    real = E._int_weight
-    monkeypatch.setattr(E, "_int_weight", lambda w, scale, zp, bits: (real(w, scale, zp, bits) // 2))
+    real = E.int_weight
+    monkeypatch.setattr(E, "int_weight", lambda w, scale, zp, bits, sym: (real(w, scale, zp, bits, sym) // 2))
     assert main(_export_args(url, root, small_fashion, tmp_path / "bad", "--trial", "0")) == 1
     err = capsys.readouterr().err
     assert "differs from" in err and err.count("\n") == 1
 
 
 def test_load_errors_are_one_line(tmp_path):
-    with pytest.raises(QnasError, match="arch.json is missing"):
+    with pytest.raises(QnasError, match="arch.json"):
         qnas.load(tmp_path)
+
+
+def test_interrupted_export_leaves_nothing_loadable(exported, tmp_path, monkeypatch):
+    import qnas.export as E
+
+    module, settings, out, _, images = exported
+    arch = json.loads((out / "arch.json").read_text())
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(E, "verify_onnx", interrupt)
+    target = tmp_path / "m"
+    with pytest.raises(KeyboardInterrupt):
+        export_model(module, target, arch=arch, input_shape=(1, 28, 28), settings=settings, onnx_settings=SETTINGS,
+                     verify_images=images[:50], latency_rounds=0)
+    assert not target.exists() and not list(tmp_path.glob(".qnas-partial-*"))
+    # Over an existing export (--force): the old one stays whole until the new one is complete.
+    monkeypatch.undo()
+    export_model(module, target, arch=arch, input_shape=(1, 28, 28), settings=settings, onnx_settings=("w8a8",),
+                 verify_images=images[:50], latency_rounds=0)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    monkeypatch.setattr(E, "verify_onnx", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(module, target, arch=arch, input_shape=(1, 28, 28), settings=settings, onnx_settings=SETTINGS,
+                     verify_images=images[:50], force=True, latency_rounds=0)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    qnas.load(target)
+
+
+def test_cli_export_first_last_rule(finetuned_study, small_fashion, tmp_path, capsys):  # noqa: F811
+    url, root = finetuned_study
+    # Finetuned with first/last at 8 bits: exporting it under another rule is refused (one line, exit 2).
+    assert main(_export_args(url, root, small_fashion, tmp_path / "x", "--trial", "0", "--first-last-bits",
+                             "same")) == 2
+    err = capsys.readouterr().err
+    assert "finetuned with first/last layers" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exc:
+        main(_export_args(url, root, small_fashion, tmp_path / "y", "--trial", "0", "--first-last-bits", "4"))
+    assert exc.value.code == 2 and "--first-last-bits" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -14,9 +14,9 @@ from torch import nn
 from qnas import data
 from qnas.cli import main
 from qnas.finetune import (
+    Capture,
     FAQConfig,
     Hooks,
-    _Capture,
     _clip_plan,
     _clipped,
     _fold_scale,
@@ -124,7 +124,7 @@ def test_calibration_uses_percentiles_and_clip_is_baked(fashion):
     cal = faq_calibration(qmodel, lay, images, spec, batch_size=128)  # one batch
     assert set(cal.ranges) == set(qmodel.quant_points) and set(cal.bn) == {"b1", "b2"}
     # The float activations with the frozen statistics, at each quantization point:
-    capture = _Capture(torch.fx.GraphModule(qmodel, lay.graph), cal.bn, {p.tail: p.name for p in lay.points})
+    capture = Capture(torch.fx.GraphModule(qmodel, lay.graph), cal.bn, {p.tail: p.name for p in lay.points})
     with torch.no_grad():
         capture.run(images)
     for p in lay.points:

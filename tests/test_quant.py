@@ -17,7 +17,6 @@ from qnas.quant import (
     SETTINGS,
     QuantSpec,
     _depthwise_shifted,
-    _percentile,
     calibrate,
     fake_quantize,
     first_last_rule,
@@ -25,6 +24,7 @@ from qnas.quant import (
     layer_bits,
     parse_first_last_bits,
     parse_specs,
+    percentile,
     prepare,
     qparams,
     quantize_activation,
@@ -381,12 +381,12 @@ def test_activation_range_rule_parses_and_defaults_by_bits() -> None:
 def test_percentile_of_a_large_tensor_is_sampled_close_and_deterministic() -> None:
     x = torch.randn(64, 16, 28, 28, generator=torch.Generator().manual_seed(3))  # 800k values: sampled
     flat = x.flatten()
-    got = _percentile(x, 99.5)
-    assert got == _percentile(x, 99.5)
+    got = percentile(x, 99.5)
+    assert got == percentile(x, 99.5)
     rank = (flat <= got).float().mean().item()
     assert abs(rank - 0.995) < 0.0015  # ~5 s.d. of a 65,536-value sample
     small = x[:1, :1]  # 784 values: exact
-    assert _percentile(small, 99.5) == small.flatten().kthvalue(math.ceil(0.995 * 784)).values.item()
+    assert percentile(small, 99.5) == small.flatten().kthvalue(math.ceil(0.995 * 784)).values.item()
 
 
 def test_low_bit_activation_ranges_are_percentiles() -> None:

@@ -23,6 +23,21 @@ def _trial_list(text: str) -> list[int]:
     return numbers
 
 
+def _first_last_bits(text: str) -> int | str | None:
+    from qnas.quant import parse_first_last_bits
+
+    if text == "study":  # export's default: the rule the trial was finetuned or searched with
+        return text
+    try:
+        return parse_first_last_bits(text)
+    except QnasError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_FIRST_LAST_HELP = ("first and last weight layers, the network input and the last layer's input: 8 (kept at 8 bits) "
+                    "or 'same' (quantized at the setting); qnas.quant.first_last_rule, as search scores")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from qnas.finetune import FAQConfig
 
@@ -63,7 +78,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="start from the predictor's parameters (default) or PyTorch's random init")
     f.add_argument("--predictor", default=None,
                    help="GHN name or checkpoint for --init ghn (default: the study's predictor, else the shipped one)")
-    f.add_argument("--no-first-last-8bit", action="store_true", help="quantize first/last layer at the setting too")
+    fl = f.add_mutually_exclusive_group()
+    fl.add_argument("--first-last-bits", type=_first_last_bits, default="8", help=_FIRST_LAST_HELP + " (default 8)")
+    fl.add_argument("--no-first-last-8bit", action="store_true", help="the same as --first-last-bits same")
     f.add_argument("--freeze-bn-at", type=float, default=d.freeze_bn_at, metavar="FRACTION",
                    help="train the first FRACTION of the steps with BatchNorm on batch statistics, then freeze "
                    "(default 0: frozen from the start, best from GHN-predicted parameters; 0.5 helps --init random)")
@@ -86,7 +103,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "model_wXaX_qcdq.onnx (QuantizeLinear -> Clip -> DequantizeLinear), and a README.md model card. Uses "
         "the FAQ-finetuned weights of `qnas finetune` when present, else the predictor's parameters. Every "
         "ONNX file is run in onnxruntime on test images and compared with the PyTorch fake-quant model; a "
-        "mismatch exits with 1. --trial writes to OUT; --pareto writes OUT/trial-N per Pareto trial.",
+        "mismatch exits with 1. --trial writes to OUT; --pareto writes OUT/trial-N per Pareto trial. Each "
+        "directory is written beside its place and renamed into it when complete.",
     )
     e.add_argument("--study", type=study_name, required=True, help="study name")
     e.add_argument("--storage", help=_STORAGE_HELP)
@@ -100,7 +118,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--predictor", default=None, help="GHN for trials that were not finetuned (default: the study's)")
     e.add_argument("--verify-size", type=positive_int, default=1000, help="test images for the ONNX check "
                    "(default 1000)")
-    e.add_argument("--test-size", type=positive_int, default=None, help="test images for the model card (default all)")
+    e.add_argument("--test-size", type=positive_int, default=None,
+                   help="test images for the model card's accuracies (default 1,000; the test set has 10,000)")
+    e.add_argument("--first-last-bits", type=_first_last_bits, default="study",
+                   help=_FIRST_LAST_HELP + " (default: the finetuned run's rule, else the study's, else 8)")
+    e.add_argument("--no-timing", action="store_true", help="skip the onnxruntime latency in the model card")
+    e.add_argument("--quiet", action="store_true", help="no progress display")
     e.add_argument("--data-dir", default=None, help="where the dataset files are")
     e.add_argument("--out-root", type=Path, default=Path("studies"), help="where `qnas finetune` wrote its results "
                    "(default studies)")
@@ -134,7 +157,8 @@ def _finetune(args: argparse.Namespace) -> int:
     granularity = args.granularity or study_granularity(study)  # finetune for the quantizer it was chosen under
     config = FAQConfig(setting=setting, granularity=granularity, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr,
-                       weight_decay=args.weight_decay, first_last_8bit=not args.no_first_last_8bit,
+                       weight_decay=args.weight_decay,
+                       first_last_8bit=args.first_last_bits is not None and not args.no_first_last_8bit,
                        train_size=args.train_size, freeze_bn_at=args.freeze_bn_at, seed=args.seed)
     trials = choose_trials(study, args.trials, args.top_k)
     predictor = None
@@ -175,9 +199,10 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from qnas.export import VerificationError, export_trial
+    from qnas.export import DEFAULT_TEST_SIZE, ExportHooks, VerificationError, export_trial, prepare_dir
     from qnas.finetune import study_trial
     from qnas.search import pareto_front, parse_target
 
@@ -193,35 +218,49 @@ def _export(args: argparse.Namespace) -> int:
     else:
         targets = [(study_trial(study, args.trial), args.out)]
     for _, out in targets:  # refuse before any work, so an export is never half-replaced
-        if out.is_dir() and any(out.iterdir()) and not args.force:
-            raise QnasError(f"{str(out)!r} is not empty; pass --force to overwrite the exported files there")
+        prepare_dir(out, args.force)
     # Finetuned trials need no predictor: a missing one is an error only for a trial that is not finetuned.
     predictor, why = _study_predictor(args.predictor, study, dataset.info)
     results = []
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), console=console,
+                        disable=args.quiet or not console.is_terminal)  # no stray lines in logs and pipes
     try:
-        for t, out in targets:
-            with console.status(f"exporting trial {t.number} to {out}"):
+        with progress:
+            for t, out in targets:
+                task = progress.add_task(f"trial {t.number} -> {out}", total=None, stage="loading")
+
+                def stage(name: str, total: int | None, task: int = task) -> None:
+                    progress.update(task, stage=name, total=total, completed=0)
+
+                hooks = ExportHooks(on_stage=stage, on_advance=lambda n, task=task: progress.advance(task, n))
                 try:
-                    results.append((t, export_trial(study, t, out, dataset=dataset, bits=bits, predictor=predictor,
-                                                    root=args.out_root, verify_size=args.verify_size,
-                                                    test_size=args.test_size, force=args.force)))
+                    results.append((t, export_trial(
+                        study, t, out, dataset=dataset, bits=bits, predictor=predictor, root=args.out_root,
+                        verify_size=args.verify_size, test_size=args.test_size or DEFAULT_TEST_SIZE,
+                        force=args.force, first_last_bits=args.first_last_bits,
+                        latency_rounds=0 if args.no_timing else 20, hooks=hooks)))
+                except VerificationError:
+                    raise
                 except QnasError as exc:
                     raise QnasError(f"{exc} ({why})" if predictor is None and why else str(exc)) from None
+                progress.update(task, stage="done")
     except VerificationError as exc:
         sys.stderr.write(f"qnas: error: {exc}\n")
         return 1
     if args.json:
         print(json.dumps([{"trial": t.number, "out": str(r.out_dir), "files": r.files, "metrics": r.metrics,
-                           "verification": r.verification} for t, r in results], indent=1))
+                           "latency_ms": r.latency_ms, "verification": r.verification} for t, r in results], indent=1))
         return 0
     for t, r in results:
         table = Table(title=f"trial {t.number} -> {r.out_dir}  (" + ", ".join(
             f"{k} {100 * v:.1f}%" for k, v in r.metrics.items()) + ")")
-        for col in ("file", "bytes", "max |diff|", "top-1 agree", "ORT fused: agree"):
+        for col in ("file", "bytes", "ms/image", "max |diff|", "top-1 agree", "ORT fused: agree"):
             table.add_column(col)
         for f, size in r.files.items():
             v = r.verification.get(f, {})
-            table.add_row(f, f"{size:,}", f"{v['max_abs_diff']:.2e}" if v else "",
+            ms = f"{r.latency_ms[f]:.3f}" if f in r.latency_ms else ""
+            table.add_row(f, f"{size:,}", ms, f"{v['max_abs_diff']:.2e}" if v else "",
                           f"{100 * v['top1_agreement']:.2f}%" if v else "",
                           f"{100 * v['fused_top1_agreement']:.2f}%" if "fused_top1_agreement" in v else "")
         console.print(table)
