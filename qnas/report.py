@@ -55,6 +55,18 @@ def study_target(study: optuna.Study) -> str:
     raise QnasError(f"study {study.study_name!r} was not made by `qnas search` (no target setting recorded)")
 
 
+def study_objective(study: optuna.Study) -> str:
+    """What the study maximized at its target: ``pred_top1`` (the ranker's predicted trained top-1) or ``top1``."""
+    return str(study.user_attrs.get("objective", "top1"))
+
+
+def value(t: FrozenTrial, setting: str, by: str = "top1") -> float:
+    """A trial's ``by`` score at ``setting`` (``pred_top1`` falls back to the raw GHN top-1 where the ranker
+    has no model for that setting)."""
+    a = t.user_attrs
+    return float(a.get(f"{by}_{setting}", a[f"top1_{setting}"]))
+
+
 def is_feasible(t: FrozenTrial) -> bool:
     return all(v <= 0 for v in t.constraints.values()) and not t.user_attrs.get("infeasible")
 
@@ -77,16 +89,16 @@ def settings_of(trials: Sequence[FrozenTrial]) -> list[str]:
     return [s for s in SETTINGS if s in keys] + sorted(keys - set(SETTINGS))
 
 
-def front(trials: Iterable[FrozenTrial], setting: str) -> list[FrozenTrial]:
-    """Non-dominated trials for (top-1 at ``setting`` up, params down), sorted by params."""
+def front(trials: Iterable[FrozenTrial], setting: str, by: str = "top1") -> list[FrozenTrial]:
+    """Non-dominated trials for (``by`` score at ``setting`` up, params down), sorted by params."""
     pts = [t for t in trials if f"top1_{setting}" in t.user_attrs]
     # Sweep by params ascending (ties: best accuracy first): a point is on the front when it beats
     # every smaller model's accuracy.
-    pts.sort(key=lambda t: (t.user_attrs["params"], -t.user_attrs[f"top1_{setting}"]))
+    pts.sort(key=lambda t: (t.user_attrs["params"], -value(t, setting, by)))
     out: list[FrozenTrial] = []
     best = -math.inf
     for t in pts:
-        acc = t.user_attrs[f"top1_{setting}"]
+        acc = value(t, setting, by)
         if acc > best:
             out.append(t)
             best = acc
@@ -94,13 +106,13 @@ def front(trials: Iterable[FrozenTrial], setting: str) -> list[FrozenTrial]:
 
 
 def best_trials(study: optuna.Study, top: int | None = 10, pareto: bool = False) -> list[FrozenTrial]:
-    """Best feasible trials by top-1 at the target (ties: fewer params), or the target Pareto front."""
-    target = study_target(study)
+    """Best feasible trials by the study's objective at the target (ties: fewer params), or its Pareto front."""
+    target, by = study_target(study), study_objective(study)
     trials = scored_trials(study, target)
     if pareto:
-        chosen = front(trials, target)
+        chosen = front(trials, target, by)
     else:
-        chosen = sorted(trials, key=lambda t: (-t.user_attrs[f"top1_{target}"], t.user_attrs["params"], t.number))
+        chosen = sorted(trials, key=lambda t: (-value(t, target, by), t.user_attrs["params"], t.number))
     return chosen[:top] if top is not None else chosen
 
 
@@ -141,12 +153,12 @@ def list_studies(url: str) -> list[StudyRow]:
         best = None
         if target:
             scored = scored_trials(study, target)
-            best = max(scored, key=lambda t: t.user_attrs[f"top1_{target}"], default=None)
+            best = max(scored, key=lambda t: value(t, target, study_objective(study)), default=None)
         rows.append(StudyRow(
             storage=redact(url), name=summary.study_name, trials=len(trials),
             complete=states.count(TrialState.COMPLETE), failed=states.count(TrialState.FAIL),
             running=states.count(TrialState.RUNNING), target=target, max_params=study.user_attrs.get("max_params"),
-            best_top1=None if best is None else float(best.user_attrs[f"top1_{target}"]),
+            best_top1=None if best is None else value(best, target, study_objective(study)),
             best_trial=None if best is None else best.number, started=summary.datetime_start,
         ))
     return rows
@@ -379,8 +391,9 @@ def _stats(study: optuna.Study, target: str) -> list[tuple[str, str]]:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     scored = scored_trials(study, target)
-    fr = front(scored, target)
-    best = max(scored, key=lambda t: t.user_attrs[f"top1_{target}"], default=None)
+    by = study_objective(study)
+    fr = front(scored, target, by)
+    best = max(scored, key=lambda t: value(t, target, by), default=None)
     seconds = sum(float(t.user_attrs.get("score_seconds", 0.0)) for t in complete)
     count = [t.state for t in trials].count
     return [
@@ -391,8 +404,8 @@ def _stats(study: optuna.Study, target: str) -> list[tuple[str, str]]:
         ("duplicates (cached)", f"{sum(1 for t in complete if 'scored_in_trial' in t.user_attrs):,}"),
         ("failed / running", f"{count(TrialState.FAIL)} / {count(TrialState.RUNNING)}"),
         ("Pareto front", f"{len(fr)} trials"),
-        (f"best top-1 at {target}",
-         "–" if best is None else f"{100 * best.user_attrs[f'top1_{target}']:.2f} % (#{best.number})"),
+        (f"best {'predicted trained ' if by == 'pred_top1' else ''}top-1 at {target}",
+         "–" if best is None else f"{100 * value(best, target, by):.2f} % (#{best.number})"),
         ("scoring time", f"{seconds:,.0f} s"),
     ]
 
@@ -400,16 +413,20 @@ def _stats(study: optuna.Study, target: str) -> list[tuple[str, str]]:
 def _front_table(study: optuna.Study, target: str) -> str:
     scored = scored_trials(study, target)
     settings = settings_of(scored)
-    rows = front(scored, target)
+    by = study_objective(study)
+    rows = front(scored, target, by)
     if not rows:
         return '<p class="note">No feasible trials yet.</p>'
-    head = "".join(f'<th class="{"hi" if s == target else ""}">{s}</th>' for s in settings)
+    predicted = by == "pred_top1"
+    head = ('<th class="hi">predicted trained</th>' if predicted else "") + "".join(
+        f'<th class="{"hi" if s == target and not predicted else ""}">GHN {s}</th>' for s in settings)
     out = [f"<table><thead><tr><th>trial</th><th>params</th><th>MACs</th>{head}"
            f'<th>size at {target}</th><th class="arch">architecture</th></tr></thead><tbody>']
     for t in reversed(rows):  # most accurate first, as users read it
         a = t.user_attrs
-        accs = "".join(f'<td class="{"hi" if s == target else ""}">{100 * a[f"top1_{s}"]:.2f}</td>'
-                       if f"top1_{s}" in a else "<td>–</td>" for s in settings)
+        accs = (f'<td class="hi">{100 * value(t, target, by):.2f}</td>' if predicted else "") + "".join(
+            f'<td class="{"hi" if s == target and not predicted else ""}">{100 * a[f"top1_{s}"]:.2f}</td>'
+            if f"top1_{s}" in a else "<td>–</td>" for s in settings)
         size = a.get("size_bytes", {}).get(target)
         out.append(f"<tr><td>{t.number}</td><td>{a['params']:,}</td><td>{a.get('macs', 0):,}</td>{accs}"
                    f"<td>{'–' if size is None else _bytes(size)}</td>"

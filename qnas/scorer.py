@@ -44,6 +44,7 @@ class GHNScorer:
     settings: tuple[str, ...] = SETTINGS
     granularity: str = "channel"  # weight scales of the quantized settings (see DEFAULT_GRANULARITY)
     act_ranges: str = "auto"  # activation range rule (see ACT_RANGES)
+    first_last_bits: int | None = 8  # qnas.quant.first_last_rule: the rule search, finetune and export share
     ranker: Any = None  # qnas.ranker.Ranker: predicted trained accuracy from the scores and cheap features
 
     @property
@@ -52,15 +53,19 @@ class GHNScorer:
         from qnas.quant import LOW_BIT_ACT_PERCENTILE, LOW_BITS
 
         act = "minmax" if self.act_ranges == "minmax" else f"a{LOW_BITS}p{LOW_BIT_ACT_PERCENTILE:g}"
-        return f"{self.bn_stats}/{self.granularity}/{act}"
+        first_last = "same" if self.first_last_bits is None else f"fl{self.first_last_bits}"
+        return f"{self.bn_stats}/{self.granularity}/{act}/{first_last}/w8sym"
 
     def spec_name(self, setting: str) -> str:
-        """The engine's setting for a reported one: ``w4a4`` -> ``w4a4-channel`` under per-channel scales
-        (``w4a4-channel-minmax`` with min/max activation ranges)."""
+        """The engine's setting for a reported one: ``w4a4`` -> ``w4a4-channel-fl8`` under per-channel scales
+        and the first/last-layer rule (``w4a4-channel-fl8-minmax`` with min/max activation ranges)."""
+        from qnas.quant import first_last_rule
+
         if setting == "fp32":
             return setting
         name = setting if self.granularity == "tensor" else f"{setting}-{self.granularity}"
-        return f"{name}-minmax" if self.act_ranges == "minmax" else name
+        name = f"{name}-minmax" if self.act_ranges == "minmax" else name
+        return first_last_rule(name, self.first_last_bits).name
 
     def predict(self, genome) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
         """The built module and its predicted parameters per setting."""
@@ -126,6 +131,7 @@ def make_scorer(
     device: str = "cpu",
     seed: int = 0,
     ranker: str | None = "auto",
+    first_last_bits: int | str | None = 8,
 ) -> GHNScorer:
     """Load the dataset's validation subset, the predictor and its ranker; errors are one-line QnasErrors.
 
@@ -135,7 +141,10 @@ def make_scorer(
     """
     from qnas.data import dataset_info, load_dataset, val_subset
     from qnas.predictors import load_predictor
+    from qnas.quant import parse_first_last_bits
     from qnas.score import DEFAULT_BN_STATS
+
+    first_last = parse_first_last_bits(first_last_bits)
 
     if granularity not in ("tensor", "channel"):
         raise QnasError(f"granularity must be tensor or channel, got {granularity!r}")
@@ -167,4 +176,5 @@ def make_scorer(
             raise QnasError("a ranker needs a trained predictor checkpoint, not the random GHN")
     return GHNScorer(space=space, predictor=pred, images=x, labels=y, input_shape=tuple(info.input_shape),
                      num_classes=info.num_classes, bn_stats=bn_stats or DEFAULT_BN_STATS, name=pred.header.name,
-                     version=version, granularity=granularity, act_ranges=act_ranges, ranker=fitted)
+                     version=version, granularity=granularity, act_ranges=act_ranges, first_last_bits=first_last,
+                     ranker=fitted)

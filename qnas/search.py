@@ -39,7 +39,9 @@ SAMPLERS = ("nsga2", "tpe", "random")
 # within seed noise; it is kept for its population (all cores busy, no sequential model to refit).
 DEFAULT_SAMPLER = "nsga2"
 # Study-level attributes that must match when a study is continued, so runs never silently mix.
-_CONTRACT = ("target", "max_params", "space", "dataset", "predictor", "protocol")
+# What a scorer returns per setting: raw GHN top-1/top-5 and loss, and the ranker's predicted trained top-1.
+SCORE_ATTRS = ("top1_", "top5_", "loss_", "pred_top1_")
+_CONTRACT = ("target", "max_params", "space", "dataset", "predictor", "protocol", "objective", "first_last_bits")
 # Study names become file names (studies/NAME.db, studies/NAME/): no separators, no hidden or empty names.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
@@ -71,7 +73,9 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     predictor: str = "fashion-mnist"
     population_size: int = 20
-    protocol: str = "calibrated/channel/a2p99.5"  # how scores were measured: BN stats / weights / activations
+    protocol: str = "calibrated/channel/a2p99.5/fl8/w8sym"  # how scores were measured (GHNScorer.protocol)
+    objective: str = "top1"  # what is maximized at the target: "pred_top1" (the ranker) or "top1" (raw GHN)
+    first_last_bits: int | None = 8  # qnas.quant.first_last_rule; recorded for finetune and export
 
 
 @dataclass
@@ -474,7 +478,9 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
         load_if_exists=True,
     )
     contract = {"target": cfg.target, "max_params": cfg.max_params, "space": cfg.space,
-                "dataset": cfg.dataset, "predictor": cfg.predictor, "protocol": cfg.protocol}
+                "dataset": cfg.dataset, "predictor": cfg.predictor, "protocol": cfg.protocol,
+                "objective": cfg.objective,
+                "first_last_bits": "same" if cfg.first_last_bits is None else cfg.first_last_bits}
     stored = {k: study.user_attrs.get(k) for k in _CONTRACT}
     # Compare only what is stored: workers starting together may see a contract half-written by another.
     diff = ", ".join(f"{k}: study has {stored[k]!r}, asked {contract[k]!r}" for k in _CONTRACT
@@ -487,7 +493,7 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
     if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([f"top1_{cfg.target}", "params"])
+            study.set_metric_names([f"{cfg.objective}_{cfg.target}", "params"])
     return study
 
 
@@ -580,7 +586,7 @@ def run_search(
         if arch in cache:
             hit = cache[arch]
             summary.cached += 1
-            metrics = {k: v for k, v in hit.items() if k.startswith(("top1_", "top5_"))}
+            metrics = {k: v for k, v in hit.items() if k.startswith(SCORE_ATTRS)}
             attrs.update(metrics, scored_in_trial=hit["_number"], score_seconds=0.0)
         else:
             t0 = time.perf_counter()
@@ -596,7 +602,7 @@ def run_search(
             summary.score_seconds += dt
             attrs.update(metrics, score_seconds=dt)
             cache[arch] = {**attrs, "_number": trial.number}
-        key = f"top1_{cfg.target}"
+        key = f"{cfg.objective}_{cfg.target}"
         if key not in metrics:
             raise QnasError(f"scorer {scorer.name!r} did not return {key}")
         _set_attrs(trial, attrs)

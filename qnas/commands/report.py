@@ -166,14 +166,15 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         keys = ("arch", "params", "macs", "size_bytes", "bitops", "genome")
         json.dump([{"number": t.number, **{k: t.user_attrs.get(k) for k in keys},
-                    **{k: v for k, v in t.user_attrs.items() if k.startswith(("top1_", "top5_"))}}
+                    **{k: v for k, v in t.user_attrs.items() if k.startswith(("top1_", "top5_", "pred_top1_"))}}
                    for t in trials], sys.stdout)
         sys.stdout.write("\n")
         return 0
     bound = study.user_attrs.get("max_params")
     under = f" under {bound:,} params" if bound else ""
     title = (f"Pareto front of {args.study!r} at {target}{under}" if args.pareto
-             else f"best {len(trials)} feasible trials of {args.study!r} by top-1 at {target}{under}")
+             else f"best {len(trials)} feasible trials of {args.study!r} by "
+             f"{'predicted trained ' if R.study_objective(study) == 'pred_top1' else ''}top-1 at {target}{under}")
     Console().print(_trials_table(study, trials, target, title))
     return 0
 
@@ -185,18 +186,27 @@ def _trials_table(study, trials, target: str, title: str, short: bool = False) -
     settings = R.settings_of(trials) or [target]
     if short:
         settings = [s for s in dict.fromkeys([target, "fp32"]) if s in settings]
+    predicted = R.study_objective(study) == "pred_top1"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for c in ("trial", "params") if short else ("trial", "params", "MACs"):
         table.add_column(c, justify="right", no_wrap=True)
+    if predicted:
+        table.add_column(f"pred. {target} *", justify="right", no_wrap=True, style="bold")
     for s in settings:
-        table.add_column(f"{s} *" if s == target else s, justify="right", no_wrap=True,
-                         style="bold" if s == target else None)
+        star = s == target and not predicted
+        table.add_column(f"{'GHN ' if predicted else ''}{s}{' *' if star else ''}", justify="right", no_wrap=True,
+                         style="bold" if star else None)
     table.add_column("architecture", overflow="fold", min_width=24)
-    table.caption = "top-1 accuracy in %; * = the target setting" if trials else "no feasible scored trials yet"
+    caption = ("pred. = the ranker's predicted top-1 after training (qnas.ranker); GHN = top-1 of the "
+               "GHN-predicted parameters; in %; * = what the search maximized") if predicted else \
+        "top-1 accuracy in %; * = the target setting"
+    table.caption = caption if trials else "no feasible scored trials yet"
     table.caption_justify = "left"
     for t in trials:
         a = t.user_attrs
         accs = [f"{100 * a[f'top1_{s}']:.2f}" if f"top1_{s}" in a else "–" for s in settings]
+        if predicted:
+            accs.insert(0, f"{100 * R.value(t, target, 'pred_top1'):.2f}")
         macs = [] if short else [f"{a.get('macs', 0) / 1e6:,.1f}M"]
         table.add_row(str(t.number), f"{a['params']:,}", *macs, *accs, str(a.get("arch", "")))
     return table

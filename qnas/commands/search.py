@@ -19,8 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "search",
         help="search architectures: quantized accuracy at --bits vs parameter count",
-        description="Multi-objective Optuna search over a space: maximize top-1 at the target bit setting "
-        "(parameters predicted by the GHN, fake-quantized), minimize parameters, under --max-params. "
+        description="Multi-objective Optuna search over a space: maximize the predicted trained top-1 at the target "
+        "bit setting (the ranker, from the accuracy of GHN-predicted, fake-quantized parameters and cheap features; "
+        "the raw GHN accuracy with --ranker none), minimize parameters, under --max-params. "
         "Re-running with the same --study continues it; many processes may share one --storage. Trials left "
         "RUNNING by a worker killed on this machine (kill -9, out of memory) are marked failed and re-run when "
         "any worker starts on the study; Ctrl-C and SIGTERM stop cleanly.",
@@ -62,6 +63,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--act-ranges", choices=ACT_RANGES, default="auto",
                    help="activation ranges: auto (default; min/max at 3+ bits, 99.5th percentile at 2 bits) or "
                    "minmax at every bit-width (GHN-Q's protocol)")
+    p.add_argument("--first-last-bits", default="8", metavar="8|same",
+                   help="first and last weight layers (and the input and the last layer's input) at 8 bits when the "
+                   "target is lower (default; what finetune and export deploy), or 'same': at the target bits")
+    p.add_argument("--ranker", default="auto",
+                   help="what the search maximizes: 'auto' (default) the ranker shipped beside the predictor, which "
+                   "predicts trained accuracy from the GHN's scores and cheap features; 'none' the raw GHN accuracy; "
+                   "or a ranker JSON file")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run)
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = make_scorer(
         space=space, dataset=args.dataset, data_dir=args.data_dir, predictor=args.predictor,
         val_size=args.val_size, bn_stats=args.bn_stats, granularity=args.granularity,
-        act_ranges=args.act_ranges, device=args.device,
+        act_ranges=args.act_ranges, device=args.device, ranker=args.ranker, first_last_bits=args.first_last_bits,
     )
     trials = args.trials if args.trials or args.timeout or args.total_trials else 50
     cfg = SearchConfig(
@@ -89,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         total_trials=args.total_trials, timeout=args.timeout,
         storage=args.storage, sampler=args.sampler, seed=args.seed, space=args.space, dataset=args.dataset,
         predictor=scorer.name, population_size=args.population, protocol=scorer.protocol,
+        objective=scorer.objective_key, first_last_bits=scorer.first_last_bits,
     )
+    if scorer.ranker is None and not args.quiet:
+        console.print("note: no ranker for this predictor: maximizing the raw GHN accuracy")
     progress = Progress(
         TextColumn("[bold]search[/] {task.fields[study]}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:.1f} trials/min  front {task.fields[front]}  "
@@ -141,8 +152,10 @@ def _print_summary(console: Console, cfg, summary) -> None:
         + (f"; {summary.recovered} trials of killed workers marked failed and re-queued" if summary.recovered else "")
         + ("; terminated (SIGTERM)" if summary.terminated else "; interrupted" if summary.interrupted else "")
     )
-    table = Table(title=f"Pareto front of study {cfg.study!r} (top-1 at {cfg.target} vs params)")
-    for col in ("trial", "params", f"top1 {cfg.target}", "top1 fp32", "architecture"):
+    what = "predicted trained top-1" if cfg.objective == "pred_top1" else "GHN top-1"
+    table = Table(title=f"Pareto front of study {cfg.study!r} ({what} at {cfg.target} vs params)")
+    for col in ("trial", "params", f"{'pred.' if cfg.objective == 'pred_top1' else 'top1'} {cfg.target}",
+                "GHN top1 fp32", "architecture"):
         table.add_column(col, overflow="fold")
     for t in summary.pareto:
         table.add_row(str(t.number), f"{t.user_attrs['params']:,}", f"{100 * t.values[0]:.1f}%",
