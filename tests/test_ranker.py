@@ -126,3 +126,24 @@ def test_the_shipped_ranker_matches_the_shipped_predictor() -> None:
     pt = Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt"
     ranker = load_ranker(ranker_path(pt), predictor_sha256=file_sha256(pt))
     assert set(ranker.targets) >= {"fp32", "w4a4"} and ranker.provenance and ranker.metrics
+
+
+def test_a_checkpoint_whose_ranker_was_replaced_by_a_pickle_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from qnas.scorer import make_scorer
+
+    pt = tmp_path / "mine.pt"
+    shutil.copy(Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt", pt)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    ranker_path(pt).write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(QnasError, match="not a qnas ranker"):
+        make_scorer(space=convnets250k, predictor=str(pt), val_size=64)
+    assert not marker.exists()
+    scorer = make_scorer(space=convnets250k, predictor=str(pt), val_size=64, ranker="none")  # explicit opt-out
+    assert scorer.ranker is None and scorer.objective_key == "top1"
