@@ -8,7 +8,8 @@ architectures (``benchmarks/ranker_features.py``: the shipped GHN's accuracy and
 size, shape, proxies, embedding; computed as the search computes them) and ranks the architectures by:
 
 * ``ranker (<kind>)``: ``qnas.ranker`` fitted on the other architectures and predicting this one
-  (10-fold cross-validation over architectures, out-of-fold predictions; the shipped kind is marked);
+  (leave-one-out over architectures by default: out-of-fold predictions from models fitted on n-1, so
+  their offsets agree; ``--folds K`` for K-fold; the shipped kind is marked);
 * ``size-only ranker``: the same model fitted on log parameters and log MACs only, the fair baseline
   that shows what the GHN adds;
 * ``GHN``: the raw GHN-predicted parameters' accuracy at the setting (the old score);
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", choices=("v1", "v2"), default="v2", help="ground truth (default v2)")
     ap.add_argument("--budget", default=None, help="v2: the training budget (default: the chosen one in budget.json)")
     ap.add_argument("--features", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
-    ap.add_argument("--folds", type=int, default=10, help="cross-validation folds (default 10)")
+    ap.add_argument("--folds", type=int, default=0,
+                    help="cross-validation folds (default 0: leave-one-out, one model per architecture)")
     ap.add_argument("--kinds", default=",".join(MODEL_KINDS), help=f"ranker models to compare ({MODEL_KINDS})")
     ap.add_argument("--json", type=Path, default=None, help="also write every score and figure here")
     ap.add_argument("--ship", type=Path, default=None,
@@ -167,13 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         y = np.array([by_arch[a] for a in archs])
         rows = [feats[a] for a in archs]
+        folds = args.folds or len(archs)
         setting = target.removeprefix("drop_")
         scores: dict[str, np.ndarray] = {}
         for kind in kinds:
             label = f"ranker ({kind})" + (" [shipped]" if kind == SHIPPED_KIND else "")
-            scores[label] = cross_val_predict(rows, y, kind=kind, folds=args.folds)
+            scores[label] = cross_val_predict(rows, y, kind=kind, folds=folds)
         scores["size-only ranker"] = cross_val_predict(rows, y, kind=SHIPPED_KIND, features=SIZE_FEATURES,
-                                                       folds=args.folds)
+                                                       folds=folds)
         ghn = np.array([r[f"ghn_top1_{setting}"] for r in rows])
         if target.startswith("drop_"):
             ghn = np.array([r["ghn_top1_fp32"] for r in rows]) - ghn

@@ -100,10 +100,9 @@ class GHNScorer:
             out.update({f"pred_top1_{t}": v for t, v in predicted.items()})
         return out
 
-    @property
-    def objective_key(self) -> str:
-        """What a search maximizes for a setting's accuracy: the ranker's prediction when there is one."""
-        return "pred_top1" if self.ranker is not None else "top1"
+    def objective_key(self, setting: str) -> str:
+        """What a search maximizes for ``setting``: the ranker's prediction when it has a model for it."""
+        return "pred_top1" if self.ranker is not None and setting in self.ranker.targets else "top1"
 
 
 def resolve_predictor_name(predictor: str | None, dataset: str) -> str:

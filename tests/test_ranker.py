@@ -146,4 +146,4 @@ def test_a_checkpoint_whose_ranker_was_replaced_by_a_pickle_is_refused(tmp_path:
         make_scorer(space=convnets250k, predictor=str(pt), val_size=64)
     assert not marker.exists()
     scorer = make_scorer(space=convnets250k, predictor=str(pt), val_size=64, ranker="none")  # explicit opt-out
-    assert scorer.ranker is None and scorer.objective_key == "top1"
+    assert scorer.ranker is None and scorer.objective_key("w4a4") == "top1"

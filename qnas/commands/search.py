@@ -97,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
         total_trials=args.total_trials, timeout=args.timeout,
         storage=args.storage, sampler=args.sampler, seed=args.seed, space=args.space, dataset=args.dataset,
         predictor=scorer.name, population_size=args.population, protocol=scorer.protocol,
-        objective=scorer.objective_key, first_last_bits=scorer.first_last_bits,
+        objective=scorer.objective_key(target), first_last_bits=scorer.first_last_bits,
     )
-    if scorer.ranker is None and not args.quiet:
-        console.print("note: no ranker for this predictor: maximizing the raw GHN accuracy")
+    if cfg.objective == "top1" and not args.quiet:
+        why = "no ranker for this predictor" if scorer.ranker is None else f"the ranker has no model for {target}"
+        console.print(f"note: {why}: maximizing the raw GHN accuracy")
     progress = Progress(
         TextColumn("[bold]search[/] {task.fields[study]}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:.1f} trials/min  front {task.fields[front]}  "
