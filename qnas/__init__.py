@@ -2,21 +2,68 @@
 
 Candidates are scored under fake quantization with parameters predicted by a graph hypernetwork,
 so no candidate is trained during the search.
+
+    import qnas
+    qnas.score(my_module, bits="w4a4").top1("w4a4")     # any nn.Module, or an architecture string
+    qnas.search("demo", bits=4, max_params=1e6, trials=30)
+    qnas.finetune("demo", top_k=2); qnas.export("demo", "winners", pareto=True)
+    net = qnas.load("winners/trial-28")
+
+Names are imported on first use (``qnas.api``), so ``import qnas`` does not import torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qnas.errors import QnasError
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from qnas.api import Score, Search, build, export, finetune, make_search, predict_params, score, search
+    from qnas.coverage import ChanceScoreWarning, UnseenLayerWarning
+
 __version__ = "0.1.0"
 
-__all__ = ["QnasError", "__version__", "load"]
+__all__ = [
+    "ChanceScoreWarning",
+    "QnasError",
+    "Score",
+    "Search",
+    "UnseenLayerWarning",
+    "__version__",
+    "build",
+    "export",
+    "finetune",
+    "load",
+    "make_search",
+    "predict_params",
+    "score",
+    "search",
+]
+
+# Public name -> the module defining it; imported on first attribute access (PEP 562).
+_LAZY = {
+    "Score": "qnas.api", "Search": "qnas.api", "build": "qnas.api", "make_search": "qnas.api",
+    "predict_params": "qnas.api", "ChanceScoreWarning": "qnas.coverage", "UnseenLayerWarning": "qnas.coverage",
+}
+# Modules that are also the API function of their name when called (qnas.api.CallableModule).
+_CALLABLE_MODULES = ("export", "finetune", "score", "search")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CALLABLE_MODULES:
+        return importlib.import_module(f"qnas.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'qnas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load(path: str | os.PathLike[str], *, max_params: int | None = None, max_macs: int | None = None) -> nn.Module:

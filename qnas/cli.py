@@ -11,10 +11,12 @@ import importlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from qnas import __version__
-from qnas.errors import QnasError, Terminated, raise_terminated
+from qnas.errors import QnasError, QnasWarning, Terminated, raise_terminated
 
 # Command modules under qnas/commands, in the order `qnas --help` lists them.
 _COMMANDS = ("space", "data", "score", "search", "report", "predictor", "train", "finetune")
@@ -50,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     previous = signal.signal(signal.SIGTERM, raise_terminated) if own_sigterm else None
     try:
-        result = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(warnings.showwarning)
+            result = args.func(args)
     except QnasError as exc:
         sys.stderr.write(f"qnas: error: {exc}\n")
         return 2
@@ -64,6 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if own_sigterm:
             signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+def _one_line_warning(previous: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing qnas's warnings as ``qnas: warning: ...`` on one line of stderr and
+    passing the others (a library's) to ``previous``."""
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, QnasWarning):
+            sys.stderr.write(f"qnas: warning: {' '.join(str(message).split())}\n")
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
 
 
 if __name__ == "__main__":

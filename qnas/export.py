@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from qnas.api import make_callable
 from qnas.errors import QnasError
 from qnas.finetune import Capture, Layout, bn_stats, layout
 from qnas.quant import (
@@ -903,6 +904,20 @@ DEFAULT_TEST_SIZE = 1000  # model-card accuracies: a quick estimate; --test-size
 FIRST_LAST_ATTR = "first_last_bits"  # the study attribute holding the search's first/last-layer rule
 
 
+# Modules export imports; they are the optional dependency group "export".
+EXPORT_MODULES = ("safetensors", "onnx", "onnxruntime")
+
+
+def require_dependencies() -> None:
+    """QnasError naming the export dependencies that are not installed."""
+    import importlib.util
+
+    missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QnasError(f"qnas export needs {', '.join(missing)}: pip install 'qnas[export]' (or pip install "
+                        f"{' '.join(missing)})")
+
+
 def _pick_run(record: Mapping[str, Any], target: str | None) -> dict[str, Any] | None:
     runs = record.get("runs", {})
     if not runs:
@@ -1027,3 +1042,7 @@ def export_trial(
                         onnx_settings=onnx_settings, verify_images=verify_x, metrics=metrics,
                         card={"test_images": n_test, "weights_source": source}, force=True,
                         latency_rounds=latency_rounds, hooks=hooks)
+
+
+# `qnas.export(...)` calls the API function qnas.api.export; the module's own names stay reachable.
+make_callable(__name__)

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from qnas.api import make_callable
 from qnas.errors import QnasError
 from qnas.quant import (
     Calibration,
@@ -822,3 +823,7 @@ def finetune_trial(
                **{f"top1_{k}_after": v for k, v in result.after.items()}}
     study.set_user_attr(f"finetune_{trial.number}_{setting}", summary)
     return run
+
+
+# `qnas.finetune(...)` calls the API function qnas.api.finetune; the module's own names stay reachable.
+make_callable(__name__)

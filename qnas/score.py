@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qnas.api import make_callable
 from qnas.errors import QnasError
 from qnas.quant import DEFAULT_SETTINGS, QuantModel, QuantSpec, _calibrate, _call, parse_specs, prepare
 
@@ -162,3 +163,7 @@ def init_params(module: nn.Module, init: str, *, dataset: Any = None, seed: int 
         raise QnasError(f"unknown --init {init!r} (choose from {', '.join(f'{k}' for k in _INITS)}; "
                         "trained takes :EPOCHS)")
     return _INITS[name](module, arg, dataset=dataset, seed=seed, **options)
+
+
+# `qnas.score(...)` calls the API function qnas.api.score; the module's own names stay reachable.
+make_callable(__name__)

@@ -69,22 +69,31 @@ class GHNScorer:
 
     def predict(self, genome) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
         """The built module and its predicted parameters per setting."""
+        module = self.space.build(genome, self.input_shape, self.num_classes)
+        return module, self.predict_params(module)
+
+    def graph(self, module: Any) -> Any:
+        """The graph the predictor reads for ``module`` (``qnas.graph.ArchGraph``)."""
         from qnas.graph import to_graph
 
-        module = self.space.build(genome, self.input_shape, self.num_classes)
+        return to_graph(module, self.input_shape, self.predictor.ghn.config.s_max)
+
+    def predict_params(self, module: Any, graph: Any = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Predicted parameters of any traceable ``module`` per setting, keyed like ``named_parameters()``."""
         ghn = self.predictor.ghn
-        graph = to_graph(module, self.input_shape, ghn.config.s_max)
+        graph = self.graph(module) if graph is None else graph
         with torch.no_grad():
             if ghn.config.bit_conditioning:
                 preds = self.predictor.predict_many([graph] * len(self.settings), list(self.settings))
-                return module, dict(zip(self.settings, preds))
+                return dict(zip(self.settings, preds))
             shared = self.predictor.predict(graph, "fp32")
-        return module, {s: shared for s in self.settings}
+        return {s: shared for s in self.settings}
 
-    def score(self, genome) -> dict[str, float]:
+    def evaluate(self, module: Any, params: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+        """``top1_<setting>``, ``top5_<setting>``, ``loss_<setting>`` of ``module`` (or its ``QuantModel``)
+        with ``params`` per setting, under this scorer's protocol."""
         from qnas.score import evaluate
 
-        module, params = self.predict(genome)
         by_spec = {self.spec_name(s): params[s] for s in self.settings}
         acc = evaluate(module, lambda spec: by_spec[spec.name], self.images, self.labels,
                        [self.spec_name(s) for s in self.settings], bn_stats=self.bn_stats)
@@ -93,6 +102,11 @@ class GHNScorer:
             out[f"top1_{s}"] = acc[self.spec_name(s)]["top1"]
             out[f"top5_{s}"] = acc[self.spec_name(s)]["top5"]
             out[f"loss_{s}"] = acc[self.spec_name(s)]["loss"]
+        return out
+
+    def score(self, genome) -> dict[str, float]:
+        module, params = self.predict(genome)
+        out = self.evaluate(module, params)
         if self.ranker is not None:
             from qnas.ranker import candidate_features
 
@@ -103,18 +117,6 @@ class GHNScorer:
     def objective_key(self, setting: str) -> str:
         """What a search maximizes for ``setting``: the ranker's prediction when it has a model for it."""
         return "pred_top1" if self.ranker is not None and setting in self.ranker.targets else "top1"
-
-
-def resolve_predictor_name(predictor: str | None, dataset: str) -> str:
-    from qnas.predictors import default_predictor
-
-    if predictor:
-        return predictor
-    name = default_predictor(dataset)
-    if name is None:
-        raise QnasError(f"no shipped predictor for dataset {dataset!r}; pass --predictor PATH.pt (train one with "
-                        "`qnas train-predictor`) or --predictor random")
-    return name
 
 
 def make_scorer(
@@ -139,7 +141,7 @@ def make_scorer(
     ranker that is not a valid ranker JSON, or was fitted on another predictor, is refused.
     """
     from qnas.data import dataset_info, load_dataset, val_subset
-    from qnas.predictors import load_predictor
+    from qnas.predictors import load_predictor, resolve_predictor_name
     from qnas.quant import parse_first_last_bits
     from qnas.score import DEFAULT_BN_STATS
 

@@ -30,6 +30,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
+from qnas.api import make_callable
 from qnas.errors import QnasError, Terminated, raise_terminated
 
 SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
@@ -681,3 +682,7 @@ def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     # One storage round-trip per attribute is Optuna's API; keep the count fixed and small.
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
+
+
+# `qnas.search(...)` calls the API function qnas.api.search; the module's own names stay reachable.
+make_callable(__name__)

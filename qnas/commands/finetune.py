@@ -131,57 +131,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_export)
 
 
-def _open(args: argparse.Namespace, readonly: bool = False):
-    import optuna
-
-    from qnas.data import load_dataset
-    from qnas.search import load_study
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_study(args.study, args.storage, readonly=readonly)
-    dataset = load_dataset(study.user_attrs.get("dataset", "fashion-mnist"), args.data_dir)
-    return study, dataset
-
-
 def _finetune(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from qnas.finetune import FAQConfig, Hooks, choose_trials, finetune_trial
-    from qnas.search import parse_target, study_granularity
+    from qnas.api import finetune
+    from qnas.finetune import Hooks
 
     console = Console(stderr=True)
-    study, dataset = _open(args)
-    setting = parse_target(args.bits) if args.bits else study.user_attrs.get("target", "w4a4")
-    granularity = args.granularity or study_granularity(study)  # finetune for the quantizer it was chosen under
-    config = FAQConfig(setting=setting, granularity=granularity, epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr,
-                       weight_decay=args.weight_decay,
-                       first_last_8bit=args.first_last_bits is not None and not args.no_first_last_8bit,
-                       train_size=args.train_size, freeze_bn_at=args.freeze_bn_at, seed=args.seed)
-    trials = choose_trials(study, args.trials, args.top_k)
-    predictor = None
-    if args.init == "ghn":
-        predictor, why = _study_predictor(args.predictor, study, dataset.info)
-        if predictor is None:
-            raise QnasError(why)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
                         disable=args.quiet)
-    runs = []
+
+    def hooks(trial, setting: str) -> Hooks:
+        task = progress.add_task(f"trial {trial.number} {setting}", total=None, status="starting")
+        return Hooks(
+            on_phase=lambda text: progress.update(task, status=text),
+            on_step=lambda done, total, loss: progress.update(task, completed=done, total=total,
+                                                              status=f"loss {loss:.3f}"),
+        )
+
     with progress:
-        for t in trials:
-            task = progress.add_task(f"trial {t.number} {setting}", total=None, status="starting")
-            hooks = Hooks(
-                on_phase=lambda text, task=task: progress.update(task, status=text),
-                on_step=lambda done, total, loss, task=task: progress.update(
-                    task, completed=done, total=total, status=f"loss {loss:.3f}"),
-            )
-            run = finetune_trial(study, t, config=config, dataset=dataset, init=args.init, predictor=predictor,
-                                 root=args.out_root, test_size=args.test_size, restart=args.restart, hooks=hooks)
+        runs = finetune(
+            args.study, storage=args.storage, trials=args.trials, top_k=args.top_k, bits=args.bits,
+            granularity=args.granularity, init=args.init, predictor=args.predictor,
+            first_last_bits=None if args.no_first_last_8bit else args.first_last_bits, data_dir=args.data_dir,
+            root=args.out_root, test_size=args.test_size, restart=args.restart, hooks=hooks,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            train_size=args.train_size, freeze_bn_at=args.freeze_bn_at, seed=args.seed)
+        for task, run in zip(progress.task_ids, runs):
             progress.update(task, status="already done (--restart to redo)" if run.get("skipped") else "done")
-            runs.append({"trial": t.number, "arch": t.user_attrs.get("arch"), **run})
+    setting = runs[0]["setting"] if runs else ""
     if args.json:
         keep = ("trial", "arch", "setting", "init", "before", "after", "seconds", "weights", "bn_reestimated",
                 "skipped")
@@ -202,58 +183,40 @@ def _export(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from qnas.export import DEFAULT_TEST_SIZE, ExportHooks, VerificationError, export_trial, prepare_dir
-    from qnas.finetune import study_trial
-    from qnas.search import pareto_front, parse_target
+    from qnas.api import export
+    from qnas.export import ExportHooks, VerificationError
 
-    _require_export_dependencies()
     console = Console(stderr=True)
-    study, dataset = _open(args, readonly=True)
-    bits = parse_target(args.bits) if args.bits else None
-    if args.pareto:
-        trials = pareto_front(study)
-        if not trials:
-            raise QnasError(f"study {args.study!r} has no completed feasible trials")
-        targets = [(t, args.out / f"trial-{t.number}") for t in trials]
-    else:
-        targets = [(study_trial(study, args.trial), args.out)]
-    for _, out in targets:  # refuse before any work, so an export is never half-replaced
-        prepare_dir(out, args.force)
-    # Finetuned trials need no predictor: a missing one is an error only for a trial that is not finetuned.
-    predictor, why = _study_predictor(args.predictor, study, dataset.info)
-    results = []
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), console=console,
                         disable=args.quiet or not console.is_terminal)  # no stray lines in logs and pipes
+
+    def hooks(trial, out: Path) -> ExportHooks:
+        task = progress.add_task(f"trial {trial.number} -> {out}", total=None, stage="loading")
+
+        def stage(name: str, total: int | None) -> None:
+            progress.update(task, stage=name, total=total, completed=0)
+
+        return ExportHooks(on_stage=stage, on_advance=lambda n: progress.advance(task, n))
+
     try:
         with progress:
-            for t, out in targets:
-                task = progress.add_task(f"trial {t.number} -> {out}", total=None, stage="loading")
-
-                def stage(name: str, total: int | None, task: int = task) -> None:
-                    progress.update(task, stage=name, total=total, completed=0)
-
-                hooks = ExportHooks(on_stage=stage, on_advance=lambda n, task=task: progress.advance(task, n))
-                try:
-                    results.append((t, export_trial(
-                        study, t, out, dataset=dataset, bits=bits, predictor=predictor, root=args.out_root,
-                        verify_size=args.verify_size, test_size=args.test_size or DEFAULT_TEST_SIZE,
-                        force=args.force, first_last_bits=args.first_last_bits,
-                        latency_rounds=0 if args.no_timing else 20, hooks=hooks)))
-                except VerificationError:
-                    raise
-                except QnasError as exc:
-                    raise QnasError(f"{exc} ({why})" if predictor is None and why else str(exc)) from None
+            results = export(
+                args.study, args.out, trial=args.trial, pareto=args.pareto, bits=args.bits,
+                predictor=args.predictor, storage=args.storage, data_dir=args.data_dir, root=args.out_root,
+                force=args.force, verify_size=args.verify_size, test_size=args.test_size,
+                first_last_bits=args.first_last_bits, latency_rounds=0 if args.no_timing else 20, hooks=hooks)
+            for task in progress.task_ids:
                 progress.update(task, stage="done")
     except VerificationError as exc:
         sys.stderr.write(f"qnas: error: {exc}\n")
         return 1
     if args.json:
-        print(json.dumps([{"trial": t.number, "out": str(r.out_dir), "files": r.files, "metrics": r.metrics,
+        print(json.dumps([{"trial": t, "out": str(r.out_dir), "files": r.files, "metrics": r.metrics,
                            "latency_ms": r.latency_ms, "verification": r.verification} for t, r in results], indent=1))
         return 0
     for t, r in results:
-        table = Table(title=f"trial {t.number} -> {r.out_dir}  (" + ", ".join(
+        table = Table(title=f"trial {t} -> {r.out_dir}  (" + ", ".join(
             f"{k} {100 * v:.1f}%" for k, v in r.metrics.items()) + ")")
         for col in ("file", "bytes", "ms/image", "max |diff|", "top-1 agree", "ORT fused: agree"):
             table.add_column(col)
@@ -265,40 +228,3 @@ def _export(args: argparse.Namespace) -> int:
                           f"{100 * v['fused_top1_agreement']:.2f}%" if "fused_top1_agreement" in v else "")
         console.print(table)
     return 0
-
-
-# Modules `qnas export` imports; they are the optional dependency group "export".
-EXPORT_MODULES = ("safetensors", "onnx", "onnxruntime")
-
-
-def _require_export_dependencies() -> None:
-    import importlib.util
-
-    missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        raise QnasError(f"qnas export needs {', '.join(missing)}: pip install 'qnas[export]' (or pip install "
-                        f"{' '.join(missing)})")
-
-
-def _study_predictor(name: str | None, study, info):
-    """(predictor, None) for ``--predictor`` or the one the study was scored with, else (None, why).
-
-    The study's own predictor is never silently replaced by another: its scores came from it.
-    """
-    from qnas.finetune import resolve_predictor
-    from qnas.predictors import load_predictor
-
-    if name:
-        return resolve_predictor(name, study, info), None
-    recorded = study.user_attrs.get("predictor")
-    if not recorded:
-        try:
-            return resolve_predictor(None, study, info), None
-        except QnasError as exc:
-            return None, str(exc)
-    try:
-        return load_predictor(recorded, dataset=info.name, input_shape=info.input_shape,
-                              num_classes=info.num_classes), None
-    except QnasError as exc:
-        return None, (f"the study was scored with predictor {recorded!r}, which cannot be loaded: {exc}; pass "
-                      "--predictor NAME|PATH.pt to use another")

@@ -27,14 +27,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "score",
         help="accuracy of one architecture at FP32, W8A8, W4A8, W4A4, W2A2",
-        description="Build an architecture of the search space, give it parameters (--init) and measure "
-        "top-1/top-5 on a fixed validation subset with fake quantization: BatchNorm folded into the weights, "
+        description="Build an architecture of the search space (or take any nn.Module), give it parameters (--init) "
+        "and measure top-1/top-5 on a fixed validation subset with fake quantization: BatchNorm folded into the "
+        "weights, "
         "weights with per-output-channel (or, --granularity tensor, per-tensor) and activations with "
         "per-tensor asymmetric uniform ranges (min/max; at 2 activation bits the 99.5th percentile, -minmax in a "
         "setting name turns that off). The defaults are the protocol `qnas search` scores with.",
     )
-    p.add_argument("--arch", required=True, metavar="ARCH",
-                   help="architecture string (as printed by `qnas space sample`) or genome JSON")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--arch", metavar="ARCH",
+                      help="architecture string (as printed by `qnas space sample`) or genome JSON")
+    what.add_argument("--module", metavar="FILE.py:FACTORY",
+                      help="any traceable nn.Module: FACTORY() in FILE.py (or package.module:FACTORY) returns it; it "
+                      "takes the dataset's images and returns class logits. Layers the predictor never saw are "
+                      "warned about")
     p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset name (default fashion-mnist)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory searched first for the dataset")
@@ -84,15 +90,31 @@ def _score(args: argparse.Namespace) -> int:
     elif args.bn_stats == "calibrated" and args.calib_size > args.val_size:
         raise QnasError(f"--calib-size {args.calib_size} is larger than --val-size {args.val_size}: calibration "
                         "images are taken from the validation subset")
-    space = get_space(args.space)
-    genome = space.parse(args.arch)
     info = data.dataset_info(args.dataset)
-    check_arch_size(space, genome, info.input_shape, info.num_classes, max_params=args.max_params,
-                    max_macs=args.max_macs)
-    ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        module = space.build(genome, info.input_shape, info.num_classes)
+    if args.module:
+        from qnas.api import check_io, load_factory
+        from qnas.ranker import macs
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            module = load_factory(args.module)
+        check_io(module, info.input_shape, info.num_classes)
+        arch, n_params = args.module, sum(p.numel() for p in module.parameters())
+        if n_params > args.max_params:
+            raise QnasError(f"{type(module).__name__} has {n_params:,} parameters, over the bound of "
+                            f"{args.max_params:,} (raise --max-params)")
+        n_macs = macs(module, info.input_shape)
+        ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
+    else:
+        space = get_space(args.space)
+        genome = space.parse(args.arch)
+        n_params, n_macs = check_arch_size(space, genome, info.input_shape, info.num_classes,
+                                           max_params=args.max_params, max_macs=args.max_macs)
+        ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            module = space.build(genome, info.input_shape, info.num_classes)
+        arch = space.to_string(genome)
     err = Console(stderr=True)
     start = time.perf_counter()
     params = _init(module, args, ds, err)
@@ -103,11 +125,11 @@ def _score(args: argparse.Namespace) -> int:
         acc = evaluate(module, params, x, y, specs, bn_stats=args.bn_stats, batch_size=args.batch_size,
                        calib_size=args.calib_size, seed=args.seed)
     record = {
-        "arch": space.to_string(genome),
-        "space": args.space,
+        "arch": arch,
+        "space": None if args.module else args.space,
         "dataset": args.dataset,
-        "params": space.count_params(genome, info.input_shape, info.num_classes),
-        "macs": space.count_macs(genome, info.input_shape, info.num_classes),
+        "params": n_params,
+        "macs": n_macs,
         "init": args.init,
         "bn_stats": args.bn_stats,
         "granularity": args.granularity,

@@ -132,6 +132,18 @@ def default_predictor(dataset: str) -> str | None:
     return None
 
 
+def resolve_predictor_name(predictor: str | None, dataset: str) -> str:
+    """``predictor`` when given, else the shipped checkpoint for ``dataset`` (QnasError when there is none):
+    the one rule every command and function uses for a default predictor."""
+    if predictor:
+        return predictor
+    name = default_predictor(dataset)
+    if name is None:
+        raise QnasError(f"no shipped predictor for dataset {dataset!r}; pass --predictor PATH.pt (train one with "
+                        "`qnas train-predictor`) or --predictor random")
+    return name
+
+
 def random_predictor(
     *,
     seed: int = 0,
@@ -300,6 +312,9 @@ def ghn_init(
         raise QnasError(f"no shipped predictor for {info.name}; use --init ghn:PATH.pt or --init ghn:random")
     pred = _cached_predictor(name, info.name, tuple(info.input_shape), info.num_classes, seed)
     graph = to_graph(module, info.input_shape, pred.ghn.config.s_max, cache=cache, key=key)
+    from qnas.coverage import check_graph
+
+    check_graph(graph, pred.header.search_space)  # layers it never saw: warned, never a silent chance score
     memo: dict[Bits, Mapping[str, torch.Tensor]] = {}
 
     def params(spec: Any) -> Mapping[str, torch.Tensor]:

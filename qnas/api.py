@@ -1,0 +1,528 @@
+"""The Python API: what the CLI does, as functions (``qnas.score``, ``qnas.search``, ...).
+
+    import qnas
+    result = qnas.score(MyNet(), bits=["fp32", "w4a4"])      # any traceable nn.Module
+    result.top1("w4a4"), result.accuracy["w4a4"]["top5"]
+    result = qnas.score("stem16-32:conv3-maxpool-64:mb6k3+r-convs2-128:conv1-fc128")
+    result.predicted["w4a4"]                                 # the ranker's predicted trained top-1
+    params = qnas.predict_params(MyNet(), bits="w4a4")       # {name: tensor}, like named_parameters()
+    summary = qnas.search("demo", bits=4, max_params=1e6, trials=30)
+    runs = qnas.finetune("demo", top_k=2)
+    exported = qnas.export("demo", "winners", pareto=True)
+    net = qnas.load("winners/trial-28")
+
+Every function is a thin layer over the library modules (``qnas.scorer``, ``qnas.search``,
+``qnas.finetune``, ``qnas.export``) with the CLI's defaults; bad input raises :class:`qnas.QnasError`.
+Accuracies are fractions in [0, 1] (the CLI prints them as percentages).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import types
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qnas.defaults import DEFAULT_DATASET, DEFAULT_SPACE, SETTINGS
+from qnas.errors import QnasError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["CallableModule", "Score", "Search", "build", "check_io", "export", "finetune", "load_factory",
+           "make_callable", "make_search", "predict_params", "score", "search", "study_predictor"]
+
+Bits = str | int | Iterable[str | int]
+
+
+@dataclass(frozen=True)
+class Score:
+    """What :func:`score` measured: accuracies (fractions) per setting, and the ranker's prediction."""
+
+    arch: str  # the architecture string, or the module's class name
+    params: int
+    macs: int
+    settings: dict[str, str]  # reported setting -> the engine's full setting (weight scales, ranges, rule)
+    accuracy: dict[str, dict[str, float]]  # {setting: {"top1", "top5", "loss"}} of GHN-predicted parameters
+    predicted: dict[str, float]  # {setting: predicted trained top-1}; empty where the ranker does not apply
+    predictor: str  # the predictor and ranker versions
+    protocol: str  # BN statistics / weight scales / activation ranges / first-last rule / 8-bit grid
+    warnings: tuple[str, ...] = ()  # layers the predictor never saw, chance-level scores
+
+    def top1(self, setting: str) -> float:
+        """Top-1 (a fraction) of the GHN-predicted parameters at ``setting``."""
+        if setting not in self.accuracy:
+            raise QnasError(f"not scored at {setting!r} (scored: {', '.join(self.accuracy)})")
+        return self.accuracy[setting]["top1"]
+
+
+def _settings(bits: Bits) -> tuple[str, ...]:
+    """Setting names from ``"w4a4"``, ``"fp32,w4a4"``, ``4`` (= w4a4) or a list of those."""
+    items: list[str | int] = (
+        [t for t in bits.split(",") if t.strip()] if isinstance(bits, str) else
+        [bits] if isinstance(bits, int) else list(bits)
+    )
+    names = [f"w{b}a{b}" if isinstance(b, int) or str(b).strip() in ("8", "4", "2") else str(b).strip().lower()
+             for b in items]
+    names = [f"w{n}a{n}" if n in ("8", "4", "2") else n for n in names]
+    if not names:
+        raise QnasError("bits names no setting (e.g. 'w4a4' or ['fp32', 'w4a4'])")
+    if len(set(names)) != len(names):
+        raise QnasError(f"bits names a setting twice: {', '.join(names)}")
+    return tuple(names)
+
+
+def _scorer(*, settings: Sequence[str], space: str, dataset: str, data_dir: str | os.PathLike[str] | None,
+            predictor: str | None, val_size: int, bn_stats: str | None, granularity: str, act_ranges: str,
+            first_last_bits: int | str | None, seed: int, ranker: str | None) -> Any:
+    from qnas.quant import parse_specs
+    from qnas.scorer import make_scorer
+    from search_spaces import get_space
+
+    scorer = make_scorer(space=get_space(space), dataset=dataset, data_dir=None if data_dir is None else str(data_dir),
+                         predictor=predictor, val_size=val_size, bn_stats=bn_stats, granularity=granularity,
+                         act_ranges=act_ranges, seed=seed, ranker=ranker, first_last_bits=first_last_bits)
+    scorer = replace(scorer, settings=tuple(settings))
+    parse_specs([scorer.spec_name(s) for s in settings])  # a bad setting fails before any GHN pass
+    return scorer
+
+
+def score(
+    model: nn.Module | str,
+    bits: Bits = SETTINGS,
+    *,
+    dataset: str = DEFAULT_DATASET,
+    data_dir: str | os.PathLike[str] | None = None,
+    predictor: str | None = None,
+    space: str = DEFAULT_SPACE,
+    val_size: int = 1000,
+    seed: int = 0,
+    ranker: str | None = "auto",
+    bn_stats: str | None = None,
+    granularity: str = "channel",
+    act_ranges: str = "auto",
+    first_last_bits: int | str | None = 8,
+    strict: bool = False,
+    max_params: int | None = None,
+    max_macs: int | None = None,
+) -> Score:
+    """Accuracy of ``model`` at each setting of ``bits`` with GHN-predicted parameters, as ``qnas search``
+    scores candidates (``w4a4`` means per-channel weight scales and the 8-bit first/last-layer rule; the
+    other protocols through ``granularity``, ``act_ranges``, ``first_last_bits``, ``bn_stats``).
+
+    ``model``: any traceable ``nn.Module`` taking the dataset's images (e.g. 1x28x28 for Fashion-MNIST) and
+    returning its class logits, or an architecture string (or genome JSON) of ``space``. For architectures
+    of the space the ranker shipped with the predictor adds ``predicted`` (trained top-1); a module has no
+    ranker features, so ``predicted`` stays empty.
+
+    A layer the predictor never saw in training (a 7x7 kernel, a grouped non-depthwise convolution, a
+    concatenation) is reported as a :class:`qnas.coverage.UnseenLayerWarning` (``strict``: a QnasError), and
+    an FP32 score at chance level as a :class:`qnas.coverage.ChanceScoreWarning`; both are kept in
+    ``Score.warnings``. Layers the quantized
+    executor cannot run faithfully (GELU, SiLU, LayerNorm, ...) raise QnasError.
+    """
+    from qnas.coverage import ChanceScoreWarning
+
+    names = _settings(bits)
+    is_arch = isinstance(model, str)
+    # The ranker reads the raw scores at every default setting: score those too, report what was asked.
+    wanted = tuple(dict.fromkeys([*names, *SETTINGS])) if is_arch and ranker not in (None, "none") else names
+    scorer = _scorer(settings=wanted, space=space, dataset=dataset, data_dir=data_dir, predictor=predictor,
+                     val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
+                     first_last_bits=first_last_bits, seed=seed, ranker=ranker)
+    notes: list[str] = []
+    if is_arch:
+        from qnas import limits
+
+        genome = scorer.space.parse(model)
+        limits.check_arch_size(scorer.space, genome, scorer.input_shape, scorer.num_classes,
+                               max_params=max_params or limits.DEFAULT_MAX_PARAMS,
+                               max_macs=max_macs or limits.DEFAULT_MAX_MACS,
+                               hint="pass larger max_params / max_macs to qnas.score if it is meant")
+        flat = scorer.score(genome)
+        arch = scorer.space.to_string(genome)
+        n_params = int(scorer.space.count_params(genome, scorer.input_shape, scorer.num_classes))
+        n_macs = int(scorer.space.count_macs(genome, scorer.input_shape, scorer.num_classes))
+    else:
+        flat, n_params, n_macs = _score_module(model, scorer, strict=strict, notes=notes)
+        arch = type(model).__name__
+    fp32 = flat.get("top1_fp32")
+    chance = 1.0 / scorer.num_classes
+    if fp32 is not None and fp32 <= 1.5 * chance:
+        note = (f"FP32 top-1 {100 * fp32:.2f}% is at chance level ({100 * chance:.0f}%): the predicted parameters "
+                "do not work for this network")
+        warnings.warn(note, ChanceScoreWarning, stacklevel=3)  # 3: through qnas.score's module
+        notes.append(note)
+    return Score(
+        arch=arch, params=n_params, macs=n_macs,
+        settings={s: scorer.spec_name(s) for s in names},
+        accuracy={s: {k: flat[f"{k}_{s}"] for k in ("top1", "top5", "loss")} for s in names},
+        predicted={s: flat[f"pred_top1_{s}"] for s in names if f"pred_top1_{s}" in flat},
+        predictor=f"{scorer.name} ({scorer.version})", protocol=scorer.protocol, warnings=tuple(notes),
+    )
+
+
+def _score_module(module: nn.Module, scorer: Any, *, strict: bool, notes: list[str]) -> tuple[dict[str, float],
+                                                                                            int, int]:
+    from torch import nn
+
+    from qnas.coverage import check_graph
+    from qnas.quant import prepare
+    from qnas.ranker import macs
+
+    if not isinstance(module, nn.Module):
+        raise QnasError(f"qnas.score takes an nn.Module or an architecture string, not {type(module).__name__}")
+    qmodel = prepare(module)  # layers the quantized executor cannot run fail here, before the GHN
+    check_io(module, scorer.input_shape, scorer.num_classes)
+    graph = scorer.graph(module)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_graph(graph, scorer.predictor.header.search_space, strict=strict)
+    for w in caught:  # re-raised at the caller of qnas.score, and kept in the result
+        warnings.warn(w.message, w.category, stacklevel=5)
+        notes.append(str(w.message))
+    flat = scorer.evaluate(qmodel, scorer.predict_params(module, graph))
+    return flat, sum(p.numel() for p in module.parameters()), int(macs(module, scorer.input_shape))
+
+
+def load_factory(spec: str) -> nn.Module:
+    """The module returned by ``factory()`` for ``spec`` = ``path/to/file.py:factory`` (or ``package.module:factory``),
+    as ``qnas score --module`` takes it."""
+    import importlib.util
+    import sys
+
+    from torch import nn
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise QnasError(f"--module takes FILE.py:FACTORY or package.module:FACTORY, got {spec!r}")
+    try:
+        if where.endswith(".py") or os.sep in where:
+            path = Path(where).expanduser()
+            if not path.is_file():
+                raise QnasError(f"--module: no file {where!r}")
+            loader = importlib.util.spec_from_file_location(f"qnas_user_{path.stem}", path)
+            if loader is None or loader.loader is None:
+                raise QnasError(f"--module: cannot import {where!r}")
+            mod = importlib.util.module_from_spec(loader)
+            sys.path.insert(0, str(path.parent.resolve()))  # the file may import its neighbours
+            try:
+                loader.loader.exec_module(mod)
+            finally:
+                sys.path.remove(str(path.parent.resolve()))
+        else:
+            mod = importlib.import_module(where)
+        factory = getattr(mod, name, None)
+        if not callable(factory):
+            raise QnasError(f"--module: {where!r} has no callable {name!r}")
+        module = factory()
+    except QnasError:
+        raise
+    except Exception as exc:  # the user's code may raise anything; one line says what and where
+        text = " ".join(str(exc).split())
+        raise QnasError(f"--module {spec}: {type(exc).__name__}: {text}") from None
+    if not isinstance(module, nn.Module):
+        raise QnasError(f"--module: {name}() returned {type(module).__name__}, not an nn.Module")
+    return module
+
+
+def check_io(module: nn.Module, input_shape: Sequence[int], num_classes: int) -> None:
+    """QnasError unless ``module`` maps one image of ``input_shape`` to ``num_classes`` logits (one dry run,
+    in eval mode so BatchNorm statistics are untouched)."""
+    import torch
+
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            out = module.eval()(torch.zeros(2, *input_shape))
+    except Exception as exc:  # shape errors come as RuntimeError, ValueError, ...
+        text = " ".join(str(exc).split())
+        raise QnasError(f"{type(module).__name__} fails on images of shape {tuple(input_shape)}: {text}") from None
+    finally:
+        module.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise QnasError(f"{type(module).__name__} returns {shape} for 2 images of shape {tuple(input_shape)}; "
+                        f"it must return (batch, {num_classes}) class logits")
+
+
+def build(arch: str, *, space: str = DEFAULT_SPACE, dataset: str = DEFAULT_DATASET, seed: int = 0) -> nn.Module:
+    """The ``nn.Module`` of an architecture string (or genome JSON) of ``space``, for ``dataset``'s images,
+    PyTorch-initialized from ``seed``."""
+    import torch
+
+    from qnas import limits
+    from qnas.data import dataset_info
+    from search_spaces import get_space
+
+    sp, info = get_space(space), dataset_info(dataset)
+    genome = sp.parse(arch)
+    limits.check_arch_size(sp, genome, info.input_shape, info.num_classes, hint="too large to build")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return sp.build(genome, info.input_shape, info.num_classes)
+
+
+def predict_params(
+    model: nn.Module | str,
+    bits: str = "fp32",
+    *,
+    dataset: str = DEFAULT_DATASET,
+    predictor: str | None = None,
+    space: str = DEFAULT_SPACE,
+    strict: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The GHN's parameters for ``model`` at one setting, keyed like ``model.named_parameters()``
+    (for an architecture string: like ``qnas.build(arch)``'s). Load them with
+    ``model.load_state_dict(params, strict=False)`` or use ``torch.func.functional_call``. Layers the
+    predictor never saw warn (``strict``: raise), as in :func:`score`."""
+    import torch
+
+    from qnas.coverage import check_graph
+    from qnas.data import dataset_info
+    from qnas.graph import to_graph
+    from qnas.predictors import load_predictor, resolve_predictor_name
+
+    (name,) = _settings(bits)
+    module = build(model, space=space, dataset=dataset) if isinstance(model, str) else model
+    info = dataset_info(dataset)
+    pred = load_predictor(resolve_predictor_name(predictor, dataset), dataset=dataset, input_shape=info.input_shape,
+                          num_classes=info.num_classes)
+    graph = to_graph(module, info.input_shape, pred.ghn.config.s_max)
+    if not isinstance(model, str):
+        check_graph(graph, pred.header.search_space, strict=strict)
+    bits_arg = name if pred.ghn.config.bit_conditioning else "fp32"
+    with torch.no_grad():
+        return dict(pred.predict(graph, bits_arg))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Search, finetune, export: the study workflow
+
+
+@dataclass
+class Search:
+    """A search ready to run: its configuration (what the study records) and the scorer."""
+
+    config: Any  # qnas.search.SearchConfig
+    scorer: Any  # qnas.scorer.GHNScorer
+
+    def run(self, on_trial: Callable[[Any, Any, Any], None] | None = None) -> Any:
+        """Run it; ``on_trial(study, trial, summary)`` after every trial. Returns a ``qnas.search.SearchSummary``."""
+        from qnas.search import run_search
+
+        return run_search(self.config, self.scorer, self.scorer.space, self.scorer.input_shape,
+                          self.scorer.num_classes, on_trial=on_trial)
+
+
+def make_search(
+    study: str = "qnas",
+    *,
+    bits: str | int = 4,
+    max_params: float = 10_000_000,
+    trials: int | None = None,
+    total_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    sampler: str | None = None,
+    population: int = 20,
+    seed: int = 0,
+    space: str = DEFAULT_SPACE,
+    dataset: str = DEFAULT_DATASET,
+    data_dir: str | os.PathLike[str] | None = None,
+    predictor: str | None = None,
+    val_size: int = 1000,
+    bn_stats: str | None = None,
+    granularity: str = "channel",
+    act_ranges: str = "auto",
+    first_last_bits: int | str | None = 8,
+    ranker: str | None = "auto",
+) -> Search:
+    """A :class:`Search` with ``qnas search``'s options (``trials`` defaults to 50 when neither ``timeout`` nor
+    ``total_trials`` is given)."""
+    from qnas.search import DEFAULT_SAMPLER, SearchConfig, check_study_name, parse_target
+
+    target = parse_target(str(bits))
+    check_study_name(study)
+    scorer = _scorer(settings=SETTINGS, space=space, dataset=dataset, data_dir=data_dir, predictor=predictor,
+                     val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
+                     first_last_bits=first_last_bits, seed=0, ranker=ranker)
+    runs = trials if trials or timeout or total_trials else 50
+    config = SearchConfig(
+        study=study, target=target, max_params=int(max_params), trials=runs, total_trials=total_trials,
+        timeout=timeout, storage=storage, sampler=sampler or DEFAULT_SAMPLER, seed=seed, space=space,
+        dataset=dataset, predictor=scorer.name, population_size=population, protocol=scorer.protocol,
+        objective=scorer.objective_key(target), first_last_bits=scorer.first_last_bits,
+    )
+    return Search(config, scorer)
+
+
+def search(study: str = "qnas", **options: Any) -> Any:
+    """Run ``qnas search`` (options as :func:`make_search`); returns a ``qnas.search.SearchSummary`` whose
+    ``pareto`` lists the front's trials."""
+    return make_search(study, **options).run()
+
+
+def _open_study(study: str, storage: str | None, data_dir: str | os.PathLike[str] | None,
+                readonly: bool = False) -> tuple[Any, Any]:
+    import optuna
+
+    from qnas.data import load_dataset
+    from qnas.search import load_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opened = load_study(study, storage, readonly=readonly)
+    dataset = load_dataset(opened.user_attrs.get("dataset", DEFAULT_DATASET),
+                           None if data_dir is None else str(data_dir))
+    return opened, dataset
+
+
+def study_predictor(name: str | None, study: Any, info: Any) -> tuple[Any, str | None]:
+    """(predictor, None) for ``name`` or the one the study was scored with, else (None, why).
+
+    The study's own predictor is never silently replaced by another: its scores came from it.
+    """
+    from qnas.finetune import resolve_predictor
+    from qnas.predictors import load_predictor
+
+    if name:
+        return resolve_predictor(name, study, info), None
+    recorded = study.user_attrs.get("predictor")
+    if not recorded:
+        try:
+            return resolve_predictor(None, study, info), None
+        except QnasError as exc:
+            return None, str(exc)
+    try:
+        return load_predictor(recorded, dataset=info.name, input_shape=info.input_shape,
+                              num_classes=info.num_classes), None
+    except QnasError as exc:
+        return None, (f"the study was scored with predictor {recorded!r}, which cannot be loaded: {exc}; pass "
+                      "--predictor NAME|PATH.pt to use another")
+
+
+def finetune(
+    study: str,
+    *,
+    trials: Sequence[int] | None = None,
+    top_k: int | None = None,
+    bits: str | int | None = None,
+    granularity: str | None = None,
+    init: str = "ghn",
+    predictor: str | None = None,
+    first_last_bits: int | str | None = 8,
+    storage: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] = "studies",
+    test_size: int | None = None,
+    restart: bool = False,
+    hooks: Callable[[Any, str], Any] | None = None,
+    **faq: Any,
+) -> list[dict[str, Any]]:
+    """FAQ-finetune trials of ``study`` (``trials`` by number, else the ``top_k`` most accurate distinct
+    candidates of its front, default 3) at ``bits`` (default: the study's target); ``faq``: fields of
+    ``qnas.finetune.FAQConfig`` (``epochs``, ``lr``, ``train_size``, ...). Returns one record per trial
+    (``before``/``after`` top-1 fractions per setting, ...), as ``qnas finetune --json`` prints them.
+    ``hooks(trial, setting)`` may return a ``qnas.finetune.Hooks`` for progress."""
+    from qnas.finetune import FAQConfig, choose_trials, finetune_trial
+    from qnas.quant import parse_first_last_bits
+    from qnas.search import parse_target, study_granularity
+
+    opened, dataset = _open_study(study, storage, data_dir)
+    setting = parse_target(str(bits)) if bits else opened.user_attrs.get("target", "w4a4")
+    config = FAQConfig(setting=setting, granularity=granularity or study_granularity(opened),
+                       first_last_8bit=parse_first_last_bits(first_last_bits) is not None, **faq)
+    chosen = choose_trials(opened, list(trials) if trials else None, top_k)
+    pred = None
+    if init == "ghn":
+        pred, why = study_predictor(predictor, opened, dataset.info)
+        if pred is None:
+            raise QnasError(why)
+    runs = []
+    for t in chosen:
+        run = finetune_trial(opened, t, config=config, dataset=dataset, init=init, predictor=pred, root=Path(root),
+                             test_size=test_size, restart=restart, hooks=hooks(t, setting) if hooks else None)
+        runs.append({"trial": t.number, "arch": t.user_attrs.get("arch"), **run})
+    return runs
+
+
+def export(
+    study: str,
+    out: str | os.PathLike[str],
+    *,
+    trial: int | None = None,
+    pareto: bool = False,
+    bits: str | int | None = None,
+    predictor: str | None = None,
+    storage: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] = "studies",
+    force: bool = False,
+    verify_size: int = 1000,
+    test_size: int | None = None,
+    first_last_bits: int | str | None = "study",
+    latency_rounds: int = 20,
+    hooks: Callable[[Any, Path], Any] | None = None,
+) -> list[tuple[int, Any]]:
+    """Export ``trial`` of ``study`` to ``out``, or (``pareto``) every trial of its front to ``out/trial-N``:
+    weights, quantization parameters, ONNX files checked in onnxruntime, a model card. Returns
+    ``[(trial number, qnas.export.ExportResult)]``; a mismatch in onnxruntime raises
+    ``qnas.export.VerificationError``. ``hooks(trial, out_dir)`` may return a ``qnas.export.ExportHooks``."""
+    from qnas.export import DEFAULT_TEST_SIZE, VerificationError, export_trial, prepare_dir, require_dependencies
+    from qnas.finetune import study_trial
+    from qnas.search import pareto_front, parse_target
+
+    if pareto == (trial is not None):
+        raise QnasError("export needs one of trial=N or pareto=True")
+    require_dependencies()
+    opened, dataset = _open_study(study, storage, data_dir, readonly=True)
+    target = parse_target(str(bits)) if bits else None
+    out = Path(out)
+    if pareto:
+        front = pareto_front(opened)
+        if not front:
+            raise QnasError(f"study {study!r} has no completed feasible trials")
+        targets = [(t, out / f"trial-{t.number}") for t in front]
+    else:
+        targets = [(study_trial(opened, int(trial)), out)]  # type: ignore[arg-type]
+    for _, where in targets:  # refuse before any work, so an export is never half-replaced
+        prepare_dir(where, force)
+    # Finetuned trials need no predictor: a missing one is an error only for a trial that is not finetuned.
+    pred, why = study_predictor(predictor, opened, dataset.info)
+    results = []
+    for t, where in targets:
+        try:
+            results.append((t.number, export_trial(
+                opened, t, where, dataset=dataset, bits=target, predictor=pred, root=Path(root),
+                verify_size=verify_size, test_size=test_size or DEFAULT_TEST_SIZE, force=force,
+                first_last_bits=first_last_bits, latency_rounds=latency_rounds,
+                hooks=hooks(t, where) if hooks else None)))
+        except VerificationError:
+            raise
+        except QnasError as exc:
+            raise QnasError(f"{exc} ({why})" if pred is None and why else str(exc)) from None
+    return results
+
+
+class CallableModule(types.ModuleType):
+    """The class of ``qnas.score``, ``qnas.search``, ``qnas.finetune`` and ``qnas.export``: each is both a
+    module (``qnas.score.evaluate``) and, called, the API function of its name (``qnas.score(model)``).
+
+    Why: a package attribute named like a submodule is replaced by the module when that module is imported,
+    so plain functions of those names would stop working as soon as anything imported the submodule.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(__name__), self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
+def make_callable(module_name: str) -> None:
+    """Turn the module ``module_name`` into a :class:`CallableModule` (called at the end of it)."""
+    import sys
+
+    sys.modules[module_name].__class__ = CallableModule

@@ -1,0 +1,180 @@
+"""The Python API (qnas.score, qnas.predict_params, qnas.search, ...) and `qnas score --module`."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import qnas
+from qnas.cli import main
+from qnas.coverage import UnseenLayerWarning, unseen_layers
+from qnas.defaults import SETTINGS
+from qnas.graph import to_graph
+from qnas.scorer import make_scorer
+from search_spaces import convnets250k as S
+
+ARCH = "stem8-8:conv3-maxpool-16:conv3+r-maxpool-16:sep3-fc0"
+
+
+class TinyResNet(nn.Module):
+    """A hand-written residual net for 1x28x28 images, 10 classes."""
+
+    def __init__(self, kernel: int = 3, classes: int = 10, act: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(8), act())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.relu(x + self.body(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def test_import_qnas_does_not_import_torch() -> None:
+    code = ("import sys, qnas; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert callable(qnas.score) and callable(qnas.search) and callable(qnas.export); "
+            "assert callable(qnas.finetune) and qnas.score.evaluate and qnas.export.load_quantized")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_score_of_an_architecture_is_what_the_search_scores() -> None:
+    """``w4a4`` in qnas.score means the search's w4a4 (per-channel, 8-bit first/last layers): same numbers."""
+    result = qnas.score(ARCH, predictor="random", ranker="none", val_size=32)
+    scorer = make_scorer(space=S, predictor="random", ranker="none", val_size=32)
+    flat = scorer.score(S.parse(ARCH))
+    assert list(result.accuracy) == list(SETTINGS)
+    assert result.settings["w4a4"] == "w4a4-channel-fl8"
+    assert all(result.top1(s) == flat[f"top1_{s}"] for s in SETTINGS)
+    assert result.params == S.count_params(S.parse(ARCH)) and result.predicted == {}
+    assert result.arch == ARCH and result.protocol == scorer.protocol
+
+
+def test_score_of_an_architecture_has_the_rankers_prediction() -> None:
+    result = qnas.score(ARCH, bits="w4a4", val_size=32)  # the shipped predictor and its ranker
+    assert list(result.accuracy) == ["w4a4"] and set(result.predicted) == {"w4a4"}
+    assert 0.0 < result.predicted["w4a4"] < 1.0 and "ranker" in result.predictor
+
+
+def test_score_of_any_module() -> None:
+    torch.manual_seed(0)
+    net = TinyResNet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenLayerWarning)  # a net of seen layers: no such warning
+        warnings.simplefilter("ignore", qnas.ChanceScoreWarning)  # an untrained GHN scores at chance
+        result = qnas.score(net, bits=["fp32", 4], predictor="random", val_size=32)
+    assert list(result.accuracy) == ["fp32", "w4a4"] and result.predicted == {}
+    assert result.arch == "TinyResNet" and result.params == sum(p.numel() for p in net.parameters())
+    assert result.macs > 0 and all(0.0 <= a["top1"] <= 1.0 for a in result.accuracy.values())
+    with pytest.raises(qnas.QnasError, match="not scored"):
+        result.top1("w2a2")
+
+
+def test_unseen_kernel_warns_or_raises() -> None:
+    with pytest.warns(UnseenLayerWarning, match="7x7 kernel"), pytest.warns(qnas.ChanceScoreWarning):
+        result = qnas.score(TinyResNet(kernel=7), bits="fp32", predictor="random", val_size=32)
+    assert any("7x7" in w for w in result.warnings)
+    with pytest.raises(qnas.QnasError, match="never seen"):
+        qnas.score(TinyResNet(kernel=7), bits="fp32", predictor="random", val_size=32, strict=True)
+
+
+@pytest.mark.parametrize("act", [nn.GELU, nn.SiLU, nn.Sigmoid])
+def test_unsupported_activation_is_an_error(act: type[nn.Module]) -> None:
+    with pytest.raises(qnas.QnasError, match="cannot quantize layer"):
+        qnas.score(TinyResNet(act=act), bits="w4a4", predictor="random", val_size=32)
+
+
+def test_wrong_output_or_input_is_an_error() -> None:
+    with pytest.raises(qnas.QnasError, match=r"\(batch, 10\)"):
+        qnas.score(TinyResNet(classes=100), bits="w4a4", predictor="random", val_size=32)
+    with pytest.raises(qnas.QnasError, match="bits names a setting twice"):
+        qnas.score(TinyResNet(), bits="w4a4,w4a4", predictor="random", val_size=32)
+    with pytest.raises(qnas.QnasError, match="nn.Module or an architecture"):
+        qnas.score(42, predictor="random", val_size=32)  # type: ignore[arg-type]
+
+
+def test_unseen_layers() -> None:
+    rng = random.Random(0)
+    for _ in range(20):  # every architecture of the space is in the predictor's vocabulary
+        module = S.build(S.sample(rng, max_params=1_000_000), (1, 28, 28), 10)
+        assert unseen_layers(to_graph(module, (1, 28, 28))) == []
+
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 8, (3, 1))
+            self.b = nn.Conv2d(8, 8, 3, groups=2)
+            self.c = nn.Conv2d(8, 8, 2)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.a(x)
+            y = torch.cat([self.c(self.b(x)).mean((2, 3)), x.mean((2, 3))], 1)
+            return self.fc(y)
+
+    problems = unseen_layers(to_graph(Odd(), (1, 28, 28)))
+    text = " | ".join(problems)
+    assert "3x1 kernel" in text and "grouped convolution" in text and "2x2 kernel" in text and "'cat'" in text
+
+
+def test_predict_params() -> None:
+    net = TinyResNet()
+    params = qnas.predict_params(net, bits="w4a4", predictor="random")
+    assert {k: v.shape for k, v in params.items()} == {k: v.shape for k, v in net.named_parameters()}
+    built = qnas.build(ARCH)
+    arch_params = qnas.predict_params(ARCH, predictor="random")
+    assert set(arch_params) == {k for k, _ in built.named_parameters()}
+    built.load_state_dict(arch_params, strict=False)
+
+
+def test_search_finetune_export_wrappers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    summary = qnas.search("api", storage=url, trials=2, predictor="random", val_size=16, max_params=50_000)
+    assert summary.scored + summary.cached == 2 and summary.pareto
+    with pytest.raises(qnas.QnasError, match="trial=N or pareto"):
+        qnas.export("api", tmp_path / "out", storage=url)
+    with pytest.raises(qnas.QnasError, match="bad --bits"):
+        qnas.finetune("api", storage=url, bits="w9a9")
+
+
+MODULE_FILE = textwrap.dedent('''
+    from torch import nn
+
+
+    def net(kernel=3):
+        return nn.Sequential(nn.Conv2d(1, 8, kernel, padding=kernel // 2), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+    def net7():
+        return net(7)
+''')
+
+
+def test_cli_score_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mynet.py"
+    path.write_text(MODULE_FILE)
+    argv = ["score", "--val-size", "16", "--bits", "fp32,w4a4", "--init", "ghn:random", "--json"]
+    assert main([*argv, "--module", f"{path}:net"]) == 0
+    out = capsys.readouterr()
+    record = json.loads(out.out)
+    assert record["arch"] == f"{path}:net" and set(record["accuracy"]) == {"fp32", "w4a4"} and out.err == ""
+    assert main([*argv, "--module", f"{path}:net7"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("qnas: warning: the predictor has never seen") and "7x7 kernel" in err
+    for bad, message in ((f"{path}:nope", "no callable 'nope'"), (f"{tmp_path}/missing.py:net", "no file"),
+                         (str(path), "FILE.py:FACTORY")):
+        assert main([*argv, "--module", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("qnas: error:") and "\n" not in err and message in err
