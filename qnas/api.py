@@ -345,7 +345,8 @@ def make_search(
 ) -> Search:
     """A :class:`Search` with ``qnas search``'s options (``trials`` defaults to 50 when neither ``timeout`` nor
     ``total_trials`` is given)."""
-    from qnas.search import DEFAULT_SAMPLER, SearchConfig, check_study_name, parse_target
+    from qnas.defaults import DEFAULT_SAMPLER
+    from qnas.search import SearchConfig, check_study_name, parse_target
 
     target = parse_target(str(bits))
     check_study_name(study)

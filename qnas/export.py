@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qnas.api import make_callable
+from qnas.defaults import SETTINGS
 from qnas.errors import QnasError
 from qnas.finetune import Capture, Layout, bn_stats, layout
 from qnas.quant import (
@@ -899,7 +900,7 @@ def load_quantized(path: str | Path, setting: str | None = None) -> tuple[QuantM
 # Exporting trials of a study
 
 
-METRIC_SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
+METRIC_SETTINGS = SETTINGS  # the model card reports every scored setting
 DEFAULT_TEST_SIZE = 1000  # model-card accuracies: a quick estimate; --test-size 10000 for the full test set
 FIRST_LAST_ATTR = "first_last_bits"  # the study attribute holding the search's first/last-layer rule
 

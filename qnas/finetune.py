@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qnas.api import make_callable
+from qnas.defaults import FAQ
 from qnas.errors import QnasError
 from qnas.quant import (
     Calibration,
@@ -113,19 +114,19 @@ class FAQConfig:
     # Weight scales, for a setting that does not name them: per output channel (the scoring protocol of
     # `qnas search`, so a candidate is finetuned for the quantizer it was chosen under) or per tensor (FAQ).
     granularity: str = "channel"
-    epochs: int = 2
-    batch_size: int = 64
-    lr: float = 0.05
-    final_lr: float = 1e-6
+    epochs: int = FAQ.epochs
+    batch_size: int = FAQ.batch_size
+    lr: float = FAQ.lr
+    final_lr: float = FAQ.final_lr
     momentum: float = 0.9
-    weight_decay: float = 5e-5
+    weight_decay: float = FAQ.weight_decay
     first_last_8bit: bool = True  # qnas.quant.first_last_rule at its default (8 bits) or off ("same")
-    train_size: int | None = 10_000  # None: the whole training split
+    train_size: int | None = FAQ.train_size  # None: the whole training split
     calib_batches: int = 5
     calib_batch_size: int = 64
     weight_clip: float | None = None  # None: WEIGHT_CLIP_STD by weight bits; 0: no clipping (min/max)
     grad_clip: float | None = 5.0  # max gradient norm (a safety FAQ does not need with pretrained starts)
-    freeze_bn_at: float = 0.0  # fraction of the steps on BN batch statistics before freezing (module doc)
+    freeze_bn_at: float = FAQ.freeze_bn_at  # fraction of the steps on BN batch statistics before freezing (module doc)
     reestimate_bn: bool = True
     augment: bool = False
     seed: int = 0

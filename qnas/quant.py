@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from qnas.defaults import GRANULARITIES
 from qnas.errors import QnasError
 
 __all__ = [
@@ -109,7 +110,6 @@ SYMMETRIC_WEIGHT_BITS: frozenset[int] = frozenset({8})
 # many bits when a setting is lower (FAQ's recipe; see first_last_rule).
 FIRST_LAST_BITS = 8
 MODES = ("sim", "noise")
-GRANULARITIES = ("tensor", "channel")
 
 
 # ---------------------------------------------------------------------------------------------------

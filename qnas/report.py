@@ -24,8 +24,9 @@ import plotly.io as pio
 from optuna.trial import FrozenTrial, TrialState
 
 from qnas import __version__
+from qnas.defaults import SETTINGS
 from qnas.errors import QnasError
-from qnas.search import SETTINGS, default_storage, load_study, open_storage, redact
+from qnas.search import default_storage, load_study, open_storage, redact
 
 # One colour per setting, dark for full precision through red for the most aggressive quantization.
 _COLORS = {"fp32": "#3b3b3b", "w8a8": "#1f77b4", "w4a8": "#2ca02c", "w4a4": "#ff7f0e", "w2a2": "#d62728"}

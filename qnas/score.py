@@ -34,14 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnas.api import make_callable
+from qnas.defaults import BN_MODES, DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
 from qnas.errors import QnasError
 from qnas.quant import DEFAULT_SETTINGS, QuantModel, QuantSpec, _calibrate, _call, parse_specs, prepare
 
 __all__ = ["BN_MODES", "DEFAULT_BN_STATS", "DEFAULT_CALIB_SIZE", "Params", "evaluate", "init_params"]
 
-BN_MODES = ("batch", "calibrated")
-DEFAULT_BN_STATS = "calibrated"
-DEFAULT_CALIB_SIZE = 64  # calibration images for bn_stats="calibrated": one batch, as GHN-Q's statistics
 
 Params = Mapping[str, torch.Tensor] | Callable[[QuantSpec], Mapping[str, torch.Tensor]] | None
 

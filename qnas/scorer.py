@@ -16,18 +16,8 @@ from typing import Any
 
 import torch
 
+from qnas.defaults import ACT_RANGES, DEFAULT_DATASET, DEFAULT_GRANULARITY, SETTINGS
 from qnas.errors import QnasError
-
-SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
-# Per-output-channel weight scales by default: with BatchNorm folded into the weights, one scale per
-# tensor lets a single wide channel set the step for all (depthwise convs spread 14-21x), and W4 collapses
-# to chance (float GHN on 12 id nets, 256 images: W4A4 9.7% tensorwise vs 52.4% per-channel, FP32 59.4%).
-# Per-channel is also what int8 runtimes deploy (ONNX QDQ per-axis). GHN-Q's tensorwise protocol stays
-# available (--granularity tensor) and is reported beside it.
-DEFAULT_GRANULARITY = "channel"
-# Activation ranges: "auto" is the engine's default rule (min/max at 3+ bits, a percentile at 2 bits, see
-# qnas.quant.LOW_BIT_ACT_PERCENTILE: W2A2 15.2% -> 48.7% on 12 id nets); "minmax" everywhere is GHN-Q's.
-ACT_RANGES = ("auto", "minmax")
 
 
 @dataclass
@@ -122,7 +112,7 @@ class GHNScorer:
 def make_scorer(
     *,
     space: ModuleType,
-    dataset: str = "fashion-mnist",
+    dataset: str = DEFAULT_DATASET,
     data_dir: str | None = None,
     predictor: str | None = None,
     val_size: int = 1000,
@@ -141,9 +131,9 @@ def make_scorer(
     ranker that is not a valid ranker JSON, or was fitted on another predictor, is refused.
     """
     from qnas.data import dataset_info, load_dataset, val_subset
+    from qnas.defaults import DEFAULT_BN_STATS
     from qnas.predictors import load_predictor, resolve_predictor_name
     from qnas.quant import parse_first_last_bits
-    from qnas.score import DEFAULT_BN_STATS
 
     first_last = parse_first_last_bits(first_last_bits)
 

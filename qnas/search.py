@@ -31,14 +31,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from qnas.api import make_callable
+from qnas.defaults import DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS, SETTINGS
 from qnas.errors import QnasError, Terminated, raise_terminated
 
-SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
-SAMPLERS = ("nsga2", "tpe", "random")
-# benchmarks/search_efficiency.py (shipped predictor, W4A4, 3 seeds): median hypervolume after 200 trials
-# NSGA-II 2.008, TPE 1.997, random search after 400 trials 1.999 (hv_ratio=1.005). NSGA-II's lead is
-# within seed noise; it is kept for its population (all cores busy, no sequential model to refit).
-DEFAULT_SAMPLER = "nsga2"
 # Study-level attributes that must match when a study is continued, so runs never silently mix.
 # What a scorer returns per setting: raw GHN top-1/top-5 and loss, and the ranker's predicted trained top-1.
 SCORE_ATTRS = ("top1_", "top5_", "loss_", "pred_top1_")
@@ -70,10 +65,10 @@ class SearchConfig:
     storage: str | None = None
     sampler: str = DEFAULT_SAMPLER
     seed: int | None = 0
-    space: str = "convnets250k"
-    dataset: str = "fashion-mnist"
-    predictor: str = "fashion-mnist"
-    population_size: int = 20
+    space: str = DEFAULT_SPACE
+    dataset: str = DEFAULT_DATASET
+    predictor: str = DEFAULT_DATASET  # shipped predictors are named after their dataset
+    population_size: int = DEFAULT_POPULATION
     protocol: str = "calibrated/channel/a2p99.5/fl8/w8sym"  # how scores were measured (GHNScorer.protocol)
     objective: str = "top1"  # what is maximized at the target: "pred_top1" (the ranker) or "top1" (raw GHN)
     first_last_bits: int | None = 8  # qnas.quant.first_last_rule; recorded for finetune and export

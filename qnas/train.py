@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnas import data
+from qnas.defaults import DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
 from qnas.errors import QnasError
 from qnas.quant import QuantSpec, calibrate, parse_specs, prepare
-from qnas.score import DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE, evaluate
+from qnas.score import evaluate
 
 __all__ = ["EpochLog", "TrainResult", "reset_parameters", "train", "unit_variance_init"]
 

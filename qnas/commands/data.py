@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from qnas import data
+from qnas.defaults import DEFAULT_DATASET
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,9 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument(
         "--dataset",
-        default="fashion-mnist",
+        default=DEFAULT_DATASET,
         metavar="NAME",
-        help=f"dataset name: {', '.join(data.list_datasets())} (default: fashion-mnist)",
+        help=f"dataset name, as `qnas data list` shows them (default: {DEFAULT_DATASET})",
     )
     check.add_argument("--data-dir", type=Path, metavar="DIR", help="directory searched first for the files")
     check.add_argument(
@@ -50,6 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from qnas import data
+
     infos = [data.dataset_info(name) for name in data.list_datasets()]
     if args.json:
         print(json.dumps([_info_json(info) for info in infos], indent=2))
@@ -73,6 +73,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from qnas import data
+
     start = time.perf_counter()
     ds = data.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     seconds = time.perf_counter() - start
@@ -84,7 +86,7 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info_json(info: data.DatasetInfo) -> dict[str, Any]:
+def _info_json(info: Any) -> dict[str, Any]:
     return {
         "name": info.name,
         "input_shape": list(info.input_shape),
@@ -95,7 +97,11 @@ def _info_json(info: data.DatasetInfo) -> dict[str, Any]:
     }
 
 
-def _summary(ds: data.Dataset, seconds: float) -> dict[str, Any]:
+def _summary(ds: Any, seconds: float) -> dict[str, Any]:
+    import torch
+
+    from qnas import data
+
     splits = {
         "train": ds.train_labels,
         "val": ds.val_labels,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from qnas.commands._args import positive_float, positive_int, seed, study_name
+from qnas.commands._output import pct, print_architectures
 from qnas.errors import QnasError
 
 _STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qnas search` writes)"
@@ -39,9 +40,7 @@ _FIRST_LAST_HELP = ("first and last weight layers, the network input and the las
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from qnas.finetune import FAQConfig
-
-    d = FAQConfig()
+    from qnas.defaults import FAQ as d
     f = subparsers.add_parser(
         "finetune",
         help="FAQ-finetune chosen candidates of a study at a bit setting, from GHN-predicted parameters",
@@ -57,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--study", type=study_name, required=True, help="study name (as given to `qnas search --study`)")
     f.add_argument("--storage", help=_STORAGE_HELP)
     pick = f.add_mutually_exclusive_group()
-    pick.add_argument("--trials", type=_trial_list, help="trial numbers, e.g. 3,7")
+    pick.add_argument("--trials", "--trial", type=_trial_list, help="trial numbers, e.g. 3,7 (--trial: the same)")
     pick.add_argument("--top-k", type=positive_int, default=None,
                       help="the K most accurate distinct candidates of the Pareto front (default 3)")
     f.add_argument("--bits", default=None, help="setting: 8, 4, 2 (wBaB) or a name like w4a8 (default: the "
@@ -109,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--study", type=study_name, required=True, help="study name")
     e.add_argument("--storage", help=_STORAGE_HELP)
     which = e.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, help="trial number")
+    which.add_argument("--trial", "--trials", type=int, dest="trial", help="trial number (--trials: the same)")
     which.add_argument("--pareto", action="store_true", help="every trial of the Pareto front")
     e.add_argument("--out", required=True, type=Path, help="output directory")
     e.add_argument("--bits", default=None, help="low-bit ONNX setting: 8, 4, 2 or e.g. w4a8 (default: the finetuned "
@@ -168,13 +167,16 @@ def _finetune(args: argparse.Namespace) -> int:
                 "skipped")
         print(json.dumps([{k: r[k] for k in keep if k in r} for r in runs], indent=1))
         return 0
-    table = Table(title=f"FAQ finetuning at {setting} (top-1 on {runs[0]['test_images'] if runs else 0} test images)")
-    for col in ("trial", "fp32 before", "fp32 after", f"{setting} before", f"{setting} after", "s", "architecture"):
-        table.add_column(col, overflow="fold")
+    images = runs[0]["test_images"] if runs else 0
+    table = Table(title=f"FAQ finetuning at {setting} (top-1 in % on {images} test images)")
+    for col in ("trial", "fp32 before", "fp32 after", f"{setting} before", f"{setting} after", "s"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in runs:
-        cells = (f"{100 * r[w][k]:.1f}%" for k in ("fp32", setting) for w in ("before", "after"))
-        table.add_row(str(r["trial"]), *cells, f"{r['seconds']:.0f}", str(r["arch"]))
-    console.print(table)
+        cells = (pct(r[w][k]) for k in ("fp32", setting) for w in ("before", "after"))
+        table.add_row(str(r["trial"]), *cells, f"{r['seconds']:.0f}")
+    out = Console(soft_wrap=True)  # results on stdout, progress on stderr
+    out.print(table)
+    print_architectures(out, [(r["trial"], str(r["arch"])) for r in runs])
     return 0
 
 
@@ -216,8 +218,8 @@ def _export(args: argparse.Namespace) -> int:
                            "latency_ms": r.latency_ms, "verification": r.verification} for t, r in results], indent=1))
         return 0
     for t, r in results:
-        table = Table(title=f"trial {t} -> {r.out_dir}  (" + ", ".join(
-            f"{k} {100 * v:.1f}%" for k, v in r.metrics.items()) + ")")
+        table = Table(title=f"trial {t} -> {r.out_dir}  (top-1 " + ", ".join(
+            f"{k} {pct(v)}%" for k, v in r.metrics.items()) + ")")
         for col in ("file", "bytes", "ms/image", "max |diff|", "top-1 agree", "ORT fused: agree"):
             table.add_column(col)
         for f, size in r.files.items():
@@ -226,5 +228,5 @@ def _export(args: argparse.Namespace) -> int:
             table.add_row(f, f"{size:,}", ms, f"{v['max_abs_diff']:.2e}" if v else "",
                           f"{100 * v['top1_agreement']:.2f}%" if v else "",
                           f"{100 * v['fused_top1_agreement']:.2f}%" if "fused_top1_agreement" in v else "")
-        console.print(table)
+        Console(soft_wrap=True).print(table)  # results on stdout, progress on stderr
     return 0

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from qnas.commands._args import non_negative_int, seed
+from qnas.defaults import DEFAULT_DATASET, SETTINGS
 from qnas.errors import QnasError
 
-DEFAULT_SETTINGS = "fp32,w8a8,w4a8,w4a4,w2a2"
+DEFAULT_SETTINGS = ",".join(SETTINGS)
 
 
 def _splits(text: str) -> list[str]:
@@ -39,14 +40,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--predictor", metavar="P",
                    help="shipped predictor name, checkpoint path or 'random' (default: the shipped predictor "
                    "for --dataset)")
-    p.add_argument("--dataset", default="fashion-mnist", metavar="NAME", help="dataset (default fashion-mnist)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, metavar="NAME", help=f"dataset (default {DEFAULT_DATASET})")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory searched first for the dataset files")
     p.add_argument("--splits", type=_splits, default=["id", "deep", "wide", "bn_free"],
                    help="comma-separated splits (default id,deep,wide,bn_free)")
     p.add_argument("--n", type=non_negative_int, default=0,
                    help="architectures per split, the first N in committed order (default 0: all)")
-    p.add_argument("--bits", default=DEFAULT_SETTINGS, metavar="SETTINGS",
-                   help=f"comma-separated settings (default {DEFAULT_SETTINGS})")
+    p.add_argument("--settings", "--bits", dest="bits", default=DEFAULT_SETTINGS, metavar="LIST",
+                   help=f"comma-separated settings (default {DEFAULT_SETTINGS}; --bits: the same)")
     p.add_argument("--granularity", choices=("channel", "tensor"), default="channel",
                    help="weight scales of settings that do not name theirs (-channel/-tensor): per output channel "
                    "(qnas's scoring protocol, default) or per tensor (GHN-Q's protocol)")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qnas.commands._args import positive_int, study_name
+from qnas.commands._output import pct, print_architectures
 from qnas.errors import QnasError
 
 _STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qnas search` writes)"
@@ -45,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     w = subparsers.add_parser(
         "show", help="table of the best feasible trials of a study",
         description="Show the best feasible trials of a study by top-1 at its target setting (or its Pareto "
-        "front with --pareto): trial number, params, MACs, top-1 at every setting and the architecture. "
+        "front with --pareto): trial number, params, MACs, top-1 in % at every setting, then each architecture on "
+        "a line of its own (never folded). "
         "Duplicate architectures are listed once, under the trial that scored them.",
     )
     w.add_argument("--study", type=study_name, required=True, help="study name")
@@ -80,8 +82,8 @@ def _report(args: argparse.Namespace) -> int:
             raise QnasError(f"cannot write {path}: {exc.strerror or exc}") from None
         messages.append(f"{'overwrote' if existed else 'wrote'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
     console = Console()
-    console.print(_trials_table(study, R.best_trials(study, top=None, pareto=True), target,
-                                f"Pareto front of {args.study!r} at {target} (top-1 %)", short=True))
+    _print_trials(console, study, R.best_trials(study, top=None, pareto=True), target,
+                  f"Pareto front of {args.study!r} at {target} (top-1 %)", short=True)
     for m in messages:
         console.print(m, highlight=False)
     return 0
@@ -137,7 +139,7 @@ def _studies(args: argparse.Namespace) -> int:
     table.add_column("bound", justify="right", no_wrap=True)
     table.add_column("best top-1", justify="right", no_wrap=True)
     for r in rows:
-        best = "–" if r.best_top1 is None else f"{100 * r.best_top1:.2f}% #{r.best_trial}"
+        best = "–" if r.best_top1 is None else f"{pct(r.best_top1)}% #{r.best_trial}"
         cells = [r.name, str(r.trials), str(r.complete), str(r.failed), str(r.running), r.target or "–",
                  _compact(r.max_params) if r.max_params else "–", best]
         table.add_row(*([] if len(storages) == 1 else [r.storage.removeprefix("sqlite:///")]), *cells)
@@ -175,8 +177,14 @@ def _show(args: argparse.Namespace) -> int:
     title = (f"Pareto front of {args.study!r} at {target}{under}" if args.pareto
              else f"best {len(trials)} feasible trials of {args.study!r} by "
              f"{'predicted trained ' if R.study_objective(study) == 'pred_top1' else ''}top-1 at {target}{under}")
-    Console().print(_trials_table(study, trials, target, title))
+    _print_trials(Console(), study, trials, target, title)
     return 0
+
+
+def _print_trials(console: Console, study, trials, target: str, title: str, short: bool = False) -> None:
+    """The table, then each trial's architecture on a line of its own (never folded: users copy it)."""
+    console.print(_trials_table(study, trials, target, title, short))
+    print_architectures(console, [(t.number, str(t.user_attrs.get("arch", ""))) for t in trials])
 
 
 def _trials_table(study, trials, target: str, title: str, short: bool = False) -> Table:
@@ -196,7 +204,6 @@ def _trials_table(study, trials, target: str, title: str, short: bool = False) -
         star = s == target and not predicted
         table.add_column(f"{'GHN ' if predicted else ''}{s}{' *' if star else ''}", justify="right", no_wrap=True,
                          style="bold" if star else None)
-    table.add_column("architecture", overflow="fold", min_width=24)
     caption = ("pred. = the ranker's predicted top-1 after training (qnas.ranker); GHN = top-1 of the "
                "GHN-predicted parameters; in %; * = what the search maximized") if predicted else \
         "top-1 accuracy in %; * = the target setting"
@@ -204,9 +211,9 @@ def _trials_table(study, trials, target: str, title: str, short: bool = False) -
     table.caption_justify = "left"
     for t in trials:
         a = t.user_attrs
-        accs = [f"{100 * a[f'top1_{s}']:.2f}" if f"top1_{s}" in a else "–" for s in settings]
+        accs = [pct(a.get(f"top1_{s}")) for s in settings]
         if predicted:
-            accs.insert(0, f"{100 * R.value(t, target, 'pred_top1'):.2f}")
+            accs.insert(0, pct(R.value(t, target, "pred_top1")))
         macs = [] if short else [f"{a.get('macs', 0) / 1e6:,.1f}M"]
-        table.add_row(str(t.number), f"{a['params']:,}", *macs, *accs, str(a.get("arch", "")))
+        table.add_row(str(t.number), f"{a['params']:,}", *macs, *accs)
     return table

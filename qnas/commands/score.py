@@ -19,10 +19,17 @@ _BN_HELP = ("BatchNorm statistics and activation ranges: 'calibrated' = measured
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from qnas.defaults import (
+        BN_MODES,
+        DEFAULT_BN_STATS,
+        DEFAULT_CALIB_SIZE,
+        DEFAULT_DATASET,
+        DEFAULT_GRANULARITY,
+        DEFAULT_SPACE,
+        GRANULARITIES,
+    )
+    from qnas.defaults import SETTINGS as DEFAULT_SETTINGS
     from qnas.limits import DEFAULT_MAX_MACS, DEFAULT_MAX_PARAMS
-    from qnas.quant import DEFAULT_SETTINGS, GRANULARITIES
-    from qnas.score import BN_MODES, DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
-    from qnas.scorer import DEFAULT_GRANULARITY
 
     p = subparsers.add_parser(
         "score",
@@ -41,14 +48,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="any traceable nn.Module: FACTORY() in FILE.py (or package.module:FACTORY) returns it; it "
                       "takes the dataset's images and returns class logits. Layers the predictor never saw are "
                       "warned about")
-    p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
-    p.add_argument("--dataset", default="fashion-mnist", help="dataset name (default fashion-mnist)")
+    p.add_argument("--space", default=DEFAULT_SPACE, help=f"search space (default {DEFAULT_SPACE})")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory searched first for the dataset")
     p.add_argument("--init", default="ghn", metavar="SOURCE",
                    help="where parameters come from: 'ghn[:PREDICTOR]' (predicted by the shipped or given GHN), "
                    "'random' (seeded PyTorch init) or 'trained:EPOCHS' (the reference SGD trainer, FP32) "
                    "(default ghn)")
-    p.add_argument("--bits", default=",".join(DEFAULT_SETTINGS), metavar="LIST",
+    p.add_argument("--settings", "--bits", dest="bits", default=",".join(DEFAULT_SETTINGS), metavar="LIST",
                    help="comma-separated settings: fp32 or wXaY with X, Y in 2..8, optional suffixes -noise, "
                    f"-channel, -fl8 (default {','.join(DEFAULT_SETTINGS)})")
     p.add_argument("--granularity", choices=GRANULARITIES, default=DEFAULT_GRANULARITY,
@@ -76,9 +83,10 @@ def _score(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from qnas import data
+    from qnas.defaults import DEFAULT_CALIB_SIZE
     from qnas.limits import check_arch_size
     from qnas.quant import parse_specs, with_granularity
-    from qnas.score import DEFAULT_CALIB_SIZE, evaluate
+    from qnas.score import evaluate
     from search_spaces import get_space
 
     # Results keep the names asked for (w4a4), as `qnas search` reports them; "granularity" says the scales.
@@ -169,10 +177,13 @@ def _print(record: dict[str, Any]) -> None:
 
     acc = record["accuracy"]
     ref = acc.get("fp32", {}).get("top1")
-    table = Table(title=f"{record['arch']}\n{record['params']:,} params, {record['macs']:,} MACs",
-                  caption=f"{record['dataset']}, {record['val_size']} validation images (seed {record['seed']}), "
-                  f"init {record['init']}, BN {record['bn_stats']}, {record['granularity']} weight scales, "
-                  f"{record['seconds']['score']:.1f} s")
+    console = Console(soft_wrap=True)
+    console.print(record["arch"], markup=False, highlight=False)  # on its own line, never folded: users copy it
+    caption = (f"{record['dataset']}, {record['val_size']} validation images (seed {record['seed']}), init "
+               f"{record['init']}, BN {record['bn_stats']}, {record['granularity']} weight scales, "
+               f"{record['seconds']['score']:.1f} s")
+    table = Table(title=f"{record['params']:,} params, {record['macs']:,} MACs", title_justify="left",
+                  caption=caption, caption_justify="left")
     for col in ("setting", "top-1 %", "top-5 %") + (("top-1 vs fp32",) if ref is not None else ()):
         table.add_column(col, justify="right" if col != "setting" else "left")
     for name, a in acc.items():
@@ -180,4 +191,4 @@ def _print(record: dict[str, Any]) -> None:
         if ref is not None:
             row.append("" if name == "fp32" else f"{100 * (a['top1'] - ref):+.2f}")
         table.add_row(*row)
-    Console().print(table)
+    console.print(table)

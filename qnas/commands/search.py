@@ -10,11 +10,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qnas.commands._args import param_count, population, positive_float, positive_int, seed, study_name
+from qnas.commands._output import pct, print_architectures
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from qnas.scorer import ACT_RANGES
-    from qnas.search import DEFAULT_SAMPLER, SAMPLERS
+    from qnas.defaults import ACT_RANGES, DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS
 
     p = subparsers.add_parser(
         "search",
@@ -42,12 +42,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "journal:path.log)")
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
                    help=f"Optuna sampler (default {DEFAULT_SAMPLER}, chosen by benchmarks/search_efficiency.py)")
-    p.add_argument("--population", type=population, default=20, help="NSGA-II population size, >= 2 (default 20)")
+    p.add_argument("--population", type=population, default=DEFAULT_POPULATION,
+                   help=f"NSGA-II population size, >= 2 (default {DEFAULT_POPULATION}); the first generation is random")
     p.add_argument("--seed", type=seed, default=0,
                    help="sampler seed in [0, 2**32) (default 0; give each concurrent worker its own: the sampler is "
                    "seeded with a hash of it and the trials already in the study)")
-    p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
-    p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    p.add_argument("--space", default=DEFAULT_SPACE, help=f"search space (default {DEFAULT_SPACE})")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset (default {DEFAULT_DATASET})")
     p.add_argument("--data-dir", default=None, help="where the dataset files are (default: standard places)")
     p.add_argument("--predictor", default=None,
                    help="GHN checkpoint name or path (default: the shipped one for --dataset; 'random' for an "
@@ -70,35 +71,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="what the search maximizes: 'auto' (default) the ranker shipped beside the predictor, which "
                    "predicts trained accuracy from the GHN's scores and cheap features; 'none' the raw GHN accuracy; "
                    "or a ranker JSON file")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    # Scoring runs on the CPU (candidates are small, scored one at a time): --device is kept for old scripts only.
+    p.add_argument("--device", choices=("cpu",), default="cpu", help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no line per trial (the summary and the "
+                   "front are still printed)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import optuna
 
-    from qnas.scorer import make_scorer
-    from qnas.search import SearchConfig, parse_target, run_search
-    from search_spaces import get_space
+    from qnas.api import make_search
+    from qnas.defaults import DEFAULT_SAMPLER
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress display says what matters
-    target = parse_target(args.bits)
-    space = get_space(args.space)
-    console = Console(stderr=True)
-    scorer = make_scorer(
-        space=space, dataset=args.dataset, data_dir=args.data_dir, predictor=args.predictor,
-        val_size=args.val_size, bn_stats=args.bn_stats, granularity=args.granularity,
-        act_ranges=args.act_ranges, device=args.device, ranker=args.ranker, first_last_bits=args.first_last_bits,
+    console = Console(stderr=True, soft_wrap=True)  # progress and notes; trial lines and the front go to stdout
+    out = Console(soft_wrap=True)
+    planned = make_search(
+        args.study, bits=args.bits, max_params=args.max_params, trials=args.trials, total_trials=args.total_trials,
+        timeout=args.timeout, storage=args.storage, sampler=args.sampler, population=args.population, seed=args.seed,
+        space=args.space, dataset=args.dataset, data_dir=args.data_dir, predictor=args.predictor,
+        val_size=args.val_size, bn_stats=args.bn_stats, granularity=args.granularity, act_ranges=args.act_ranges,
+        first_last_bits=args.first_last_bits, ranker=args.ranker,
     )
-    trials = args.trials if args.trials or args.timeout or args.total_trials else 50
-    cfg = SearchConfig(
-        study=args.study, target=target, max_params=args.max_params, trials=trials,
-        total_trials=args.total_trials, timeout=args.timeout,
-        storage=args.storage, sampler=args.sampler, seed=args.seed, space=args.space, dataset=args.dataset,
-        predictor=scorer.name, population_size=args.population, protocol=scorer.protocol,
-        objective=scorer.objective_key(target), first_last_bits=scorer.first_last_bits,
-    )
+    cfg, scorer, target = planned.config, planned.scorer, planned.config.target
     if cfg.objective == "top1" and not args.quiet:
         why = "no ranker for this predictor" if scorer.ranker is None else f"the ranker has no model for {target}"
         console.print(f"note: {why}: maximizing the raw GHN accuracy")
@@ -108,41 +106,77 @@ def run(args: argparse.Namespace) -> int:
                    "best {task.fields[target]} {task.fields[best]}"),
         TimeElapsedColumn(), console=console, disable=args.quiet,
     )
+    # On a terminal the trial lines go above the progress bar; piped, they are stdout's lines.
+    lines = progress.console if sys.stdout.isatty() else out
     start = time.perf_counter()
     best = {"acc": None}
 
     def on_trial(study, trial, summary) -> None:
         from qnas.search import pareto_front
 
+        if summary.trials_run == 1 and cfg.sampler == DEFAULT_SAMPLER:
+            _warn_random_generation(console, study, cfg, summary)
         front = pareto_front(study)
         if front:
             best["acc"] = max(t.values[0] for t in front)
         rate = summary.trials_run / max(time.perf_counter() - start, 1e-9) * 60
         progress.update(task, advance=1, total=summary.planned, rate=rate, front=len(front),
-                        best="-" if best["acc"] is None else f"{100 * best['acc']:.1f}%")
+                        best="-" if best["acc"] is None else f"{pct(best['acc'])}%")
+        if not args.quiet:
+            lines.print(_trial_line(trial, cfg), markup=False, highlight=False, soft_wrap=True)
 
     # Optuna logs a trial failed by Ctrl-C with the full traceback; the summary already says "interrupted".
     optuna_log = logging.getLogger("optuna.study._optimize")
     optuna_log.addFilter(_drop_interrupt_traceback)
     try:
         with progress:
-            task = progress.add_task("search", total=trials, study=args.study, rate=0.0, front=0, target=target,
+            task = progress.add_task("search", total=cfg.trials, study=args.study, rate=0.0, front=0, target=target,
                                      best="-")
-            summary = run_search(cfg, scorer, space, scorer.input_shape, scorer.num_classes, on_trial=on_trial)
+            summary = planned.run(on_trial=on_trial)
     finally:
         optuna_log.removeFilter(_drop_interrupt_traceback)
 
-    _print_summary(console, cfg, summary)
+    _print_summary(console, out, cfg, summary)
     if summary.terminated:
         return 143
     return 130 if summary.interrupted else 0
+
+
+def _warn_random_generation(console: Console, study, cfg, summary) -> None:
+    """NSGA-II samples its first generation (``population`` trials) at random: say when that is all this run does."""
+    from optuna.trial import TrialState
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    left = summary.planned if summary.planned is not None else 0
+    if cfg.timeout is None and done - 1 + left < cfg.population_size:
+        console.print(f"qnas: warning: the study will have {done - 1 + left} trials, fewer than the NSGA-II "
+                      f"population ({cfg.population_size}): its first generation is random, so this is random search "
+                      "(run more --trials or pass a smaller --population)", highlight=False, markup=False)
+
+
+def _trial_line(trial, cfg) -> str:
+    """One line per finished trial: number, what was maximized, raw GHN top-1, size, seconds, architecture."""
+    a = trial.user_attrs
+    head = f"trial {trial.number}"
+    if trial.state.name != "COMPLETE":
+        return f"{head}: {trial.state.name.lower()}"
+    if a.get("infeasible"):
+        return f"{head}: {a.get('params', 0):,} params, over the bound {cfg.max_params:,}"
+    what = "pred." if cfg.objective == "pred_top1" else "GHN"
+    parts = [f"{cfg.target} {pct(trial.values[0])}% ({what})"]
+    if cfg.objective == "pred_top1":
+        parts.append(f"GHN {cfg.target} {pct(a.get(f'top1_{cfg.target}'))}%")
+    parts += [f"GHN fp32 {pct(a.get('top1_fp32'))}%", f"{a.get('params', 0):,} params"]
+    parts.append(f"duplicate of trial {a['scored_in_trial']}" if "scored_in_trial" in a
+                 else f"{a.get('score_seconds', 0.0):.1f}s")
+    return f"{head}: {', '.join(parts)}  {a.get('arch', '')}"
 
 
 def _drop_interrupt_traceback(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
-def _print_summary(console: Console, cfg, summary) -> None:
+def _print_summary(console: Console, out: Console, cfg, summary) -> None:
     from rich.table import Table
 
     per_trial = summary.score_seconds / max(summary.scored, 1)
@@ -154,11 +188,12 @@ def _print_summary(console: Console, cfg, summary) -> None:
         + ("; terminated (SIGTERM)" if summary.terminated else "; interrupted" if summary.interrupted else "")
     )
     what = "predicted trained top-1" if cfg.objective == "pred_top1" else "GHN top-1"
-    table = Table(title=f"Pareto front of study {cfg.study!r} ({what} at {cfg.target} vs params)")
+    table = Table(title=f"Pareto front of study {cfg.study!r} ({what} in % at {cfg.target} vs params)")
     for col in ("trial", "params", f"{'pred.' if cfg.objective == 'pred_top1' else 'top1'} {cfg.target}",
-                "GHN top1 fp32", "architecture"):
-        table.add_column(col, overflow="fold")
+                "GHN top1 fp32"):
+        table.add_column(col, justify="right", no_wrap=True)
     for t in summary.pareto:
-        table.add_row(str(t.number), f"{t.user_attrs['params']:,}", f"{100 * t.values[0]:.1f}%",
-                      f"{100 * t.user_attrs.get('top1_fp32', float('nan')):.1f}%", t.user_attrs["arch"])
-    console.print(table)
+        a = t.user_attrs
+        table.add_row(str(t.number), f"{a['params']:,}", pct(t.values[0]), pct(a.get("top1_fp32")))
+    out.print(table)
+    print_architectures(out, [(t.number, str(t.user_attrs["arch"])) for t in summary.pareto])

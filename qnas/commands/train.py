@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from qnas.commands._args import fraction, param_count, positive_float, positive_int, seed
+from qnas.defaults import DEFAULT_DATASET, DEFAULT_SPACE
 from qnas.errors import QnasError
 
 
@@ -21,10 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="run directory (checkpoint last.pt, train_log.csv, eval_log.csv)")
     p.add_argument("--regime", choices=("float", "qat"), default="float", help="training regime (default float)")
-    p.add_argument("--bits", default=None,
-                   help="settings drawn per architecture, e.g. w4a4 or fp32,w8a8,w4a4,w2a2 (default fp32)")
+    p.add_argument("--settings", "--bits", dest="bits", default=None, metavar="LIST",
+                   help="settings drawn per architecture, e.g. w4a4 or fp32,w8a8,w4a4,w2a2 (default fp32; --bits: the "
+                   "same)")
     p.add_argument("--conditioned", action="store_true", help="bit-width embedding in the GHN (one GHN, all bits)")
-    p.add_argument("--init", default=None, help="predictor name or checkpoint to start from (QAT finetuning)")
+    p.add_argument("--start-from", "--init", dest="init", default=None, metavar="PREDICTOR",
+                   help="predictor name or checkpoint to start from (QAT finetuning; --init: the same)")
     p.add_argument("--steps", type=positive_int, default=5000, help="total training steps (default 5000)")
     p.add_argument("--stop-after", type=positive_int, default=None, help="stop after this many steps in this run")
     p.add_argument("--meta-batch", type=positive_int, default=8, help="architectures per step (default 8)")
@@ -38,9 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="scaled weight standardization of BN-free nets' predicted weights (default: on with --bn-free)")
     p.add_argument("--hidden", type=positive_int, default=None, help="GHN node state size (default 32)")
     p.add_argument("--max-channels", type=positive_int, default=None, help="GHN decoded block size (default 64)")
-    p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset (default {DEFAULT_DATASET})")
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--space", default="convnets250k", help="search space (default convnets250k)")
+    p.add_argument("--space", default=DEFAULT_SPACE, help=f"search space (default {DEFAULT_SPACE})")
     p.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
     p.add_argument("--eval-every", type=positive_int, default=250, help="validate every N steps (default 250)")
     p.add_argument("--checkpoint-every", type=positive_float, default=300.0,

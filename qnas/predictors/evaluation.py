@@ -69,9 +69,10 @@ def evaluate_predictor(
     and ``architectures``: one record per architecture with its accuracies. ``on_arch(split, arch)``
     is called after each architecture (progress bars).
     """
+    from qnas.defaults import DEFAULT_BN_STATS
     from qnas.predictors import check_compatible
     from qnas.quant import parse_specs, prepare
-    from qnas.score import DEFAULT_BN_STATS, evaluate
+    from qnas.score import evaluate
     from search_spaces import get_space
 
     info, header = ds.info, predictor.header
