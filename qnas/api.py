@@ -18,9 +18,7 @@ Accuracies are fractions in [0, 1] (the CLI prints them as percentages).
 
 from __future__ import annotations
 
-import importlib
 import os
-import types
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -34,8 +32,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["CallableModule", "Score", "Search", "build", "check_io", "export", "finetune", "load_factory",
-           "make_callable", "make_search", "predict_params", "score", "search", "study_predictor"]
+__all__ = ["Score", "Search", "build", "check_io", "export", "finetune", "load_factory", "make_search",
+           "predict_params", "score", "search", "study_predictor"]
 
 Bits = str | int | Iterable[str | int]
 
@@ -508,22 +506,3 @@ def export(
         except QnasError as exc:
             raise QnasError(f"{exc} ({why})" if pred is None and why else str(exc)) from None
     return results
-
-
-class CallableModule(types.ModuleType):
-    """The class of ``qnas.score``, ``qnas.search``, ``qnas.finetune`` and ``qnas.export``: each is both a
-    module (``qnas.score.evaluate``) and, called, the API function of its name (``qnas.score(model)``).
-
-    Why: a package attribute named like a submodule is replaced by the module when that module is imported,
-    so plain functions of those names would stop working as soon as anything imported the submodule.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(__name__), self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-def make_callable(module_name: str) -> None:
-    """Turn the module ``module_name`` into a :class:`CallableModule` (called at the end of it)."""
-    import sys
-
-    sys.modules[module_name].__class__ = CallableModule

@@ -18,6 +18,8 @@ from typing import Any
 from qnas import __version__
 from qnas.errors import QnasError, QnasWarning, Terminated, raise_terminated
 
+__all__ = ["ArgumentParser", "build_parser", "main"]
+
 # Command modules under qnas/commands, in the order `qnas --help` lists them.
 _COMMANDS = ("space", "data", "score", "search", "report", "predictor", "train", "finetune")
 

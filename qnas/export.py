@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from qnas.api import make_callable
+from qnas.callable_module import make_callable
 from qnas.defaults import SETTINGS
 from qnas.errors import QnasError
 from qnas.finetune import Capture, Layout, bn_stats, layout

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from qnas.api import make_callable
+from qnas.callable_module import make_callable
 from qnas.defaults import FAQ
 from qnas.errors import QnasError
 from qnas.quant import (

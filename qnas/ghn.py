@@ -39,6 +39,18 @@ from qnas.graph import (
     to_graph,
 )
 
+__all__ = [
+    "BIT_VALUES",
+    "FP32",
+    "GHN",
+    "SPATIAL_VALUES",
+    "GHNConfig",
+    "bits_name",
+    "parse_bits",
+    "predict",
+    "predict_many",
+]
+
 Bits = tuple[int, int]  # (weight bits, activation bits); 32 means float
 FP32: Bits = (32, 32)
 BIT_VALUES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16, 32)

@@ -29,6 +29,19 @@ from torch import fx, nn
 
 from qnas.errors import QnasError
 
+__all__ = [
+    "DEFAULT_S_MAX",
+    "OPS",
+    "OP_INDEX",
+    "WEIGHT_OPS",
+    "ArchGraph",
+    "GraphBatch",
+    "GraphCache",
+    "LevelStep",
+    "batch_graphs",
+    "to_graph",
+]
+
 # The fixed op vocabulary; a GHN embeds these by index, so only ever append to it.
 OPS: tuple[str, ...] = (
     "input",

@@ -10,6 +10,8 @@ from typing import Any
 
 from qnas.errors import QnasError
 
+__all__ = ["DEFAULT_MAX_MACS", "DEFAULT_MAX_PARAMS", "check_arch_size"]
+
 # Every architecture the space samples fits: its bound is 1e7 parameters and its held-out splits reach
 # 1.4e9 MACs per image.
 DEFAULT_MAX_PARAMS = 10_000_000

@@ -78,6 +78,7 @@ __all__ = [
     "QuantModel",
     "QuantSpec",
     "calibrate",
+    "calibrate_with_logits",
     "fake_quantize",
     "first_last_rule",
     "fold_bn",
@@ -1147,10 +1148,10 @@ def calibrate(
     uses the float statistics). A setting measures the network quantized at that setting, each layer
     seeing the quantized outputs of the layers before it (BatchNorm re-estimation, what batch
     statistics do per batch), valid for that setting only."""
-    return _calibrate(model, images, spec, params, batch_size, channels_last, generator)[0]
+    return calibrate_with_logits(model, images, spec, params, batch_size, channels_last, generator)[0]
 
 
-def _calibrate(model: QuantModel, images: torch.Tensor, spec: QuantSpec | str | None,
+def calibrate_with_logits(model: QuantModel, images: torch.Tensor, spec: QuantSpec | str | None,
                params: Mapping[str, torch.Tensor] | None, batch_size: int, channels_last: bool,
                generator: torch.Generator | None = None) -> tuple[Calibration, list[torch.Tensor]]:
     """:func:`calibrate`, also returning the logits of each calibration batch (batch statistics)."""

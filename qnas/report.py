@@ -28,6 +28,29 @@ from qnas.defaults import SETTINGS
 from qnas.errors import QnasError
 from qnas.search import default_storage, load_study, open_storage, redact
 
+__all__ = [
+    "StudyRow",
+    "best_trials",
+    "build_report",
+    "default_storages",
+    "drop_figure",
+    "front",
+    "history_figure",
+    "hypervolume_figure",
+    "is_feasible",
+    "list_studies",
+    "open_study",
+    "pareto_figure",
+    "scored_trials",
+    "settings_of",
+    "study_objective",
+    "study_target",
+    "trials_frame",
+    "value",
+    "write_csv",
+    "write_report",
+]
+
 # One colour per setting, dark for full precision through red for the most aggressive quantization.
 _COLORS = {"fp32": "#3b3b3b", "w8a8": "#1f77b4", "w4a8": "#2ca02c", "w4a4": "#ff7f0e", "w2a2": "#d62728"}
 _EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")

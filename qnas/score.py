@@ -7,7 +7,7 @@
 ``params`` is a dict keyed like ``module.named_parameters()`` (missing keys fall back to the module's
 own tensors), ``None`` for the module's own parameters, or a callable ``spec -> dict`` when the
 parameters depend on the setting (a bit-conditioned GHN). ``init_params`` produces them by name
-(``random``, ``trained:EPOCHS``); a new source of parameters is one more entry in ``_INITS``.
+(``random``, ``trained:EPOCHS``, ``ghn``; ``qnas.inits``).
 
 Two BatchNorm modes (see ``qnas.quant``):
 
@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qnas.api import make_callable
+from qnas.callable_module import make_callable
 from qnas.defaults import BN_MODES, DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
 from qnas.errors import QnasError
-from qnas.quant import DEFAULT_SETTINGS, QuantModel, QuantSpec, _calibrate, _call, parse_specs, prepare
+from qnas.quant import DEFAULT_SETTINGS, QuantModel, QuantSpec, calibrate_with_logits, parse_specs, prepare
 
-__all__ = ["BN_MODES", "DEFAULT_BN_STATS", "DEFAULT_CALIB_SIZE", "Params", "evaluate", "init_params"]
+__all__ = ["BN_MODES", "DEFAULT_BN_STATS", "DEFAULT_CALIB_SIZE", "Params", "evaluate"]
 
 
 Params = Mapping[str, torch.Tensor] | Callable[[QuantSpec], Mapping[str, torch.Tensor]] | None
@@ -89,7 +89,8 @@ def evaluate(
             p = params(spec) if callable(params) else params
             calibration, done = None, []
             if bn_stats == "calibrated":
-                calibration, calib_logits = _calibrate(model, cx, spec, p, batch_size, channels_last, generator)
+                calibration, calib_logits = calibrate_with_logits(model, cx, spec, p, batch_size, channels_last,
+                                                                  generator)
                 if reuse:
                     done = calib_logits
             cache: dict[Any, Any] = {}
@@ -99,7 +100,7 @@ def evaluate(
                 if i < len(done):
                     logits = done[i]
                 else:
-                    logits = _call(model, p, xb, spec=spec, calibration=calibration, cache=cache,
+                    logits = model(xb, params=p, spec=spec, calibration=calibration, cache=cache,
                                    generator=generator, channels_last=channels_last)
                 top = logits.topk(min(5, logits.shape[1]), dim=1).indices
                 hit = top == yb[:, None]
@@ -110,57 +111,13 @@ def evaluate(
     return results
 
 
-# ---------------------------------------------------------------------------------------------------
-# Where parameters come from: ``--init NAME[:ARG]``
+def __getattr__(name: str) -> Any:
+    # init_params moved to qnas.inits (it trains, and training evaluates: no score <-> train import cycle).
+    if name == "init_params":
+        import importlib
 
-
-def _random_init(module: nn.Module, arg: str, *, dataset: Any, seed: int, **_: Any) -> Params:
-    from qnas.train import reset_parameters
-
-    if arg:
-        raise QnasError(f"--init random takes no argument, got random:{arg}")
-    reset_parameters(module, seed)
-    return None
-
-
-def _trained_init(module: nn.Module, arg: str, *, dataset: Any, seed: int, progress: Any = None,
-                  **_: Any) -> Params:
-    from qnas.train import train
-
-    try:
-        epochs = int(arg)
-    except ValueError:
-        raise QnasError(f"--init trained:EPOCHS needs a whole number of epochs, got {arg!r}") from None
-    if epochs <= 0:
-        raise QnasError(f"--init trained:EPOCHS needs at least one epoch, got {epochs}")
-    if dataset is None:
-        raise QnasError("--init trained needs a dataset to train on")
-    train(module, dataset, epochs, seed=seed, progress=progress, val_every=0, test=False)
-    return None
-
-
-# name -> function(module, arg, *, dataset, seed, **options) returning Params (None: the module's own,
-# left in the module). The GHN adds "ghn" here.
-def _ghn_init(module: nn.Module, arg: str, **kwargs: Any) -> Params:
-    from qnas.predictors import ghn_init  # lazy: scoring without a GHN never imports it
-
-    return ghn_init(module, arg, **kwargs)
-
-
-_INITS: dict[str, Callable[..., Params]] = {"random": _random_init, "trained": _trained_init, "ghn": _ghn_init}
-
-
-def init_params(module: nn.Module, init: str, *, dataset: Any = None, seed: int = 0, **options: Any) -> Params:
-    """Parameters for ``module`` from the source named by ``init`` (``random``, ``trained:EPOCHS``).
-
-    May modify ``module`` in place (re-initialization, training) and return ``None`` (use the module's
-    own parameters), or return a dict / a ``spec -> dict`` callable for :func:`evaluate`.
-    """
-    name, _, arg = init.partition(":")
-    if name not in _INITS:
-        raise QnasError(f"unknown --init {init!r} (choose from {', '.join(f'{k}' for k in _INITS)}; "
-                        "trained takes :EPOCHS)")
-    return _INITS[name](module, arg, dataset=dataset, seed=seed, **options)
+        return importlib.import_module("qnas.inits").init_params
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # `qnas.score(...)` calls the API function qnas.api.score; the module's own names stay reachable.

@@ -19,6 +19,8 @@ import torch
 from qnas.defaults import ACT_RANGES, DEFAULT_DATASET, DEFAULT_GRANULARITY, SETTINGS
 from qnas.errors import QnasError
 
+__all__ = ["GHNScorer", "make_scorer"]
+
 
 @dataclass
 class GHNScorer:

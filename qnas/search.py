@@ -30,9 +30,38 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
-from qnas.api import make_callable
+from qnas.callable_module import make_callable
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS, SETTINGS
 from qnas.errors import QnasError, Terminated, raise_terminated
+
+__all__ = [
+    "MAX_SEED",
+    "OWNERLESS_GRACE_S",
+    "SCORE_ATTRS",
+    "STUDY_NAME",
+    "WORKER_ATTR",
+    "BoundedSampler",
+    "Scorer",
+    "SearchConfig",
+    "SearchSummary",
+    "Worker",
+    "bitops",
+    "check_study_name",
+    "create_or_continue",
+    "default_storage",
+    "fail_dead_trials",
+    "load_study",
+    "make_sampler",
+    "open_storage",
+    "pareto_front",
+    "parse_target",
+    "redact",
+    "run_search",
+    "sampler_seed",
+    "size_bytes",
+    "sqlite_path",
+    "study_granularity",
+]
 
 # Study-level attributes that must match when a study is continued, so runs never silently mix.
 # What a scorer returns per setting: raw GHN top-1/top-5 and loss, and the ranker's predicted trained top-1.

@@ -30,7 +30,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from qnas.defaults import DEFAULT_DATASET
 from qnas.errors import QnasError
+
+__all__ = [
+    "CHECKPOINT",
+    "MAX_ARCH_LOSS",
+    "TrainConfig",
+    "Trainer",
+    "export_predictor",
+    "init_distributed",
+    "lr_at",
+    "training_spec",
+]
 
 CHECKPOINT = "last.pt"
 MAX_ARCH_LOSS = 20.0  # cross-entropy above this (chance is ~2.3) marks a diverged target network
@@ -44,7 +56,7 @@ class TrainConfig:
     bits: tuple[str, ...] = ("fp32",)  # settings drawn per architecture (one value: a per-bit GHN)
     conditioned: bool = False  # bit-width embedding in the GHN
     init: str | None = None  # predictor/checkpoint to start from (GHN-QAT finetunes a float GHN)
-    dataset: str = "fashion-mnist"
+    dataset: str = DEFAULT_DATASET
     space: str = "convnets250k"
     steps: int = 5000
     meta_batch: int = 8

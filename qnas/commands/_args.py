@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+__all__ = [
+    "fraction",
+    "non_negative_int",
+    "param_count",
+    "population",
+    "positive_float",
+    "positive_int",
+    "seed",
+    "study_name",
+]
+
 
 def positive_int(text: str) -> int:
     try:

@@ -10,6 +10,8 @@ from typing import Any
 
 from qnas.defaults import DEFAULT_DATASET
 
+__all__ = ["add_parser"]
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

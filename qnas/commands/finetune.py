@@ -11,6 +11,8 @@ from qnas.commands._args import positive_float, positive_int, seed, study_name
 from qnas.commands._output import pct, print_architectures
 from qnas.errors import QnasError
 
+__all__ = ["add_parser"]
+
 _STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qnas search` writes)"
 
 

@@ -12,6 +12,8 @@ from qnas.commands._args import non_negative_int, seed
 from qnas.defaults import DEFAULT_DATASET, SETTINGS
 from qnas.errors import QnasError
 
+__all__ = ["add_parser"]
+
 DEFAULT_SETTINGS = ",".join(SETTINGS)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 from qnas.commands._args import param_count, positive_int, seed
 from qnas.errors import QnasError
 
+__all__ = ["add_parser"]
+
 _BN_HELP = ("BatchNorm statistics and activation ranges: 'calibrated' = measured once per setting on the "
             "first --calib-size images in the network quantized at that setting, then frozen (a deployable "
             "int8 network, batch-independent, fast); 'batch' = recomputed on every test batch of "
@@ -160,7 +162,7 @@ def _score(args: argparse.Namespace) -> int:
 def _init(module: Any, args: argparse.Namespace, ds: Any, err: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from qnas.score import init_params
+    from qnas.inits import init_params
 
     if not args.init.startswith("trained"):
         return init_params(module, args.init, dataset=ds, seed=args.seed)

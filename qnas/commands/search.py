@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from qnas.commands._args import param_count, population, positive_float, positive_int, seed, study_name
 from qnas.commands._output import pct, print_architectures
 
+__all__ = ["add_parser"]
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from qnas.defaults import ACT_RANGES, DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS

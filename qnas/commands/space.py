@@ -13,6 +13,8 @@ from rich.table import Table
 from qnas.commands._args import param_count, positive_int, seed
 from qnas.errors import QnasError
 
+__all__ = ["add_parser"]
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("space", help="sample and inspect search-space architectures")

@@ -10,6 +10,8 @@ from qnas.commands._args import fraction, param_count, positive_float, positive_
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_SPACE
 from qnas.errors import QnasError
 
+__all__ = ["add_parser"]
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(

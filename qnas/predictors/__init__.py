@@ -28,6 +28,24 @@ from qnas.errors import QnasError
 from qnas.ghn import FP32, GHN, Bits, GHNConfig, parse_bits, predict, predict_many
 from qnas.graph import ArchGraph, GraphCache, to_graph
 
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "RANDOM",
+    "Predictor",
+    "PredictorHeader",
+    "available_predictors",
+    "check_compatible",
+    "default_predictor",
+    "ghn_init",
+    "load_predictor",
+    "random_predictor",
+    "read_header",
+    "resolve_predictor_name",
+    "save_predictor",
+    "update_header",
+]
+
 FORMAT = "qnas-ghn"
 FORMAT_VERSION = 1
 RANDOM = "random"

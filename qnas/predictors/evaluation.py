@@ -22,6 +22,17 @@ from qnas.errors import QnasError
 from qnas.graph import batch_graphs, to_graph
 from qnas.predictors import Predictor
 
+__all__ = [
+    "RANDOM_COLUMN",
+    "SPLITS",
+    "SPLIT_TITLES",
+    "TEST_SUBSET_SEED",
+    "evaluate_predictor",
+    "format_cell",
+    "record_eval_table",
+    "test_subset",
+]
+
 SPLITS: tuple[str, ...] = ("id", "deep", "wide", "bn_free")
 SPLIT_TITLES = {"id": "ID", "deep": "OOD-Deep", "wide": "OOD-Wide", "bn_free": "OOD-BN-Free"}
 RANDOM_COLUMN = "random"
