@@ -375,9 +375,10 @@ def _open_study(study: str, storage: str | None, data_dir: str | os.PathLike[str
     from qnas.search import load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from qnas.study import StudyAttrs
+
     opened = load_study(study, storage, readonly=readonly)
-    dataset = load_dataset(opened.user_attrs.get("dataset", DEFAULT_DATASET),
-                           None if data_dir is None else str(data_dir))
+    dataset = load_dataset(StudyAttrs.of(opened).dataset, None if data_dir is None else str(data_dir))
     return opened, dataset
 
 
@@ -430,11 +431,13 @@ def finetune(
     ``hooks(trial, setting)`` may return a ``qnas.finetune.Hooks`` for progress."""
     from qnas.finetune import FAQConfig, choose_trials, finetune_trial
     from qnas.quant import parse_first_last_bits
-    from qnas.search import parse_target, study_granularity
+    from qnas.search import parse_target
+    from qnas.study import StudyAttrs
 
     opened, dataset = _open_study(study, storage, data_dir)
-    setting = parse_target(str(bits)) if bits else opened.user_attrs.get("target", "w4a4")
-    config = FAQConfig(setting=setting, granularity=granularity or study_granularity(opened),
+    attrs = StudyAttrs.of(opened)
+    setting = parse_target(str(bits)) if bits else attrs.target
+    config = FAQConfig(setting=setting, granularity=granularity or attrs.granularity,
                        first_last_8bit=parse_first_last_bits(first_last_bits) is not None, **faq)
     chosen = choose_trials(opened, list(trials) if trials else None, top_k)
     pred = None
@@ -474,7 +477,8 @@ def export(
     ``qnas.export.VerificationError``. ``hooks(trial, out_dir)`` may return a ``qnas.export.ExportHooks``."""
     from qnas.export import DEFAULT_TEST_SIZE, VerificationError, export_trial, prepare_dir, require_dependencies
     from qnas.finetune import study_trial
-    from qnas.search import pareto_front, parse_target
+    from qnas.search import parse_target
+    from qnas.study import pareto_front
 
     if pareto == (trial is not None):
         raise QnasError("export needs one of trial=N or pareto=True")

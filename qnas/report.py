@@ -11,7 +11,7 @@ import html
 import json
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,9 +24,17 @@ import plotly.io as pio
 from optuna.trial import FrozenTrial, TrialState
 
 from qnas import __version__
-from qnas.defaults import SETTINGS
 from qnas.errors import QnasError
 from qnas.search import default_storage, load_study, open_storage, redact
+from qnas.study import (  # the study's schema and its one Pareto front; re-exported here
+    front,
+    is_feasible,
+    scored_trials,
+    settings_of,
+    study_objective,
+    study_target,
+    value,
+)
 
 __all__ = [
     "StudyRow",
@@ -66,67 +74,6 @@ def open_study(study: str, storage: str | None = None) -> optuna.Study:
     """Open an existing study read-only; a missing SQLite file is an error, not a new file, and a study in a
     directory this process cannot write is still readable (see ``qnas.search.load_study``)."""
     return load_study(study, storage, readonly=True)
-
-
-def study_target(study: optuna.Study) -> str:
-    """The target setting (``w4a4`` ...) from the study attributes, or from its metric name."""
-    target = study.user_attrs.get("target")
-    if target:
-        return str(target)
-    names = study.metric_names or []
-    if names and str(names[0]).startswith("top1_"):
-        return str(names[0]).removeprefix("top1_")
-    raise QnasError(f"study {study.study_name!r} was not made by `qnas search` (no target setting recorded)")
-
-
-def study_objective(study: optuna.Study) -> str:
-    """What the study maximized at its target: ``pred_top1`` (the ranker's predicted trained top-1) or ``top1``."""
-    return str(study.user_attrs.get("objective", "top1"))
-
-
-def value(t: FrozenTrial, setting: str, by: str = "top1") -> float:
-    """A trial's ``by`` score at ``setting`` (``pred_top1`` falls back to the raw GHN top-1 where the ranker
-    has no model for that setting)."""
-    a = t.user_attrs
-    return float(a.get(f"{by}_{setting}", a[f"top1_{setting}"]))
-
-
-def is_feasible(t: FrozenTrial) -> bool:
-    return all(v <= 0 for v in t.constraints.values()) and not t.user_attrs.get("infeasible")
-
-
-def scored_trials(study: optuna.Study, target: str) -> list[FrozenTrial]:
-    """Completed, feasible trials with scores, one per architecture (the first, i.e. the scored one)."""
-    seen: set[str] = set()
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        arch = t.user_attrs.get("arch", f"trial{t.number}")
-        if is_feasible(t) and f"top1_{target}" in t.user_attrs and arch not in seen:
-            seen.add(arch)
-            out.append(t)
-    return out
-
-
-def settings_of(trials: Sequence[FrozenTrial]) -> list[str]:
-    """The standard settings present in the trials, then any other ``top1_*`` setting (e.g. w6a6)."""
-    keys = {k.removeprefix("top1_") for t in trials for k in t.user_attrs if k.startswith("top1_")}
-    return [s for s in SETTINGS if s in keys] + sorted(keys - set(SETTINGS))
-
-
-def front(trials: Iterable[FrozenTrial], setting: str, by: str = "top1") -> list[FrozenTrial]:
-    """Non-dominated trials for (``by`` score at ``setting`` up, params down), sorted by params."""
-    pts = [t for t in trials if f"top1_{setting}" in t.user_attrs]
-    # Sweep by params ascending (ties: best accuracy first): a point is on the front when it beats
-    # every smaller model's accuracy.
-    pts.sort(key=lambda t: (t.user_attrs["params"], -value(t, setting, by)))
-    out: list[FrozenTrial] = []
-    best = -math.inf
-    for t in pts:
-        acc = value(t, setting, by)
-        if acc > best:
-            out.append(t)
-            best = acc
-    return out
 
 
 def best_trials(study: optuna.Study, top: int | None = 10, pareto: bool = False) -> list[FrozenTrial]:

@@ -132,10 +132,11 @@ def parse_target(bits: str) -> str:
 
 
 def study_granularity(study: Any) -> str:
-    """Weight granularity the study scored with (its ``protocol`` attribute, e.g. ``calibrated/channel/a2p99.5``);
-    studies written before the attribute existed scored per tensor."""
-    protocol = str(study.user_attrs.get("protocol", "calibrated/tensor")).split("/")
-    return "channel" if len(protocol) > 1 and protocol[1] == "channel" else "tensor"
+    """Weight granularity the study scored with (``qnas.study.StudyAttrs.granularity``)."""
+    from qnas.study import StudyAttrs
+
+    protocol = str(study.user_attrs.get("protocol", "calibrated/tensor"))
+    return StudyAttrs(target="", protocol=protocol).granularity
 
 
 def redact(url: str) -> str:
@@ -535,24 +536,11 @@ def bitops(macs: int, setting: str) -> int:
     return macs * int(w) * int(a)
 
 
-def _pareto(study: optuna.Study) -> list[FrozenTrial]:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if all(v <= 0 for v in t.constraints.values()) and t.values is not None]
-    front = []
-    for t in done:
-        if not any(_dominates(o.values, t.values) for o in done if o is not t):
-            front.append(t)
-    return sorted(front, key=lambda t: t.values[1])
-
-
-def _dominates(a: list[float], b: list[float]) -> bool:
-    """Objective vectors (accuracy up, params down)."""
-    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
-
-
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible, non-dominated completed trials sorted by parameter count."""
-    return _pareto(study)
+    """The study's Pareto front (``qnas.study.pareto_front``: feasible, one trial per architecture)."""
+    from qnas.study import pareto_front as front
+
+    return front(study)
 
 
 def run_search(
