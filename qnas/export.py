@@ -1018,8 +1018,8 @@ def export_trial(
             settings[name] = (spec, cal, "FAQ-finetuned (training ranges)")
         else:
             # Not trained at this setting: calibrate it as the search scored it (BN statistics and
-            # activation ranges measured in the quantized network, the engine's range rule). FAQ's
-            # float-network percentiles scored 25.9% vs 48.7% at W2A2 (benchmarks/activation_ranges.py).
+            # activation ranges measured in the quantized network, the engine's range rule), which beats FAQ's
+            # float-network percentiles at W2A2 (benchmarks/activation_ranges.py).
             cal = calibrate(qmodel, calib_x, spec=spec)
             settings[name] = (spec, cal, f"post-training (calibrated quantized, {spec.spelled_out().name})")
         hooks.advance()

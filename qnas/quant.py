@@ -17,8 +17,8 @@ integer levels ``0 .. 2**bits - 1`` with ``scale = (hi - lo) / (2**bits - 1)`` a
 ``zero_point = round(-lo / scale)``. The values and the straight-through gradient (identity where the
 rounded value is inside the integer range, zero outside: GHN-QAT's SimQuant) are bit-for-bit those of
 ``torch.fake_quantize_per_tensor_affine`` / ``_per_channel_affine`` (the tests check it), but computed
-with four vectorized elementwise ops: torch's fused kernel runs ~10 ns/element on this CPU, 40x slower
-than the composite, which would make it cost more than the convolutions themselves. ``noise`` mode
+with four vectorized elementwise ops: torch's fused kernel is much slower than the composite on CPU
+(benchmarks/scoring_overhead.py), which would make it cost more than the convolutions themselves. ``noise`` mode
 replaces the rounding by uniform noise of one quantization step (GHN-QAT's NoiseQuant).
 
 **Symmetric weights** (the deployable convention, :func:`weight_levels`): signed levels
@@ -97,11 +97,8 @@ __all__ = [
 ]
 
 MIN_BITS, MAX_BITS = 2, 8
-# Activation ranges at <= 2 bits: the 99.5th percentile instead of min/max (with 4 levels one outlier
-# otherwise takes a whole level). benchmarks/activation_ranges.py, shipped predictor, 12 id nets, 500
-# validation images: W2A2 15.2% with min/max, 39.3 / 45.5 / 48.7 / 47.6 / 46.6% at the 99.99 / 99.9 /
-# 99.5 / 99 / 98th percentile; at W4A4 min/max (66.5%) is within noise of the best percentile (66.8%
-# at 99.9), so 3+ bits keep GHN-Q's min/max.
+# Activation ranges at <= 2 bits: a percentile instead of min/max (with 4 levels one outlier otherwise takes
+# a whole level); 3+ bits keep GHN-Q's min/max. Figures: benchmarks/activation_ranges.py, docs/scoring.md.
 LOW_BITS, LOW_BIT_ACT_PERCENTILE = 2, 99.5
 FLOAT_BITS = 32  # "32" in a setting name (w32a8) means float
 # Weight bit-widths quantized symmetric (zero point 0) by default; the others asymmetric. 8 bits: what
@@ -804,9 +801,8 @@ class Calibration:
     ``bn``: BatchNorm module name -> (mean, biased variance) of its input, pooled over all images;
     ``ranges``: quantization point (fx node name) -> (min, max) of the activation there, the mean over
     calibration batches of each batch's min and max (like a moving-average min/max observer). A global
-    min/max would widen with the number of images and cost accuracy at low bits (measured: W4A4 -6.4
-    points on average over 6 trained nets with 512 calibration images instead of 64), while the mean of
-    batch ranges matches what batch statistics see. Both are recorded in one pass, each batch normalized
+    min/max would widen with the number of images and cost accuracy at low bits (docs/scoring.md), while the
+    mean of batch ranges matches what batch statistics see. Both are recorded in one pass, each batch normalized
     with its own statistics.
     """
 

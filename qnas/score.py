@@ -15,10 +15,8 @@ Two BatchNorm modes (see ``qnas.quant``):
   conv with BN runs twice per quantized setting; results move by ~1 point with the batch size).
 * ``calibrated`` (default): statistics and ranges measured once per setting on ``calib_size`` images
   in the network quantized at that setting, then frozen: a deployable int8 network (BN folded once,
-  fixed ranges), batch-independent, one conv per layer. Measured on 6 trained nets (1,000 validation
-  images): within 0.4-1.0 point of ``batch`` on average at every setting and the same ranking of the
-  nets (Kendall tau 1.0 at fp32/w8a8/w4a8, 0.67 at w4a4), while statistics of the *float* network
-  (classic PTQ) were 7.8 / 24.3 points off at W4A8 / W4A4 with rankings unrelated to batch mode's.
+  fixed ranges), batch-independent, one conv per layer, close to ``batch`` at every setting and with the
+  same ranking of nets, unlike statistics of the *float* network (classic PTQ); figures in docs/scoring.md.
   The default calibration is the first batch of the evaluation images (64, GHN-Q's batch size): its
   logits from the calibration pass are its scores, so calibration costs one extra float conv per BN
   layer on one batch per setting.
