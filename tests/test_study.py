@@ -1,0 +1,30 @@
+"""qnas.study: the typed schema accessors and the one Pareto front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from qnas.search import SearchConfig, create_or_continue, pareto_front
+from qnas.study import StudyAttrs, TrialAttrs
+from qnas.study import pareto_front as study_front
+
+
+def test_one_front_lists_each_architecture_once(tmp_path: Path) -> None:
+    study = create_or_continue(SearchConfig(study="s", storage=f"sqlite:///{tmp_path / 's.db'}", max_params=1000,
+                                            predictor="random"))
+    rows = [("a", 0.5, 100), ("a", 0.5, 100), ("b", 0.7, 300), ("c", 0.6, 500), ("d", 0.9, 2000)]
+    for arch, acc, params in rows:  # "a" twice: a duplicate served from the study; "d" over the bound
+        attrs = {"arch": arch, "params": params, "top1_w4a4": acc, "top1_fp32": acc + 0.1}
+        if params > 1000:
+            attrs["infeasible"] = True
+        study.add_trial(optuna.trial.create_trial(values=[acc, float(params)], user_attrs=attrs,
+                                                  constraints={"params": float(params - 1000)}))
+    front = study_front(study)
+    assert [t.user_attrs["arch"] for t in front] == ["a", "b"] and pareto_front(study) == front
+    info = StudyAttrs.of(study)
+    assert info.target == "w4a4" and info.max_params == 1000 and info.granularity == "channel"
+    assert info.first_last_bits == 8 and info.objective == "top1"
+    t = TrialAttrs.of(front[1])
+    assert t.arch == "b" and t.params == 300 and t.top1("fp32") == 0.7 + 0.1 and t.pred_top1("w4a4") is None
