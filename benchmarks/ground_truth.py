@@ -39,14 +39,14 @@ The ``seed 1`` 24: evenly spaced ranks of the 80 sorted by size.
 Accuracies are top-1 on a fixed class-balanced subset of the official test set (``--test-images``,
 first 200 per class), BatchNorm statistics and activation ranges calibrated on 256 training images.
 
-**Workers.** ``--workers N`` runs N processes with one torch thread each (``--device cuda`` trains on
-a GPU; measuring stays on the CPU). They share the store: a worker takes a job by an exclusive
-``flock`` on its lock file, which the kernel releases when the process dies, so ``kill -9`` leaves
-nothing stale; a restarted run skips finished stages and resumes an interrupted training from its
-checkpoint (in ``--cache``, outside the work tree). Trained FP32 weights are kept there too, so a later
-stage (W2A2 in the truth phase) reuses them; if they are gone the deterministic training is repeated.
-Every stage records its provenance: command, git commit, hashes of the engine files, torch and Python
-versions, device, threads, CPU and wall seconds.
+**Workers.** ``--workers N`` runs N processes with one torch thread each (``--device cuda`` trains,
+finetunes and measures on a GPU: many small nets share it, one process each). They share the store: a
+worker takes a job by an exclusive ``flock`` on its lock file, which the kernel releases when the
+process dies, so ``kill -9`` leaves nothing stale; a restarted run skips finished stages and resumes
+an interrupted training from its checkpoint (in ``--cache``, outside the work tree). Trained FP32
+weights are kept there too, so a later stage (W2A2 in the truth phase) reuses them; if they are gone
+the deterministic training is repeated. Every stage records its provenance: command, git commit,
+hashes of the engine files, torch and Python versions, device, threads, CPU and wall seconds.
 """
 
 from __future__ import annotations
@@ -349,7 +349,10 @@ class Worker:
     def ptq(self, module: torch.nn.Module, ds: data.Dataset) -> dict[str, Any]:
         calib = data.normalize(balanced(ds.train_images, ds.train_labels, CALIB_IMAGES, self.info.num_classes)[0],
                                self.info)
-        acc = evaluate(module, None, *self.test, PTQ_SETTINGS, calib_images=calib)
+        dev = torch.device(self.args.device)  # on a GPU machine measuring runs there too
+        acc = evaluate(module.to(dev), None, self.test[0].to(dev), self.test[1].to(dev), PTQ_SETTINGS,
+                       calib_images=calib.to(dev))
+        module.cpu()
         return {f"test_top1_{s}": acc[s]["top1"] for s in PTQ_SETTINGS} | {"settings": list(PTQ_SETTINGS)}
 
     def faq(self, job: Job, setting: str, ds: data.Dataset, module: torch.nn.Module,
@@ -358,7 +361,7 @@ class Worker:
         cfg = FAQConfig(setting=setting, epochs=1, train_size=None, lr=FAQ_LR[setting], seed=job.seed)
         self.log(f"{job.key}: FAQ {setting}, 1 epoch over {len(ds.train_labels):,} images")
         res = finetune(module, ds, cfg, eval_data=self.test, checkpoint=cache / f"faq_{setting}.pt",
-                       identity=f"{job.key} from trained fp32")
+                       identity=f"{job.key} from trained fp32", device=self.args.device)
         (cache / f"faq_{setting}.pt").unlink(missing_ok=True)
         name = res.setting
         return {"test_top1": res.after[name], "test_top1_fp32_after": res.after["fp32"],

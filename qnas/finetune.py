@@ -390,7 +390,7 @@ def _fold_scale(module: nn.Module, layer: WeightLayer, w: torch.Tensor) -> torch
     """Per-output-channel factor BN folding multiplies the weight by (ones without BN)."""
     shape = (-1, *([1] * (w.dim() - 1)))
     if not layer.bn:
-        return torch.ones(w.shape[0], dtype=w.dtype).reshape(shape)
+        return torch.ones(w.shape[0], dtype=w.dtype, device=w.device).reshape(shape)
     bn = module.get_submodule(layer.bn)
     s = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
@@ -451,9 +451,11 @@ def accuracy(
     """Top-1 (fraction) at ``spec`` with frozen ``calibration``; ``params`` default to the module's own."""
     cache: dict[str, Any] = {}
     hits = 0
+    dev = next(qmodel.parameters()).device  # images may live elsewhere (CPU tensors, a GPU model)
     with torch.inference_mode():
         for xb, yb in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-            hits += int((qmodel(xb, spec, calibration, cache=cache, params=params).argmax(1) == yb).sum())
+            logits = qmodel(xb.to(dev), spec, calibration, cache=cache, params=params)
+            hits += int((logits.argmax(1) == yb.to(dev)).sum())
     return hits / max(len(labels), 1)
 
 
@@ -508,6 +510,7 @@ def finetune(
     checkpoint: str | Path | None = None,
     identity: str = "",
     hooks: Hooks | None = None,
+    device: str | torch.device = "cpu",
 ) -> FAQResult:
     """FAQ-finetune ``module`` (its own parameters, e.g. after :func:`load_params`) in place.
 
@@ -519,7 +522,7 @@ def finetune(
     ``identity`` (what else defines the run, e.g. architecture and initialization) is resumed.
     On return the module holds the final weights and its BN buffers the statistics they were trained
     with; ``result.ranges`` are the activation ranges, so ``Calibration(bn_stats(module), ranges)``
-    is the deployed model.
+    is the deployed model. ``device``: where it runs (e.g. ``cuda``); the module is returned on the CPU.
     """
     from qnas.data import iterate_batches, normalize, val_subset
 
@@ -529,6 +532,8 @@ def finetune(
     spec = config.spec
     setting = QuantSpec.parse(config.setting).name
     t_start = time.perf_counter()
+    dev = torch.device(device)
+    module.to(dev)
     qmodel, lay = layout(module)
     plan = _clip_plan(module, lay, spec, config.weight_clip)
     per_channel = spec.granularity == "channel"
@@ -536,7 +541,7 @@ def finetune(
 
     idx = random_subset(len(dataset.train_labels), config.train_size, config.seed)
     train_x, train_y = dataset.train_images[idx], dataset.train_labels[idx]
-    calib_x = normalize(train_x[: config.calib_batches * config.calib_batch_size], info)
+    calib_x = normalize(train_x[: config.calib_batches * config.calib_batch_size], info).to(dev)
     if eval_data is None:
         eval_data = (normalize(dataset.test_images, info), dataset.test_labels)
     steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
@@ -595,6 +600,7 @@ def finetune(
         batches = iterate_batches(train_x, train_y, config.batch_size, seed=config.seed + 1 + epoch, info=info,
                                   shuffle=True, augment=config.augment)
         for xb, yb in batches:
+            xb, yb = xb.to(dev), yb.to(dev)
             if step == freeze_step and step > 0:
                 phase("freezing BatchNorm statistics and activation ranges")
                 calibration = recalibrate()
@@ -653,6 +659,7 @@ def finetune(
     after = {"fp32": accuracy(qmodel, calibration, None, *eval_data),
              setting: accuracy(qmodel, calibration, spec, *eval_data)}
     seconds = elapsed + time.perf_counter() - t_start
+    module.cpu()
     return FAQResult(setting=setting, before=before, after=after, history=history, ranges=dict(calibration.ranges),
                      bn_reestimated=kept, reestimation=reestimation, resumed_from_epoch=resumed_from,
                      seconds=seconds)

@@ -424,7 +424,7 @@ def percentile(x: torch.Tensor, q: float) -> float:
     flat = _flat(x.detach()).float()
     if flat.numel() > _PERCENTILE_SAMPLE:
         pick = torch.randint(flat.numel(), (_PERCENTILE_SAMPLE,), generator=torch.Generator().manual_seed(0))
-        flat = flat[pick]
+        flat = flat[pick.to(flat.device)]  # the same sample on any device
     return float(flat.kthvalue(min(max(1, math.ceil(q / 100.0 * flat.numel())), flat.numel())).values)
 
 
