@@ -159,8 +159,11 @@ def test_cli_scores_a_sampled_architecture(fashion_dir: Path, capsys: pytest.Cap
     record = json.loads(capsys.readouterr().out)
     assert record["arch"] == arch and record["init"] == "ghn" and record["bn_stats"] == "calibrated"
     assert record["granularity"] == "channel"  # the protocol `qnas search` scores with
-    assert record["settings"] == {"fp32": "fp32", "w8a8": "w8a8-channel-minmax", "w4a8": "w4a8-channel-minmax",
-                                  "w4a4": "w4a4-channel-minmax", "w2a2": "w2a2-channel-p99.5"}
+    assert record["settings"] == {"fp32": "fp32", "w8a8": "w8a8-channel-fl8-minmax",
+                                  "w4a8": "w4a8-channel-fl8-minmax", "w4a4": "w4a4-channel-fl8-minmax",
+                                  "w2a2": "w2a2-channel-fl8-p99.5"}  # the first/last-layer rule of search/export
+    assert main([*argv, "--bits", "w4a4", "--first-last-bits", "same", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"] == {"w4a4": "w4a4-channel-minmax"}
     assert list(record["accuracy"]) == ["fp32", "w8a8", "w4a8", "w4a4", "w2a2"]
     assert record["params"] == convnets250k.count_params(convnets250k.from_string(arch))
     # per-channel by default: the same numbers as naming -channel; tensorwise on request

@@ -63,6 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", choices=GRANULARITIES, default=DEFAULT_GRANULARITY,
                    help="weight scales of settings that do not name theirs (-channel/-tensor): one per output "
                    f"channel or one per tensor (GHN-Q) (default {DEFAULT_GRANULARITY}, as `qnas search`)")
+    p.add_argument("--first-last-bits", default="8", metavar="8|same",
+                   help="first and last weight layers (and the input and the last layer's input) at 8 bits when a "
+                   "setting is lower (default, as `qnas search`, finetune and export), or 'same': at the setting")
     p.add_argument("--bn-stats", choices=BN_MODES, default=DEFAULT_BN_STATS,
                    help=f"{_BN_HELP} (default {DEFAULT_BN_STATS})")
     p.add_argument("--val-size", type=positive_int, default=1000,
@@ -87,13 +90,14 @@ def _score(args: argparse.Namespace) -> int:
     from qnas import data
     from qnas.defaults import DEFAULT_CALIB_SIZE
     from qnas.limits import check_arch_size
-    from qnas.quant import parse_specs, with_granularity
+    from qnas.quant import first_last_rule, parse_specs, with_granularity
     from qnas.score import evaluate
     from search_spaces import get_space
 
     # Results keep the names asked for (w4a4), as `qnas search` reports them; "granularity" says the scales.
     names = [name.strip().lower() for name in args.bits.split(",")]
     specs = parse_specs(with_granularity(names, args.granularity))  # bad input fails before any work
+    specs = [s if s.is_float else first_last_rule(s, args.first_last_bits) for s in specs]  # the one rule
 
     if args.calib_size is None:
         args.calib_size = min(DEFAULT_CALIB_SIZE, args.val_size)
