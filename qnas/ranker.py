@@ -135,20 +135,24 @@ def candidate_features(
     genome: Any,
     *,
     scores: Mapping[str, float] | None = None,
+    module: nn.Module | None = None,
+    graph: Any = None,
     proxy_seed: int = 0,
 ) -> dict[str, float]:
     """Every ranker feature of one architecture of ``scorer``'s space (a ``qnas.scorer.GHNScorer``).
 
-    ``scores``: the scorer's own output for this genome when already computed (the search has it),
-    so the GHN is not run twice. Proxies read the module at its seeded init (``proxy_seed``).
+    ``scores``, ``module``, ``graph``: the scorer's own output, built module and graph for this genome
+    when the caller has them (the scorer does), so nothing is computed twice; ``module`` is
+    re-initialized for the proxies, which read it at its seeded init (``proxy_seed``).
     """
-    from qnas.graph import batch_graphs, to_graph
+    from qnas.graph import batch_graphs
     from qnas.proxies import naswot, synflow
     from qnas.train import reset_parameters
 
     if scores is None:
         scores = scorer.score(genome)
-    module = scorer.space.build(genome, scorer.input_shape, scorer.num_classes)
+    if module is None:
+        module = scorer.space.build(genome, scorer.input_shape, scorer.num_classes)
     params = sum(p.numel() for p in module.parameters())
     n_macs = macs(module, scorer.input_shape)
     feats: dict[str, float] = {}
@@ -163,7 +167,8 @@ def candidate_features(
         feats[f"log_bytes_{s}"] = math.log10(params * w / 8)
         feats[f"log_bitops_{s}"] = math.log10(max(n_macs, 1) * w * a)
     ghn = scorer.predictor.ghn
-    graph = to_graph(module, scorer.input_shape, ghn.config.s_max)
+    if graph is None:
+        graph = scorer.graph(module)
     feats.update(graph_features(graph))
     reset_parameters(module, proxy_seed)
     flow = synflow(module, scorer.input_shape)

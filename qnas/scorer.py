@@ -97,12 +97,14 @@ class GHNScorer:
         return out
 
     def score(self, genome) -> dict[str, float]:
-        module, params = self.predict(genome)
-        out = self.evaluate(module, params)
+        module = self.space.build(genome, self.input_shape, self.num_classes)
+        graph = self.graph(module)
+        out = self.evaluate(module, self.predict_params(module, graph))
         if self.ranker is not None:
             from qnas.ranker import candidate_features
 
-            predicted = self.ranker.predict(candidate_features(self, genome, scores=out))
+            feats = candidate_features(self, genome, scores=out, module=module, graph=graph)
+            predicted = self.ranker.predict(feats)
             out.update({f"pred_top1_{t}": v for t, v in predicted.items()})
         return out
 
