@@ -10,7 +10,7 @@ and linear weights only, gradient-norm clipping (BN-free nets), cross-entropy. T
 the same executor as scoring (``qnas.quant``): BatchNorm on batch statistics, and under QAT the
 weights (BN folded) and activations fake-quantized with straight-through gradients (``-noise`` specs:
 NoiseQuant). At FP32 the module itself runs (channels_last): the same arithmetic as the executor without
-its per-step bookkeeping, which made small nets ~30% slower to train (``benchmarks/train_speed.py``).
+its per-step bookkeeping, which dominates the step time of small nets.
 Everything is seeded by ``seed`` (parameter init, data order, augmentation, noise), so a run repeats
 exactly with the same thread count. ``checkpoint=PATH`` makes a long run resumable: the state is written
 atomically every ``checkpoint_every`` seconds and at each epoch's end, and a rerun with the same
@@ -85,9 +85,8 @@ def unit_variance_init(module: nn.Module, images: torch.Tensor) -> None:
     """Scale every conv/linear layer but the classifier so its output has unit standard deviation on
     ``images`` (LSUV, Mishkin & Matas 2016), in execution order.
 
-    Nets without BatchNorm need it: PyTorch's default init shrinks the signal at every layer, and such
-    nets of the ``bn_free`` split stayed at chance (loss 2.30) after a 10,000-image epoch at any learning
-    rate tried, while with this init they learned (``benchmarks/ground_truth.py``'s agreement phase).
+    Nets without BatchNorm need it: PyTorch's default init shrinks the signal at every layer, and nets
+    of the ``bn_free`` split stayed at chance without it (``benchmarks/ground_truth_recipe.py``).
     """
     layers = [m for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     with torch.no_grad():
@@ -206,7 +205,7 @@ def train(
     if state is not None:
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
-        noise.set_state(state["noise"].to(dev) if dev.type != "cpu" else state["noise"])
+        noise.set_state(state["noise"])  # a generator's state is a CPU byte tensor on every device
         step, elapsed = int(state["step"]), float(state["seconds"])
         first_epoch, skip = step // steps_per_epoch + 1, step % steps_per_epoch
         loss_sum, correct, seen = float(state["loss_sum"]), int(state["correct"]), int(state["seen"])
