@@ -120,9 +120,8 @@ PTQ_SETTINGS = ("fp32", "w8a8-channel", "w4a8-channel", "w4a4-channel", "w2a2-ch
                 "w4a4-channel-fl8", "w2a2-channel-fl8")
 FAQ_SETTINGS = {"agreement": ("w4a4",), "truth": ("w4a4", "w2a2")}
 CALIB_IMAGES = 256
-# FAQ's learning rate from a *trained* start (qnas finetune's 0.05 is for GHN-predicted starts): FAQ
-# finetunes pretrained nets with small rates; measured on two nets at s63/k10e1, 0.05 lost 3-12 points
-# at W4A4 where 0.002 gained, and 0.01 was best at W2A2 (docs/ground_truth.md).
+# FAQ's learning rate from a *trained* start (qnas finetune's 0.05 is for GHN-predicted starts and loses
+# accuracy here): benchmarks/ground_truth_recipe.py, docs/ground_truth.md.
 FAQ_LR = {"w4a4": 0.002, "w2a2": 0.01}
 # The code a row's numbers depend on; hashed into every stage's provenance.
 ENGINE_FILES = ("qnas/quant.py", "qnas/train.py", "qnas/score.py", "qnas/data.py", "qnas/finetune.py",
