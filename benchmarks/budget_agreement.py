@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:8s} {budget.passes:>7,d} {len(common):>3d} " + " ".join(f"{c:>24s}" for c in cells)
               + f" {cpu[name]:6.2f}")
         figures[name] = min(taus["fp32"], taus["w4a4"])
-        if chosen is None and len(common) >= 3 and figures[name] >= args.threshold:
+        if chosen is None and len(common) >= 8 and figures[name] >= args.threshold:  # fewer: undecided
             chosen = name
         n_common = max(n_common, len(common)) if name == longest else n_common
     print(f"chosen: the cheapest budget with tau >= {args.threshold} at FP32 and W4A4: {chosen}")
