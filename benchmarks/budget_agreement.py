@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         result = read_result(args.store, job.key)
         if result is None:
             continue
-        stages = result["stages"]
+        # What the agreement phase measured (a truth-phase re-measurement with a newer quantizer is not it).
+        stages = {**result["stages"], **result.get("superseded", {})}
         cpu[job.budget] += sum(s["provenance"]["cpu_seconds"] for s in stages.values()) / 3600
         row = {col: stages[stage][key] for col, (stage, key) in TARGETS.items() if stage in stages}
         if len(row) == len(TARGETS):

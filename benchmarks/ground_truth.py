@@ -36,6 +36,11 @@ The ``seed 1`` 24: evenly spaced ranks of the 80 sorted by size.
    weights, learning rate decayed exponentially to 1e-6 from ``FAQ_LR``: small, as FAQ finetunes
    pretrained nets), one epoch over the budget's training images: the quantized model a user deploys.
 
+**One quantizer for the truth table.** The agreement phase ran before the engine's 8-bit weights became
+symmetric (``QUANT_ENGINE_SINCE``). The truth phase re-measures ``ptq``/``faq_*`` stages measured before
+that commit (the agreement rows at the chosen budget) from the same trained weights; the old stage stays
+in the row under ``superseded``, which ``budget_agreement.py`` reads, so each study sees one engine.
+
 Accuracies are top-1 on a fixed class-balanced subset of the official test set (``--test-images``,
 first 200 per class), BatchNorm statistics and activation ranges calibrated on 256 training images.
 
@@ -54,6 +59,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -123,6 +129,10 @@ CALIB_IMAGES = 256
 # FAQ's learning rate from a *trained* start (qnas finetune's 0.05 is for GHN-predicted starts and loses
 # accuracy here): benchmarks/ground_truth_recipe.py, docs/ground_truth.md.
 FAQ_LR = {"w4a4": 0.002, "w2a2": 0.01}
+# The quantizer the truth phase measures with: ptq/faq stages measured by an older engine (the agreement
+# phase ran before this commit: asymmetric 8-bit weights) are measured again there, the old stage kept under
+# "superseded" in the row. FP32 training did not change, so the trained nets are reused.
+QUANT_ENGINE_SINCE = "cd48ba4"
 # The code a row's numbers depend on; hashed into every stage's provenance.
 ENGINE_FILES = ("qnas/quant.py", "qnas/train.py", "qnas/score.py", "qnas/data.py", "qnas/finetune.py",
                 "search_spaces/convnets250k/__init__.py")
@@ -184,9 +194,17 @@ class Job:
     def key(self) -> str:
         return f"{self.arch['id']}_{self.budget}_s{self.seed}"
 
+    refresh: bool = False  # re-measure ptq/faq stages of an engine older than QUANT_ENGINE_SINCE
+
     @property
     def stages(self) -> tuple[str, ...]:
         return ("fp32", "ptq") + tuple(f"faq_{s}" for s in self.faq)
+
+    def todo(self, result: dict[str, Any] | None) -> list[str]:
+        """The stages still to run on ``result`` (the stored row, or None)."""
+        have = {} if result is None else result["stages"]
+        return [s for s in self.stages
+                if s not in have or (self.refresh and s != "fp32" and stale(have[s]["provenance"]["git_commit"]))]
 
 
 def jobs(archs: dict[str, Any], phase: str, budget: str | None) -> list[Job]:
@@ -198,8 +216,8 @@ def jobs(archs: dict[str, Any], phase: str, budget: str | None) -> list[Job]:
     if budget not in BUDGETS:
         raise QnasError(f"the truth phase needs --budget, one of {', '.join(BUDGETS)}")
     ids = [a["id"] for a in archs["architectures"]]
-    first = [Job(by_id[ids[i]], budget, 0, faq) for i in visit_order(len(ids))]
-    return first + [Job(by_id[i], budget, 1, faq) for i in archs["seed1"]]
+    first = [Job(by_id[ids[i]], budget, 0, faq, refresh=True) for i in visit_order(len(ids))]
+    return first + [Job(by_id[i], budget, 1, faq, refresh=True) for i in archs["seed1"]]
 
 
 # ----------------------------------------------------------------------------- data
@@ -252,6 +270,18 @@ def engine_hashes() -> dict[str, str]:
     return {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest()[:16] for f in ENGINE_FILES}
 
 
+@functools.cache
+def stale(commit: str) -> bool:
+    """Whether a stage measured at ``commit`` predates the quantizer of QUANT_ENGINE_SINCE (unknown: yes)."""
+    commit = commit.removesuffix("+dirty")
+    try:
+        out = subprocess.run(["git", "merge-base", "--is-ancestor", QUANT_ENGINE_SINCE, commit], cwd=REPO,
+                             capture_output=True, timeout=10)
+    except OSError:
+        return True
+    return out.returncode != 0
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
@@ -295,7 +325,7 @@ class Worker:
             "budget": job.budget, "budget_definition": dataclasses.asdict(BUDGETS[job.budget]),
             "steps": BUDGETS[job.budget].steps, "seed": job.seed, "test_images": self.args.test_images,
             "calib_images": CALIB_IMAGES, "stages": {}}
-        todo = [s for s in job.stages if s not in result["stages"]]
+        todo = job.todo(result)
         if not todo:
             return
         budget = BUDGETS[job.budget]
@@ -316,6 +346,8 @@ class Worker:
             out["provenance"] = {**self.provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                  "wall_seconds": round(time.perf_counter() - t0, 1),
                                  "cpu_seconds": round(time.process_time() - c0, 1)}
+            if stage in result["stages"]:  # a stale measurement, kept for provenance
+                result.setdefault("superseded", {})[stage] = result["stages"][stage]
             result["stages"][stage] = out
             atomic_write(store / "results" / f"{job.key}.json", json.dumps(result, indent=1) + "\n")
             acc = {k: v for k, v in out.items() if k.startswith("test_top1")}
@@ -385,7 +417,7 @@ def worker_main(args: argparse.Namespace) -> int:
     done = 0
     for job in todo:
         result = read_result(args.store, job.key)
-        if result is not None and all(s in result["stages"] for s in job.stages):
+        if not job.todo(result):
             continue
         with claimed(args.cache / "locks", job.key) as mine:
             if not mine:
@@ -435,8 +467,10 @@ def status_main(args: argparse.Namespace) -> int:
         done, cpu = 0, 0.0
         for j in todo:
             r = read_result(args.store, j.key) or {"stages": {}}
-            done += sum(s in r["stages"] for s in j.stages)
-            cpu += sum(r["stages"][s]["provenance"]["cpu_seconds"] for s in j.stages if s in r["stages"])
+            left = j.todo(r)
+            done += sum(s not in left for s in j.stages)
+            cpu += sum(r["stages"][s]["provenance"]["cpu_seconds"] for s in j.stages
+                       if s in r["stages"] and s not in left)
         print(f"{phase}: {done}/{stages} stages of {len(todo)} jobs done, {cpu / 3600:.2f} CPU-hours spent")
     return 0
 

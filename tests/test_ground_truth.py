@@ -110,3 +110,23 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
     store = _tiny_store(tmp_path)
     assert gt.main(["run", "--phase", "truth", "--store", str(store)]) == 2  # truth needs --budget
     assert "--budget" in capsys.readouterr().err
+
+
+def test_the_truth_phase_remeasures_stages_of_an_older_quantizer() -> None:
+    def rev(spec: str) -> str | None:
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", spec], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or None
+
+    before, since, head = rev(f"{gt.QUANT_ENGINE_SINCE}^"), rev(gt.QUANT_ENGINE_SINCE), rev("HEAD")
+    if not (before and since and head):
+        pytest.skip("needs the git history (a full clone)")
+    arch = {"id": "id-000", "split": "id", "index": 0, "arch": "a", "params": 1, "macs": 1}
+    row = {"stages": {s: {"provenance": {"git_commit": before}} for s in ("fp32", "ptq", "faq_w4a4")}}
+    truth = gt.Job(arch, "s63", 0, ("w4a4", "w2a2"), refresh=True)
+    # FP32 training did not change: the trained net is kept; what the older quantizer measured is not.
+    assert truth.todo(row) == ["ptq", "faq_w4a4", "faq_w2a2"]
+    assert gt.Job(arch, "s63", 0, ("w4a4",)).todo(row) == []  # the agreement phase keeps its own rows
+    row["stages"]["ptq"]["provenance"]["git_commit"] = head + "+dirty"
+    row["stages"]["faq_w4a4"]["provenance"]["git_commit"] = since
+    assert truth.todo(row) == ["faq_w2a2"]
+    assert truth.todo(None) == ["fp32", "ptq", "faq_w4a4", "faq_w2a2"]
