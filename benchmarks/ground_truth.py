@@ -3,9 +3,10 @@
     python benchmarks/ground_truth.py plan                       # (re)write architectures.json: the fixed rule
     python benchmarks/ground_truth.py run --phase agreement --workers 2 > runs/gt.log 2>&1 &
     python benchmarks/ground_truth.py run --phase truth --budget k10e2 --workers 2
+    python benchmarks/ground_truth.py run --phase user --budget k10e2 --workers 2
     python benchmarks/ground_truth.py status                     # what is done, what is left, CPU-hours
 
-Two phases share one store (``benchmarks/ground_truth/v2/results/``, one JSON file per (architecture,
+Three phases share one store (``benchmarks/ground_truth/v2/results/``, one JSON file per (architecture,
 budget, seed), committed):
 
 * ``agreement``: 16 architectures at every budget of ``BUDGETS`` (from the 63 SGD steps of ground
@@ -13,6 +14,9 @@ budget, seed), committed):
   each budget against the longest, which decides the truth budget.
 * ``truth``: all 80 architectures at the chosen ``--budget``, FP32, W4A4 and W2A2, and a second
   training seed for 24 of them (the noise ceiling).
+* ``user``: the hand-written networks of ``qnas.user_split`` (architectures ``user:<name>``, ids
+  ``user-<name>``; not in ``architectures.json``) at the truth ``--budget``, FP32 and W4A4: how the
+  predictor does on the families users bring.
 
 **Which architectures** (``plan``, committed as ``architectures.json``): 80 parameter-count targets
 spaced evenly in log10 from 1e4 to 1e7 (stratified: target i at 10^(4 + 3 (i + 0.5) / 80)); each
@@ -80,9 +84,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import qnas  # noqa: E402
-from qnas import data  # noqa: E402
+from qnas import data, user_split  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
 from qnas.finetune import FAQConfig, finetune  # noqa: E402
+from qnas.ranker import macs as ranker_macs  # noqa: E402
 from qnas.score import evaluate  # noqa: E402
 from qnas.train import train  # noqa: E402
 from search_spaces import get_space  # noqa: E402
@@ -124,7 +129,7 @@ BUDGETS: dict[str, Budget] = {
 }
 PTQ_SETTINGS = ("fp32", "w8a8-channel", "w4a8-channel", "w4a4-channel", "w2a2-channel",
                 "w4a4-channel-fl8", "w2a2-channel-fl8")
-FAQ_SETTINGS = {"agreement": ("w4a4",), "truth": ("w4a4", "w2a2")}
+FAQ_SETTINGS = {"agreement": ("w4a4",), "truth": ("w4a4", "w2a2"), "user": ("w4a4",)}
 CALIB_IMAGES = 256
 # FAQ's learning rate from a *trained* start (qnas finetune's 0.05 is for GHN-predicted starts and loses
 # accuracy here): benchmarks/ground_truth_recipe.py, docs/ground_truth.md.
@@ -207,6 +212,18 @@ class Job:
                 if s not in have or (self.refresh and s != "fp32" and stale(have[s]["provenance"]["git_commit"]))]
 
 
+def user_architectures() -> list[dict[str, Any]]:
+    """The ``user`` split's networks as plan entries (``arch`` = ``user:<name>``), in registry order."""
+    info = data.dataset_info(DATASET)
+    out = []
+    for i, name in enumerate(user_split.names()):
+        module = user_split.build(name, info.input_shape, info.num_classes)
+        out.append({"id": f"user-{name}", "split": "user", "index": i, "arch": user_split.PREFIX + name,
+                    "params": sum(p.numel() for p in module.parameters()),
+                    "macs": ranker_macs(module, info.input_shape)})
+    return out
+
+
 def jobs(archs: dict[str, Any], phase: str, budget: str | None) -> list[Job]:
     by_id = {a["id"]: a for a in archs["architectures"]}
     faq = FAQ_SETTINGS[phase]
@@ -215,6 +232,8 @@ def jobs(archs: dict[str, Any], phase: str, budget: str | None) -> list[Job]:
         return [Job(by_id[ids[i]], b, 0, faq) for i in visit_order(len(ids)) for b in BUDGETS]
     if budget not in BUDGETS:
         raise QnasError(f"the truth phase needs --budget, one of {', '.join(BUDGETS)}")
+    if phase == "user":  # the hand-written user split (qnas.user_split), FP32 and W4A4
+        return [Job(a, budget, 0, faq, refresh=True) for a in user_architectures()]
     ids = [a["id"] for a in archs["architectures"]]
     first = [Job(by_id[ids[i]], budget, 0, faq, refresh=True) for i in visit_order(len(ids))]
     return first + [Job(by_id[i], budget, 1, faq, refresh=True) for i in archs["seed1"]]
@@ -295,6 +314,14 @@ def git_commit() -> str:
 # ----------------------------------------------------------------------------- one job
 
 
+def build_arch(space: Any, arch: str, info: data.DatasetInfo) -> torch.nn.Module:
+    """A search-space architecture string, or ``user:<name>`` for a network of the user split."""
+    if user_split.is_user_arch(arch):
+        return user_split.build(arch, info.input_shape, info.num_classes)
+    return space.build(space.from_string(arch), info.input_shape, info.num_classes)
+
+
+
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -330,8 +357,7 @@ class Worker:
             return
         budget = BUDGETS[job.budget]
         ds = self.dataset(budget)
-        module = self.space.build(self.space.from_string(job.arch["arch"]), self.info.input_shape,
-                                  self.info.num_classes)
+        module = build_arch(self.space, job.arch["arch"], self.info)
         weights = cache / "fp32.pt"
         for stage in todo:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -459,8 +485,8 @@ def run_main(args: argparse.Namespace) -> int:
 
 def status_main(args: argparse.Namespace) -> int:
     archs = load_plan(args.store)
-    for phase, budget in (("agreement", None), ("truth", args.budget)):
-        if phase == "truth" and budget is None:
+    for phase, budget in (("agreement", None), ("truth", args.budget), ("user", args.budget)):
+        if phase != "agreement" and budget is None:
             continue
         todo = jobs(archs, phase, budget)
         stages = sum(len(j.stages) for j in todo)

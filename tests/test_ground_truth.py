@@ -130,3 +130,14 @@ def test_the_truth_phase_remeasures_stages_of_an_older_quantizer() -> None:
     row["stages"]["faq_w4a4"]["provenance"]["git_commit"] = since
     assert truth.todo(row) == ["faq_w2a2"]
     assert truth.todo(None) == ["fp32", "ptq", "faq_w4a4", "faq_w2a2"]
+
+
+def test_the_user_phase_covers_the_hand_written_split() -> None:
+    from qnas import user_split
+
+    todo = gt.jobs({"architectures": [], "agreement": [], "seed1": []}, "user", "k10e2")
+    assert [j.arch["arch"] for j in todo] == [user_split.PREFIX + n for n in user_split.names()]
+    assert all(j.stages == ("fp32", "ptq", "faq_w4a4") and j.arch["macs"] > 0 for j in todo)
+    info = gt.data.dataset_info(gt.DATASET)
+    module = gt.build_arch(gt.get_space(gt.SPACE), todo[0].arch["arch"], info)
+    assert sum(p.numel() for p in module.parameters()) == todo[0].arch["params"]

@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eval-predictor",
         help="accuracy of GHN-predicted parameters on the held-out splits (GHN-Q Table 1)",
         description="Predict the parameters of the held-out architectures of each split (id, deep, wide, "
-        "bn_free), evaluate them at every bit setting on a fixed subset of the test set, and print GHN-Q's "
+        "bn_free of the search space; user: hand-written networks of the families users bring, also summarized "
+        "per family), evaluate them at every bit setting on a fixed subset of the test set, and print GHN-Q's "
         "Table 1: rows are settings (top-1 and top-5), columns splits, cells 'mean ± standard error; max' in "
         "percent. The 'random' column evaluates the same architectures with PyTorch's default "
         "initialization, the floor a predictor must beat.",
@@ -44,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "for --dataset)")
     p.add_argument("--dataset", default=DEFAULT_DATASET, metavar="NAME", help=f"dataset (default {DEFAULT_DATASET})")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="directory searched first for the dataset files")
-    p.add_argument("--splits", type=_splits, default=["id", "deep", "wide", "bn_free"],
-                   help="comma-separated splits (default id,deep,wide,bn_free)")
+    p.add_argument("--splits", type=_splits, default=["id", "deep", "wide", "bn_free", "user"],
+                   help="comma-separated splits (default id,deep,wide,bn_free,user)")
     p.add_argument("--n", type=non_negative_int, default=0,
                    help="architectures per split, the first N in committed order (default 0: all)")
     p.add_argument("--settings", "--bits", dest="bits", default=DEFAULT_SETTINGS, metavar="LIST",
@@ -89,7 +90,10 @@ def _eval_predictor(args: argparse.Namespace) -> int:
         raise QnasError("--record writes into a checkpoint's header; --predictor random has none")
     ds = load_dataset(args.dataset, data_dir=args.data_dir)
     space = get_space(predictor.header.search_space)
-    total = sum(len(space.load_split(s)[: args.n or None]) for s in args.splits)
+    from qnas import user_split
+
+    total = sum(len((user_split.names() if s == "user" else space.load_split(s))[: args.n or None])
+                for s in args.splits)
     progress = Progress(TextColumn("[bold]eval-predictor[/] {task.fields[split]}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
     with progress:
@@ -114,6 +118,8 @@ def _eval_predictor(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # piped: rich would wrap to 80 columns and split every cell
         console = Console(width=200)
     console.print(_table(result))
+    if result["families"]:
+        console.print(_family_table(result))
     return 0
 
 
@@ -140,4 +146,20 @@ def _table(result: dict[str, Any]):
             table.add_row(setting if metric == "top1" else "", "top-1" if metric == "top1" else "top-5",
                           *(format_cell(row.get(c, {}).get(metric)) for c in columns),
                           end_section=metric == "top5")
+    return table
+
+
+def _family_table(result: dict[str, Any]):
+    """The user split per family: where a predictor fails on the networks users bring."""
+    from rich.table import Table
+
+    from qnas.predictors.evaluation import format_cell
+
+    fams = result["families"]
+    table = Table(title="user split by family (top-1)", caption="mean ± standard error; max, in %")
+    table.add_column("setting", no_wrap=True)
+    for f, rows in fams.items():
+        table.add_column(f"{f} (n={next(iter(rows.values()))['top1']['n']})", justify="right", no_wrap=True)
+    for setting in result["settings"]:
+        table.add_row(setting, *(format_cell(fams[f][setting]["top1"]) for f in fams))
     return table

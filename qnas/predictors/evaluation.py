@@ -3,11 +3,13 @@
     table = evaluate_predictor(load_predictor("fashion-mnist"), ds, n=20)
     # `qnas eval-predictor` prints it as a table
 
-For every architecture of the chosen splits (``id``, ``deep``, ``wide``, ``bn_free``; the first
-``n`` of each, in committed order), the GHN predicts the parameters for each bit setting and
+For every architecture of the chosen splits (``id``, ``deep``, ``wide``, ``bn_free`` of the search
+space, and ``user``: the hand-written networks of ``qnas.user_split``; the first ``n`` of each, in
+committed order), the GHN predicts the parameters for each bit setting and
 ``qnas.score.evaluate`` measures top-1/top-5 on a fixed subset of the *test* set. The ``random``
 column evaluates the same architectures with PyTorch's default initialization (seeded), the floor
-any predictor must beat. Cells aggregate over architectures as mean, standard error and max.
+any predictor must beat. Cells aggregate over architectures as mean, standard error and max; the
+``user`` split is also summarized per family (``families``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ __all__ = [
     "test_subset",
 ]
 
-SPLITS: tuple[str, ...] = ("id", "deep", "wide", "bn_free")
-SPLIT_TITLES = {"id": "ID", "deep": "OOD-Deep", "wide": "OOD-Wide", "bn_free": "OOD-BN-Free"}
+SPLITS: tuple[str, ...] = ("id", "deep", "wide", "bn_free", "user")
+SPLIT_TITLES = {"id": "ID", "deep": "OOD-Deep", "wide": "OOD-Wide", "bn_free": "OOD-BN-Free", "user": "User nets"}
+USER_SPLIT = "user"  # hand-written networks (qnas.user_split), not search-space genomes
 RANDOM_COLUMN = "random"
 TEST_SUBSET_SEED = 0
 
@@ -58,6 +61,18 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     mean = sum(values) / n
     sem = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
     return {"mean": mean, "sem": sem, "max": max(values), "n": n}
+
+
+def _split_modules(space: Any, split: str, n: int | None, info: Any) -> list[tuple[str, str, Callable[[], Any]]]:
+    """(architecture name, family, builder) of a split's first ``n`` networks."""
+    from qnas import user_split
+
+    if split == USER_SPLIT:
+        return [(user_split.PREFIX + name, user_split.family(name),
+                 lambda name=name: user_split.build(name, info.input_shape, info.num_classes))
+                for name in user_split.names()[: n or None]]
+    return [(space.to_string(g), "", lambda g=g: space.build(g, info.input_shape, info.num_classes))
+            for g in space.load_split(split)[: n or None]]
 
 
 def evaluate_predictor(
@@ -101,19 +116,17 @@ def evaluate_predictor(
     records: list[dict[str, Any]] = []
     with torch.no_grad():
         for split in splits:
-            genomes = space.load_split(split)[: n or None]
-            for i, genome in enumerate(genomes):
-                arch = space.to_string(genome)
+            for i, (arch, family, make) in enumerate(_split_modules(space, split, n, info)):
                 with torch.random.fork_rng(devices=[]):  # the random floor: default init, seeded per arch
                     torch.manual_seed(seed * 1_000_003 + i)
-                    module = space.build(genome, info.input_shape, info.num_classes)
+                    module = make()
                 graph = to_graph(module, info.input_shape, ghn.config.s_max)
                 # One GHN call for all settings (one dict shared by all when not bit-conditioned).
                 batch = [graph] * len(specs) if conditioned else [graph]
                 preds = ghn(batch_graphs(batch), specs if conditioned else "fp32")
                 by_name = dict(zip(names, preds, strict=True)) if conditioned else dict.fromkeys(names, preds[0])
                 qmodel = prepare(module)
-                record = {"split": split, "arch": arch,
+                record = {"split": split, "arch": arch, **({"family": family} if family else {}),
                           "params": sum(p.numel() for p in module.parameters()),
                           "ghn": evaluate(qmodel, lambda spec, d=by_name: d[spec.name], x, y, specs,
                                           bn_stats=bn_stats, seed=seed)}
@@ -133,6 +146,9 @@ def evaluate_predictor(
         if floor and records:
             row[RANDOM_COLUMN] = {m: _summary([r[RANDOM_COLUMN][name][m] for r in records]) for m in ("top1", "top5")}
         table[name] = row
+    families = sorted({r["family"] for r in records if "family" in r})
+    by_family = {f: {name: {m: _summary([r["ghn"][name][m] for r in records if r.get("family") == f])
+                            for m in ("top1", "top5")} for name in names} for f in families}
     return {
         "predictor": {"name": header.name, "dataset": header.dataset, "train_steps": header.train_steps,
                       "bits_trained": list(header.bits_trained), "path": str(predictor.path or "")},
@@ -143,6 +159,7 @@ def evaluate_predictor(
         "settings": names,
         "splits": list(splits),
         "table": table,
+        "families": by_family,
         "architectures": records,
     }
 

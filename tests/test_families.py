@@ -1,0 +1,59 @@
+"""The family generator for predictor training: reproducible keys, every family buildable, traced and
+quantizable, sizes within the bound, bad keys as one-line errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from qnas import families
+from qnas.errors import QnasError
+from qnas.graph import to_graph
+from qnas.quant import prepare
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.mark.parametrize("family", families.FAMILIES)
+def test_every_family_builds_traces_and_quantizes(family: str) -> None:
+    rng = random.Random(1)
+    key = families.sample_key(rng, 2_000_000, SHAPE, 10, families=(family,))
+    assert families.family_of(key) == family
+    module = families.build(key, SHAPE, 10)
+    assert 10_000 <= sum(p.numel() for p in module.parameters()) <= 2_000_000
+    to_graph(module, SHAPE)  # the GHN can read it
+    qmodel = prepare(module)  # the quantized executor can run it
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(qmodel(x), module.train()(x), atol=1e-4)  # both on batch statistics
+
+
+def test_keys_are_reproducible_and_round_trip() -> None:
+    a = [families.sample_key(random.Random(7), 10**7, SHAPE, 10) for _ in range(2)]
+    assert a[0] == a[1]
+    family, config = families.parse_key(a[0])
+    assert families.make_key(family, config) == a[0]
+    torch.manual_seed(0)
+    m1 = families.build(a[0], SHAPE, 10)
+    torch.manual_seed(0)
+    m2 = families.build(a[0], SHAPE, 10)
+    assert [p.shape for p in m1.parameters()] == [p.shape for p in m2.parameters()]
+
+
+def test_draws_cover_the_size_range_and_every_family() -> None:
+    rng = random.Random(0)
+    keys = [families.sample_key(rng, 10**7, SHAPE, 10) for _ in range(40)]
+    sizes = [sum(p.numel() for p in families.build(k, SHAPE, 10).parameters()) for k in keys]
+    assert min(sizes) < 10**5 and max(sizes) > 10**6
+    assert {families.family_of(k) for k in keys} == set(families.FAMILIES)
+
+
+@pytest.mark.parametrize("key", ["densenet", "densenet:", "nosuch:a=1", "vgg:convs=1", "vgg:convs=1,width",
+                                 "vgg:act=gelu,bn=1,convs=1,hidden=0,width=8",
+                                 "vgg:act=relu,bn=1,convs=1,hidden=0,width=8,extra=1"])
+def test_bad_keys_are_one_line_errors(key: str) -> None:
+    with pytest.raises(QnasError):
+        families.build(key, SHAPE, 10)
+    assert families.family_of("stem16-16:conv3-fc0") is None
