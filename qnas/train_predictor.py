@@ -68,6 +68,7 @@ class TrainConfig:
     max_params: int = 1_000_000  # training architectures stay small so a step stays cheap on CPU
     max_nodes: int = 1500  # meta-batches with more graph nodes are redrawn (GHN-2: 2,200)
     bn_free: float = 0.0  # fraction of training architectures drawn without BatchNorm
+    families: float = 0.0  # fraction drawn from qnas.families (the network families users bring), not the space
     augment: bool = True
     seed: int = 0
     ghn: dict[str, Any] = field(default_factory=dict)  # GHNConfig overrides (hidden, max_channels, ...)
@@ -83,8 +84,9 @@ class TrainConfig:
             raise QnasError("the float regime trains at fp32 only; use --regime qat for other bit settings")
         if self.regime == "qat" and len(self.bits) > 1 and not self.conditioned:
             raise QnasError("several bit settings need a bit-conditioned GHN (--conditioned)")
-        if not 0.0 <= self.bn_free <= 1.0:
-            raise QnasError(f"bn_free must be a fraction in [0, 1], got {self.bn_free}")
+        for name, frac in (("bn_free", self.bn_free), ("families", self.families)):
+            if not 0.0 <= frac <= 1.0:
+                raise QnasError(f"{name} must be a fraction in [0, 1], got {frac}")
         for name, v in (("steps", self.steps), ("meta_batch", self.meta_batch), ("batch_size", self.batch_size)):
             if v <= 0:
                 raise QnasError(f"{name} must be positive, got {v}")
@@ -271,13 +273,17 @@ class Trainer:
     # -- one step ---------------------------------------------------------------------------------
 
     def _model(self, genome) -> tuple[str, Any, Any]:
+        """(key, module, quantized executor) of a space genome or a ``qnas.families`` key, cached by key."""
+        from qnas import families
         from qnas.quant import prepare
 
-        arch = self.space.to_string(genome)
+        arch = genome if isinstance(genome, str) else self.space.to_string(genome)
         if arch in self._models:
             self._models.move_to_end(arch)
         else:
-            module = self.space.build(genome, self.info.input_shape, self.info.num_classes)
+            module = (families.build(genome, self.info.input_shape, self.info.num_classes)
+                      if isinstance(genome, str) else
+                      self.space.build(genome, self.info.input_shape, self.info.num_classes))
             self._models[arch] = (module, prepare(module))
             if len(self._models) > 512:
                 self._models.popitem(last=False)
@@ -302,11 +308,18 @@ class Trainer:
             self._batches, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
 
     def _meta_batch(self) -> list[tuple[Any, str]]:
+        from qnas import families
+
         cfg = self.cfg
         for _ in range(100):
             picks = []
             for _ in range(cfg.meta_batch):
-                # The draw is skipped at bn_free == 0, so runs from before the option replay exactly.
+                # Draws are skipped at families == 0 and bn_free == 0, so older runs replay exactly.
+                if cfg.families > 0 and self.arch_rng.random() < cfg.families:
+                    key = families.sample_key(self.arch_rng, cfg.max_params, self.info.input_shape,
+                                              self.info.num_classes)
+                    picks.append((key, self.arch_rng.choice(cfg.bits)))
+                    continue
                 bn = {"bn": self.arch_rng.random() >= cfg.bn_free} if cfg.bn_free > 0 else {}
                 g = self.space.sample(self.arch_rng, cfg.max_params, self.info.input_shape, self.info.num_classes,
                                       **bn)

@@ -123,6 +123,21 @@ def test_bn_free_fraction_draws_nets_without_batchnorm(tmp_path):
     assert m["skipped"] == 0 and m["dropped"] == 0 and m["loss"] < 20
 
 
+def test_families_fraction_draws_family_networks_and_trains(tmp_path):
+    from qnas import families
+
+    with pytest.raises(QnasError):
+        TrainConfig(families=-0.1)
+    tr = Trainer(tiny(families=1.0, meta_batch=4, max_params=200_000, ghn={**TINY_GHN, "standardize": True}),
+                 tmp_path / "fam")
+    picks = tr._meta_batch()
+    assert all(isinstance(k, str) and families.family_of(k) for k, _ in picks)
+    m = tr.train_step()
+    assert m["skipped"] == 0 and m["loss"] < 20
+    space_only = Trainer(tiny(meta_batch=4), tmp_path / "space")._meta_batch()
+    assert not any(isinstance(g, str) for g, _ in space_only)
+
+
 def test_cli_bn_free_turns_standardization_on_and_rejects_bad_fractions(capsys):
     from qnas.cli import build_parser, main
     from qnas.commands.train import config_from_args

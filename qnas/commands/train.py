@@ -39,8 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="bound on training architectures, keeps steps cheap (default 1e6)")
     p.add_argument("--bn-free", type=fraction, default=0.0, metavar="F",
                    help="fraction of training architectures drawn without BatchNorm (default 0)")
+    p.add_argument("--families", type=fraction, default=0.0, metavar="F",
+                   help="fraction of training architectures drawn from the network families users bring "
+                   "(qnas.families: DenseNet, deep plain/residual, wide, VGG, SqueezeNet, MobileNet; default 0)")
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
-                   help="scaled weight standardization of BN-free nets' predicted weights (default: on with --bn-free)")
+                   help="scaled weight standardization of BN-free nets' predicted weights (default: on with "
+                   "--bn-free or --families, which draw BN-free nets)")
     p.add_argument("--hidden", type=positive_int, default=None, help="GHN node state size (default 32)")
     p.add_argument("--max-channels", type=positive_int, default=None, help="GHN decoded block size (default 64)")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset (default {DEFAULT_DATASET})")
@@ -67,13 +71,15 @@ def config_from_args(args: argparse.Namespace):
 
     bits = tuple(b.strip().lower() for b in (args.bits or "fp32").split(",") if b.strip())
     # BN-free training needs standardized weights (without, their logits reach 1e6+): on by default there.
-    standardize = args.standardize if args.standardize is not None else (args.bn_free > 0 or None)
+    standardize = args.standardize if args.standardize is not None else (args.bn_free > 0 or args.families > 0
+                                                                         or None)
     ghn = {k: v for k, v in (("hidden", args.hidden), ("max_channels", args.max_channels),
                              ("standardize", standardize)) if v is not None}
     return TrainConfig(
         regime=args.regime, bits=bits, conditioned=args.conditioned, init=args.init, dataset=args.dataset,
         space=args.space, steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size, lr=args.lr,
-        max_params=args.max_params, bn_free=args.bn_free, seed=args.seed, ghn=ghn, eval_every=args.eval_every,
+        max_params=args.max_params, bn_free=args.bn_free, families=args.families, seed=args.seed, ghn=ghn,
+        eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
     )
 
