@@ -139,7 +139,9 @@ FAQ_LR = {"w4a4": 0.002, "w2a2": 0.01}
 # "superseded" in the row. FP32 training did not change, so the trained nets are reused.
 QUANT_ENGINE_SINCE = "cd48ba4"
 # The code a row's numbers depend on; hashed into every stage's provenance.
-ENGINE_FILES = ("qnas/quant.py", "qnas/train.py", "qnas/score.py", "qnas/data.py", "qnas/finetune.py",
+# The quantization engine is a package: every module in it (found, so a new one is hashed too) and the op table.
+ENGINE_FILES = (*sorted(p.relative_to(REPO).as_posix() for p in (REPO / "qnas" / "quant").glob("*.py")),
+                "qnas/ops.py", "qnas/train.py", "qnas/score.py", "qnas/data.py", "qnas/finetune.py",
                 "search_spaces/convnets250k/__init__.py")
 
 

@@ -56,7 +56,7 @@ def _best(run: Callable[[torch.Tensor, torch.Tensor], object], x: torch.Tensor, 
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:  # explicit NHWC strides, else the first conv picks NCHW (see qnas.quant._nhwc)
+    if x.shape[1] == 1:  # explicit NHWC strides, else the first conv picks NCHW (see _nhwc in qnas/quant/_model.py)
         n, _, h, w = x.shape
         return x.contiguous().as_strided(x.shape, (h * w, 1, w, 1))
     return x.contiguous(memory_format=torch.channels_last)

@@ -40,7 +40,6 @@ reported too (``fused_*``) but not enforced: at 2-4 bits those scales are coarse
 from __future__ import annotations
 
 import json
-import operator
 import os
 import shutil
 import time
@@ -51,13 +50,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from qnas.callable_module import make_callable
 from qnas.defaults import SETTINGS
 from qnas.errors import QnasError
-from qnas.finetune import Capture, Layout, bn_stats, layout
+from qnas.finetune import Layout, bn_stats, layout
+from qnas.ops import cannot_export, lookup
 from qnas.quant import (
     FIRST_LAST_BITS,
     Calibration,
@@ -267,28 +266,66 @@ class _Graph:
         return self.op("DequantizeLinear", [q, s, z], f"{name}_dq")
 
 
-def _pair(v: Any) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]
+class _Emitter:
+    """The op table's ONNX emitters write through this (:class:`qnas.ops.OnnxEmitter`): the graph being
+    written, the traced shapes, and the layers' folded (and quantized) weights."""
 
+    def __init__(self, g: _Graph, module: nn.Module, lay: Layout, calibration: Calibration, spec: QuantSpec | None,
+                 params: Mapping[str, Any] | None, shapes: Mapping[str, tuple[int, ...]], batch: int) -> None:
+        self.g, self.net, self.lay, self.calibration = g, module, lay, calibration
+        self.spec, self.params, self.shapes, self.batch = spec, params, shapes, batch
+        self.modules = dict(module.named_modules())
+        self.layers = {layer.step: layer for layer in lay.weights}
+        self.names: dict[str, str] = {}  # fx node name -> ONNX tensor name ("" for a number)
 
-def _pool_attrs(kernel: Any, stride: Any, padding: Any) -> dict[str, Any]:
-    k = _pair(kernel)
-    s = _pair(stride if stride not in (None, [], ()) else kernel)
-    p = _pair(padding)
-    return {"kernel_shape": k, "strides": s, "pads": [p[0], p[1], p[0], p[1]]}
+    @property
+    def opset(self) -> int:
+        return self.g.opset
 
+    def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        return self.g.op(op_type, inputs, name, **attrs)
 
-def _unsupported(n: fx.Node, what: str) -> QnasError:
-    return QnasError(f"cannot export node {n.name!r} to ONNX: {what}")
+    def const(self, name: str, value: Any, dtype: Any = "float32") -> str:
+        return self.g.const(name, value, dtype)
 
+    def value(self, arg: Any) -> str:
+        if not isinstance(arg, fx.Node) or not self.names.get(arg.name):
+            raise QnasError(f"cannot export to ONNX: {arg!r} is not a tensor computed by the graph")
+        return self.names[arg.name]
 
-def _global_pool(n: fx.Node, output_size: Any, in_shape: tuple[int, ...], op: str) -> str | None:
-    size = _pair(output_size) if not isinstance(output_size, int) else [output_size, output_size]
-    if size == [1, 1]:
-        return op
-    if size == list(in_shape[2:]):
-        return "Identity"
-    raise _unsupported(n, f"adaptive pooling to {tuple(size)} (only global pooling is supported)")
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.modules[str(node.target)]
+
+    def weight_inputs(self, node: fx.Node) -> list[str]:
+        g, layer = self.g, self.layers[node.name]
+        w, b = _folded(self.net, self.lay, self.calibration, layer)
+        bits = self.lay.w_bits(self.spec, layer) if self.spec is not None else None
+        if bits is None:
+            wname = g.const(f"{layer.module}.weight", w.numpy())
+        else:
+            q = self.params["weights"][layer.module]  # type: ignore[index]
+            storage = WeightStorage(bits, q["symmetric"])
+            levels = int_weight(w, q["scale"], q["zero_point"], bits, q["symmetric"])
+            wq = g.const(f"{layer.module}.weight_quantized", storage.array(levels), None)
+            zp = storage.array(np.asarray(q["zero_point"], dtype=np.int64))
+            # per channel: 1-D scale and zero point along the output-channel axis 0 (ONNX per-axis)
+            wname = g.op("DequantizeLinear", [wq, g.const(f"{layer.module}.weight_scale", q["scale"]),
+                                              g.const(f"{layer.module}.weight_zero_point", zp, None)],
+                         f"{layer.module}.weight_dq", **({"axis": 0} if isinstance(q["scale"], list) else {}))
+        inputs = [self.value(node.args[0]), wname]
+        if b is not None:
+            inputs.append(g.const(f"{layer.module}.bias", b.numpy()))
+        return inputs
+
+    def bn_inputs(self, node: fx.Node) -> list[str]:
+        g, m = self.g, self.module(node)
+        assert isinstance(m, nn.BatchNorm2d)
+        mean, var = self.calibration.bn[str(node.target)]
+        gamma = m.weight.detach() if m.weight is not None else torch.ones_like(mean)
+        beta = m.bias.detach() if m.bias is not None else torch.zeros_like(mean)
+        return [self.value(node.args[0]), g.const(f"{node.target}.weight", gamma.numpy()),
+                g.const(f"{node.target}.bias", beta.numpy()), g.const(f"{node.target}.running_mean", mean.numpy()),
+                g.const(f"{node.target}.running_var", var.numpy())]
 
 
 def to_onnx(
@@ -301,30 +338,24 @@ def to_onnx(
     doc: str = "",
 ) -> Any:
     """The network as an ONNX model (float when ``spec`` is None or FP32, else QDQ/QCDQ at ``spec``),
-    with BatchNorm folded using ``calibration``'s statistics. Input ``input`` (N, C, H, W), output ``logits``."""
+    with BatchNorm folded using ``calibration``'s statistics. Input ``input`` (N, C, H, W), output ``logits``.
+    Each traced op is written by its emitter in the op table (:mod:`qnas.ops`)."""
     import onnx
     from onnx import TensorProto, helper
 
     spec = spec if spec is not None and not spec.is_float else None
     params = quant_params(module, lay, calibration, spec) if spec is not None else None
-    # Shapes of every node on a small batch (3, so a reshape that keeps the batch is recognizable).
-    gm = fx.GraphModule(module, lay.graph)
-    capture = Capture(gm, calibration.bn, {n.name: n.name for n in lay.graph.nodes})
-    with torch.no_grad():
-        capture.run(torch.zeros(3, *input_shape))
-    shapes = {k: tuple(v.shape) for k, v in capture.seen.items() if isinstance(v, torch.Tensor)}
-    layers = {layer.step: layer for layer in lay.weights}
-    modules = dict(module.named_modules())
+    # Shapes from the engine's own executor on a small batch whose size no other dimension is likely to
+    # share, so a reshape that keeps the batch is recognizable; a node fused into a step has its step's shape.
+    batch = 3
+    steps = prepare(module, lay.graph).shapes(torch.zeros(batch, *input_shape), calibration)
+    shapes = {n.name: steps[lay.env[n.name]] for n in lay.graph.nodes if lay.env[n.name] in steps}
 
     storages = [WeightStorage(q["bits"], q["symmetric"]) for q in (params or {}).get("weights", {}).values()]
     g = _Graph(max([OPSET, *(st.opset for st in storages)]))
-    names: dict[str, str] = {}
+    e = _Emitter(g, module, lay, calibration, spec, params, shapes, batch)
+    names = e.names
     out_name, out_shape = "", (0,)
-
-    def val(a: Any) -> str:
-        if not isinstance(a, fx.Node) or not names.get(a.name):
-            raise QnasError(f"cannot export to ONNX: {a!r} is not a tensor computed by the graph")
-        return names[a.name]
 
     def finish(n: fx.Node, y: str) -> str:
         """The step's fused activation and its output quantization."""
@@ -338,76 +369,22 @@ def to_onnx(
             y = g.qdq(y, a["scale"], a["zero_point"], a["bits"], n.name)
         return y
 
-    def reshape(n: fx.Node, x: str) -> str:
-        shape = list(shapes[n.name])
-        if shape and shape[0] == 3 and shapes.get(n.args[0].name, (0,))[0] == 3:
-            shape[0] = 0  # keep the batch dimension of the input
-        return g.op("Reshape", [x, g.const(f"{n.name}_shape", shape, np.int64)], n.name)
-
     for n in lay.graph.nodes:
         if n.name not in lay.steps:  # fused into its step (BatchNorm, ReLU): same value
             names[n.name] = names[lay.env[n.name]]
             continue
-        step = lay.steps[n.name]
         if n.op == "placeholder":
             names[n.name] = finish(n, "input")
             continue
         if n.op == "output":
             if not isinstance(n.args[0], fx.Node):
-                raise _unsupported(n, "the model must return one tensor")
-            out_name, out_shape = val(n.args[0]), shapes[n.args[0].name]
+                raise cannot_export(n, "the model must return one tensor")
+            out_name, out_shape = e.value(n.args[0]), shapes[n.args[0].name]
             continue
-        if step.kind in ("conv", "linear"):
-            layer = layers[n.name]
-            m = modules[layer.module]
-            w, b = _folded(module, lay, calibration, layer)
-            bits = lay.w_bits(spec, layer) if spec is not None else None
-            if bits is None:
-                wname = g.const(f"{layer.module}.weight", w.numpy())
-            else:
-                q = params["weights"][layer.module]  # type: ignore[index]
-                storage = WeightStorage(bits, q["symmetric"])
-                levels = int_weight(w, q["scale"], q["zero_point"], bits, q["symmetric"])
-                wq = g.const(f"{layer.module}.weight_quantized", storage.array(levels), None)
-                zp = storage.array(np.asarray(q["zero_point"], dtype=np.int64))
-                # per channel: 1-D scale and zero point along the output-channel axis 0 (ONNX per-axis)
-                wname = g.op("DequantizeLinear", [wq, g.const(f"{layer.module}.weight_scale", q["scale"]),
-                                                  g.const(f"{layer.module}.weight_zero_point", zp, None)],
-                             f"{layer.module}.weight_dq", **({"axis": 0} if isinstance(q["scale"], list) else {}))
-            inputs = [val(n.args[0]), wname]
-            if b is not None:
-                inputs.append(g.const(f"{layer.module}.bias", b.numpy()))
-            if step.kind == "conv":
-                assert isinstance(m, nn.Conv2d)
-                if isinstance(m.padding, str) or m.padding_mode != "zeros":
-                    raise _unsupported(n, "convolution padding must be explicit zeros")
-                p = _pair(m.padding)
-                y = g.op("Conv", inputs, n.name, kernel_shape=_pair(m.kernel_size), strides=_pair(m.stride),
-                         pads=[p[0], p[1], p[0], p[1]], dilations=_pair(m.dilation), group=m.groups)
-            elif len(shapes[n.args[0].name]) == 2:
-                y = g.op("Gemm", inputs, n.name, transB=1)
-            else:  # Linear on more than 2 dims: MatMul with the transposed weight, then the bias
-                wt = g.op("Transpose", [wname], f"{n.name}_wT", perm=[1, 0])
-                y = g.op("MatMul", [inputs[0], wt], f"{n.name}_matmul")
-                if b is not None:
-                    y = g.op("Add", [y, inputs[2]], n.name)
-            names[n.name] = finish(n, y)
-            continue
-        if step.kind == "bn":
-            m = modules[str(n.target)]
-            mean, var = calibration.bn[str(n.target)]
-            gamma = m.weight.detach() if m.weight is not None else torch.ones_like(mean)
-            beta = m.bias.detach() if m.bias is not None else torch.zeros_like(mean)
-            y = g.op("BatchNormalization", [val(n.args[0]), g.const(f"{n.target}.weight", gamma.numpy()),
-                                            g.const(f"{n.target}.bias", beta.numpy()),
-                                            g.const(f"{n.target}.running_mean", mean.numpy()),
-                                            g.const(f"{n.target}.running_var", var.numpy())], n.name, epsilon=m.eps)
-            names[n.name] = finish(n, y)
-            continue
-        if step.kind == "relu":  # standalone ReLU: the activation is applied by finish()
-            names[n.name] = finish(n, val(n.args[0]))
-            continue
-        names[n.name] = _emit_call(g, n, modules, shapes, val, reshape, finish)
+        emit = lookup(n, e.modules).onnx
+        if emit is None:
+            raise cannot_export(n, "the op table has no ONNX emitter for it")
+        names[n.name] = finish(n, emit(e, n))
     if not out_name:
         raise QnasError("the traced model has no output")
     g.nodes.append(helper.make_node("Identity", [out_name], ["logits"]))
@@ -423,98 +400,6 @@ def to_onnx(
     model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", g.opset)], True)
     onnx.checker.check_model(model)
     return model
-
-
-def _emit_call(g: _Graph, n: fx.Node, modules: Mapping[str, nn.Module], shapes: Mapping[str, tuple[int, ...]],
-               val: Any, reshape: Any, finish: Any) -> str:
-    """Pooling, add, concatenation and shape operations (the engine's "call" steps)."""
-    x0 = n.args[0] if n.args else None
-    if n.op == "call_module":
-        m = modules[str(n.target)]
-        x = val(x0)
-        if isinstance(m, nn.MaxPool2d):
-            if m.return_indices:
-                raise _unsupported(n, "max pooling with indices")
-            y = g.op("MaxPool", [x], n.name, dilations=_pair(m.dilation), ceil_mode=int(m.ceil_mode),
-                     **_pool_attrs(m.kernel_size, m.stride, m.padding))
-        elif isinstance(m, nn.AvgPool2d):
-            if m.divisor_override is not None:
-                raise _unsupported(n, "average pooling with divisor_override")
-            y = g.op("AveragePool", [x], n.name, ceil_mode=int(m.ceil_mode),
-                     count_include_pad=int(m.count_include_pad), **_pool_attrs(m.kernel_size, m.stride, m.padding))
-        elif isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
-            op = _global_pool(n, m.output_size, shapes[x0.name],
-                              "GlobalAveragePool" if isinstance(m, nn.AdaptiveAvgPool2d) else "GlobalMaxPool")
-            y = g.op(op, [x], n.name)
-        elif isinstance(m, nn.Flatten):
-            y = reshape(n, x)
-        elif isinstance(m, nn.Identity | nn.Dropout):
-            y = x
-        else:
-            raise _unsupported(n, f"layer {type(m).__name__}")
-        return finish(n, y)
-    if n.op == "call_method":
-        name = str(n.target)
-        if name in ("add", "add_"):
-            return finish(n, g.op("Add", [val(x0), val(n.args[1])], n.name))
-        if name in ("flatten", "view", "reshape", "squeeze", "unsqueeze"):
-            return finish(n, reshape(n, val(x0)))
-        if name == "contiguous":
-            return finish(n, val(x0))
-        if name in ("size", "dim"):
-            return ""  # a number, read only by reshapes, which use the traced shapes
-        if name == "mean":
-            dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-            return finish(n, _mean(g, n, val(x0), dims, bool(n.kwargs.get("keepdim", False)), shapes))
-        raise _unsupported(n, f"tensor method {name!r}")
-    # call_function
-    target = n.target
-    if target in (operator.add, operator.iadd, torch.add):
-        if not (isinstance(n.args[1], fx.Node) and isinstance(x0, fx.Node)):
-            raise _unsupported(n, "adding a constant")
-        return finish(n, g.op("Add", [val(x0), val(n.args[1])], n.name))
-    if target in (operator.getitem, getattr):
-        return ""
-    kwargs = n.normalized_arguments(None, normalize_to_only_use_kwargs=True)
-    kw = kwargs.kwargs if kwargs is not None else {}
-    if target is torch.cat or target is torch.concat:
-        tensors = kw.get("tensors", x0)
-        return finish(n, g.op("Concat", [val(t) for t in tensors], n.name, axis=int(kw.get("dim", 0))))
-    if target in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze):
-        return finish(n, reshape(n, val(x0)))
-    if target is F.max_pool2d:
-        if kw.get("return_indices"):
-            raise _unsupported(n, "max pooling with indices")
-        y = g.op("MaxPool", [val(x0)], n.name, dilations=_pair(kw.get("dilation", 1)),
-                 ceil_mode=int(kw.get("ceil_mode", False)),
-                 **_pool_attrs(kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)))
-        return finish(n, y)
-    if target is F.avg_pool2d:
-        if kw.get("divisor_override") is not None:
-            raise _unsupported(n, "average pooling with divisor_override")
-        y = g.op("AveragePool", [val(x0)], n.name, ceil_mode=int(kw.get("ceil_mode", False)),
-                 count_include_pad=int(kw.get("count_include_pad", True)),
-                 **_pool_attrs(kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)))
-        return finish(n, y)
-    if target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-        op = _global_pool(n, kw["output_size"], shapes[x0.name],
-                          "GlobalAveragePool" if target is F.adaptive_avg_pool2d else "GlobalMaxPool")
-        return finish(n, g.op(op, [val(x0)], n.name))
-    if target is torch.mean:
-        return finish(n, _mean(g, n, val(x0), kw.get("dim"), bool(kw.get("keepdim", False)), shapes))
-    if target is F.dropout:
-        return finish(n, val(x0))
-    raise _unsupported(n, f"function {getattr(target, '__name__', target)!r}")
-
-
-def _mean(g: _Graph, n: fx.Node, x: str, dims: Any, keepdim: bool, shapes: Mapping[str, tuple[int, ...]]) -> str:
-    rank = len(shapes[n.args[0].name])
-    if dims is None:
-        raise _unsupported(n, "a mean over all dimensions")
-    axes = [int(d) % rank for d in ((dims,) if isinstance(dims, int) else dims)]
-    if g.opset >= 18:  # axes became an input in opset 18
-        return g.op("ReduceMean", [x, g.const(f"{n.name}_axes", axes, np.int64)], n.name, keepdims=int(keepdim))
-    return g.op("ReduceMean", [x], n.name, axes=axes, keepdims=int(keepdim))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from qnas.quant import (
     Calibration,
     QuantModel,
     QuantSpec,
+    Step,
     calibrate,
     first_last_rule,
     layer_bits,
@@ -209,7 +210,7 @@ class Layout:
     """The quantization-relevant structure of a traced CNN, as :mod:`qnas.quant` executes it."""
 
     graph: fx.Graph
-    steps: dict[str, Any]  # fx node name -> the engine's step (kind, module, bn, act, quant, ...)
+    steps: dict[str, Step]  # fx node name -> the engine's step (kind, module, bn, act, quant, ...)
     weights: tuple[WeightLayer, ...]
     points: tuple[QuantPoint, ...]
     env: dict[str, str]  # fx node name -> the step whose value it is (fused nodes alias their step)
@@ -228,9 +229,9 @@ def layout(module: nn.Module) -> tuple[QuantModel, Layout]:
     except Exception as exc:  # tracing fails with many exception types
         raise QnasError(f"cannot trace {type(module).__name__} with torch.fx: {' '.join(str(exc).split())}") from None
     qmodel = prepare(module, graph)
-    # The engine keeps its compiled program private; this is the one place that reads it, so the
-    # finetuner and the exporter quantize exactly where the engine does (same fusions, same flags).
-    program = {s.name: s for s in qmodel._program}
+    # The engine's compiled program, so the finetuner and the exporter quantize exactly where the engine
+    # does (same fusions, same flags).
+    program = {s.name: s for s in qmodel.program}
     env: dict[str, str] = {}
     tails: dict[str, str] = {}
     for n in graph.nodes:
@@ -240,10 +241,10 @@ def layout(module: nn.Module) -> tuple[QuantModel, Layout]:
     weights = tuple(
         WeightLayer(step=s.name, module=s.pnames[0].rsplit(".", 1)[0], kind=s.kind, weight=s.pnames[0],
                     bias=s.pnames[1], bn=s.bn_name if s.bn is not None else "", first_last=s.w8)
-        for s in qmodel._program if s.kind in ("conv", "linear")
+        for s in qmodel.program if s.kind in ("conv", "linear")
     )
     points = tuple(QuantPoint(name=s.name, tail=tails[s.name], act=s.act, first_last=s.a8)
-                   for s in qmodel._program if s.quant)
+                   for s in qmodel.program if s.quant)
     return qmodel, Layout(graph, program, weights, points, env)
 
 

@@ -7,7 +7,8 @@ predicted parameter tensor and one per parameter-free op the GHN distinguishes:
           -> linear.weight -> linear.bias (classifier)
 
 Activations, flatten, dropout and other parameter-free ops the vocabulary does not name are
-dropped and their inputs wired to their outputs. A BatchNorm node stands for both its weight and
+dropped and their inputs wired to their outputs; which op gets which node is the op table's
+``ghn`` field (:mod:`qnas.ops`). A BatchNorm node stands for both its weight and
 its bias, as in GHN-2. Edges follow the data flow; *virtual edges* join every pair of nodes whose
 shortest directed path is at most ``s_max`` long and carry that distance (GHN-2 section 3).
 
@@ -18,7 +19,6 @@ backward sweep), so the GHN updates all nodes of a level of all graphs in one st
 
 from __future__ import annotations
 
-import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -27,6 +27,7 @@ import networkx as nx
 import torch
 from torch import fx, nn
 
+from qnas import ops
 from qnas.errors import QnasError
 
 __all__ = [
@@ -60,11 +61,6 @@ OPS: tuple[str, ...] = (
 OP_INDEX: dict[str, int] = {name: i for i, name in enumerate(OPS)}
 WEIGHT_OPS = frozenset({"conv", "group_conv", "dil_conv", "linear"})
 DEFAULT_S_MAX = 10  # GHN-Q's choice; GHN-2 used 50 on much deeper DARTS-like graphs
-
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
-_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
-_CAT_FUNCS = {torch.cat, torch.concat}
-_MEAN_FUNCS = {torch.mean}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors; graphs compare by identity
@@ -190,79 +186,10 @@ def _trace(module: nn.Module) -> fx.GraphModule:
         raise QnasError(f"torch.fx cannot trace {type(module).__name__}: {exc}".splitlines()[0]) from None
 
 
-# Ops whose results are sizes, not tensors: `x.view(x.size(0), -1)` must not wire x twice, and
-# `x + x.shape[0]` is no residual add. (No ShapeProp: running the net costs 30-100 ms per graph.)
-_SCALAR_METHODS = {"size", "dim", "numel", "__len__"}
-_SCALAR_FUNCS = {getattr, len}
-
-
-def _is_scalar(node: fx.Node) -> bool:
-    return (node.op == "call_method" and node.target in _SCALAR_METHODS) or (
-        node.op == "call_function" and node.target in _SCALAR_FUNCS
-    )
-
-
 def _node_args(node: fx.Node) -> list[fx.Node]:
     out: list[fx.Node] = []
     fx.node.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)
     return out
-
-
-def _arg(node: fx.Node, pos: int, name: str, default=None):
-    if len(node.args) > pos:
-        return node.args[pos]
-    return node.kwargs.get(name, default)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
-def _is_global(output_size) -> bool:
-    return output_size is not None and _pair(output_size) == (1, 1)
-
-
-def _classify_module(mod: nn.Module) -> tuple[str, tuple[int, ...]] | None:
-    """(op, shape) for a parameter-free module the vocabulary names, or None (transparent)."""
-    if isinstance(mod, nn.MaxPool2d):
-        return "max_pool", (1, 1, *_pair(mod.kernel_size))
-    if isinstance(mod, nn.AvgPool2d):
-        return "avg_pool", (1, 1, *_pair(mod.kernel_size))
-    if isinstance(mod, nn.AdaptiveAvgPool2d):
-        return ("glob_avg", ()) if _is_global(mod.output_size) else ("avg_pool", ())
-    if isinstance(mod, nn.AdaptiveMaxPool2d):
-        return "max_pool", ()
-    return None
-
-
-def _spatial_mean(node: fx.Node) -> bool:
-    """Whether a mean reduces dims (2, 3) of an NCHW tensor, i.e. global average pooling."""
-    dims = _arg(node, 1, "dim")
-    if dims is None:
-        return False
-    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
-    return all(isinstance(d, int) for d in dims) and sorted(d % 4 for d in dims) == [2, 3]
-
-
-def _classify_function(node: fx.Node, n_tensors: int) -> tuple[str, tuple[int, ...]] | None:
-    """(op, shape) for a function/method the vocabulary names, or None; ``n_tensors`` counts the
-    arguments that carry graph nodes."""
-    fn, method = node.target, node.op == "call_method"
-    if (fn in _ADD_FUNCS or (method and fn in ("add", "add_"))) and n_tensors >= 2:
-        return "add", ()
-    if fn in _CAT_FUNCS and n_tensors >= 2:
-        return "concat", ()
-    if fn is torch.nn.functional.max_pool2d:
-        return "max_pool", (1, 1, *_pair(_arg(node, 1, "kernel_size")))
-    if fn is torch.nn.functional.avg_pool2d:
-        return "avg_pool", (1, 1, *_pair(_arg(node, 1, "kernel_size")))
-    if fn is torch.nn.functional.adaptive_avg_pool2d:
-        return ("glob_avg", ()) if _is_global(_arg(node, 1, "output_size")) else ("avg_pool", ())
-    if fn is torch.nn.functional.adaptive_max_pool2d:
-        return "max_pool", ()
-    if (fn in _MEAN_FUNCS or (method and fn == "mean")) and _spatial_mean(node):
-        return "glob_avg", ()
-    return None
 
 
 def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchGraph:
@@ -300,15 +227,17 @@ def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchG
             if target in used and any(True for _ in mod.parameters()):
                 raise QnasError(f"layer {target!r} is called more than once; shared parameters are not supported")
             used.add(target)
-            frontier[node] = _module_nodes(b, mod, target, preds, module_of)
-        elif _is_scalar(node):
-            frontier[node] = set()
+            frontier[node] = _module_nodes(b, node, mod, preds, module_of, ops.find(node, modules))
         elif node.op in ("call_function", "call_method"):
-            kind = _classify_function(node, n_tensors)
-            # An add/concat of one value with itself (x + x) is no junction of two branches.
-            if kind and kind[0] in ("add", "concat") and len(preds) < 2:
-                kind = None
-            frontier[node] = {b.add(kind[0], preds, node.name, kind[1])} if kind else preds
+            op = ops.find(node, modules)
+            if op is not None and op.ghn == ops.SCALAR:  # `x.view(x.size(0), -1)` must not wire x twice
+                frontier[node] = set()
+                continue
+            ghn = op.ghn_node(node) if op is not None else None
+            # An add/concat needs two different branches (not x + x, nor x + x.shape[0]).
+            if ghn is not None and ghn.op in ("add", "concat") and (n_tensors < 2 or len(preds) < 2):
+                ghn = None
+            frontier[node] = {b.add(ghn.op, preds, node.name, ghn.shape)} if ghn else preds
         elif node.op == "output":
             outputs = preds
 
@@ -327,32 +256,29 @@ def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchG
     return _freeze(b, _classifier_nodes(b, outputs, module_of), s_max, input_shape)
 
 
-def _module_nodes(b: _Builder, mod: nn.Module, target: str, preds: set[int], module_of: dict[int, str]) -> set[int]:
-    """Add the nodes for one call of a leaf module; returns the node(s) carrying its output."""
-    has_params = any(True for _ in mod.parameters())
-    if isinstance(mod, nn.Conv2d):
-        dilated = _pair(mod.dilation) != (1, 1)
-        op = "dil_conv" if dilated else ("group_conv" if mod.groups > 1 else "conv")
-        v = b.add(op, preds, target, mod.weight.shape, mod.groups, (f"{target}.weight",))
-    elif isinstance(mod, nn.Linear):
-        v = b.add("linear", preds, target, mod.weight.shape, 1, (f"{target}.weight",))
-    elif isinstance(mod, _BN_TYPES):
-        if not mod.affine:
-            return preds
-        v = b.add("bn", preds, target, mod.weight.shape, 1, (f"{target}.weight", f"{target}.bias"))
+def _module_nodes(b: _Builder, node: fx.Node, mod: nn.Module, preds: set[int], module_of: dict[int, str],
+                  op: ops.Op | None) -> set[int]:
+    """Add the nodes for one call of a leaf module (``op``: its op-table entry); returns the node(s)
+    carrying its output."""
+    target = str(node.target)
+    ghn = op.ghn_node(node, mod) if op is not None else None
+    if ghn is not None and ghn.op in WEIGHT_OPS:
+        v = b.add(ghn.op, preds, target, ghn.shape, ghn.groups, (f"{target}.weight",))
+    elif ghn is not None and ghn.op == "bn":
+        v = b.add("bn", preds, target, ghn.shape, 1, (f"{target}.weight", f"{target}.bias"))
         module_of[v] = target
         return {v}
-    elif has_params:
+    elif any(True for _ in mod.parameters()):
         raise QnasError(
             f"unsupported layer {target!r} ({type(mod).__name__}): only Conv2d, Linear and BatchNorm "
             "layers can have their parameters predicted"
         )
     else:
-        kind = _classify_module(mod)
-        return {b.add(kind[0], preds, target, kind[1])} if kind else preds
+        return {b.add(ghn.op, preds, target, ghn.shape)} if ghn else preds
     module_of[v] = target
-    if mod.bias is not None:
-        v = b.add("bias", {v}, target, mod.bias.shape, 1, (f"{target}.bias",))
+    bias = getattr(mod, "bias", None)
+    if bias is not None:
+        v = b.add("bias", {v}, target, bias.shape, 1, (f"{target}.bias",))
         module_of[v] = target
     return {v}
 

@@ -16,7 +16,6 @@ from qnas.quant import (
     LOW_BIT_ACT_PERCENTILE,
     SETTINGS,
     QuantSpec,
-    _depthwise_shifted,
     calibrate,
     fake_quantize,
     first_last_rule,
@@ -473,10 +472,10 @@ def test_space_module_runs_at_every_setting() -> None:
 
 def test_first_last_8bit_flags() -> None:
     qm = prepare(_module())
-    steps = {s.name: s for s in qm._program}
-    weighted = [s for s in qm._program if s.kind in ("conv", "linear")]
+    steps = {s.name: s for s in qm.program}
+    weighted = [s for s in qm.program if s.kind in ("conv", "linear")]
     assert [s.name for s in weighted if s.w8] == [weighted[0].name, weighted[-1].name]
-    assert [s.name for s in qm._program if s.a8] == ["x", "head_0"]  # the input, the last layer's input
+    assert [s.name for s in qm.program if s.a8] == ["x", "head_0"]  # the input, the last layer's input
     assert not steps["head_2"].quant  # logits stay float
 
 
@@ -499,11 +498,3 @@ def test_unsupported_layers_are_named() -> None:
 
     with pytest.raises(QnasError, match="cannot trace"):
         prepare(Branchy())
-
-
-def test_depthwise_shifted_is_exact() -> None:
-    gen = torch.Generator().manual_seed(0)
-    for stride, dilation, k in ((1, 2, 3), (2, 2, 5), (1, 1, 3)):
-        conv = nn.Conv2d(6, 6, k, stride=stride, padding=dilation * (k - 1) // 2, dilation=dilation, groups=6)
-        x = torch.randn(2, 6, 11, 11, generator=gen)
-        torch.testing.assert_close(_depthwise_shifted(x, conv.weight, conv.bias, conv), conv(x), atol=1e-5, rtol=1e-5)
