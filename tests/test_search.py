@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import optuna
 import pytest
+from fakes import FakeScorer
 
 from qnas.errors import QnasError
 from qnas.search import (
@@ -20,26 +19,6 @@ from qnas.search import (
     size_bytes,
 )
 from search_spaces import convnets250k as S
-
-
-class FakeScorer:
-    """Accuracy a deterministic function of the architecture; counts how often it is called."""
-
-    name, version = "fake", "0"
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def score(self, genome) -> dict[str, float]:
-        arch = S.to_string(genome)
-        self.calls.append(arch)
-        h = int(hashlib.sha256(arch.encode()).hexdigest()[:8], 16) / 2**32
-        base = 0.5 + 0.4 * h
-        out = {}
-        for i, s in enumerate(SETTINGS):
-            out[f"top1_{s}"] = base - 0.05 * i
-            out[f"top5_{s}"] = min(1.0, base + 0.3)
-        return out
 
 
 def _run(tmp_path, scorer, **kw):
