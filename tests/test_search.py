@@ -18,6 +18,7 @@ from qnas.search import (
     run_search,
     size_bytes,
 )
+from qnas.study import StudyKey, TrialKey
 from search_spaces import convnets250k as S
 
 
@@ -51,6 +52,10 @@ def test_search_records_attrs_and_respects_bound(tmp_path):
         assert t.user_attrs["predictor"] == "fake"
     front = pareto_front(study)
     assert front and all(t.user_attrs["params"] <= 200_000 for t in front)
+    # Every attribute written is one qnas.study names (the schema has one owner).
+    names = {v for k, v in vars(TrialKey).items() if k.isupper() and isinstance(v, str)}
+    assert all(k in names or k.startswith(TrialKey.SCORES) for t in trials for k in t.user_attrs)
+    assert set(study.user_attrs) == set(StudyKey.CONTRACT)
 
 
 def test_resume_adds_trials_and_duplicates_are_not_rescored(tmp_path):
