@@ -45,6 +45,7 @@ from qnas import search  # noqa: E402
 from qnas.predictors import default_predictor  # noqa: E402
 from qnas.scorer import make_scorer  # noqa: E402
 from qnas.search import DEFAULT_SAMPLER, SearchConfig, parse_target, run_search  # noqa: E402
+from qnas.study import TrialAttrs  # noqa: E402
 from search_spaces import convnets250k  # noqa: E402
 
 
@@ -84,8 +85,8 @@ def run(sampler: str, seed: int, trials: int, scorer: CachedScorer, args, timeou
     history: list[tuple[float, int]] = []
 
     def on_trial(study, trial, summary) -> None:
-        params = trial.user_attrs["params"]
-        history.append((math.nan if trial.user_attrs.get("infeasible") else trial.values[0], params))
+        a = TrialAttrs.of(trial)
+        history.append((math.nan if a.infeasible else trial.values[0], a.params))
 
     with mock.patch.object(search, "open_storage", lambda url: optuna.storages.InMemoryStorage()):
         run_search(cfg, scorer, convnets250k, scorer.scorer.input_shape, scorer.scorer.num_classes, on_trial)

@@ -389,10 +389,11 @@ def study_predictor(name: str | None, study: Any, info: Any) -> tuple[Any, str |
     """
     from qnas.finetune import resolve_predictor
     from qnas.predictors import load_predictor
+    from qnas.study import StudyAttrs
 
     if name:
         return resolve_predictor(name, study, info), None
-    recorded = study.user_attrs.get("predictor")
+    recorded = StudyAttrs.from_attrs(study.user_attrs).predictor
     if not recorded:
         try:
             return resolve_predictor(None, study, info), None
@@ -432,7 +433,7 @@ def finetune(
     from qnas.finetune import FAQConfig, choose_trials, finetune_trial
     from qnas.quant import parse_first_last_bits
     from qnas.search import parse_target
-    from qnas.study import StudyAttrs
+    from qnas.study import StudyAttrs, TrialAttrs
 
     opened, dataset = _open_study(study, storage, data_dir)
     attrs = StudyAttrs.of(opened)
@@ -449,7 +450,7 @@ def finetune(
     for t in chosen:
         run = finetune_trial(opened, t, config=config, dataset=dataset, init=init, predictor=pred, root=Path(root),
                              test_size=test_size, restart=restart, hooks=hooks(t, setting) if hooks else None)
-        runs.append({"trial": t.number, "arch": t.user_attrs.get("arch"), **run})
+        runs.append({"trial": t.number, "arch": TrialAttrs.of(t).arch, **run})
     return runs
 
 

@@ -787,7 +787,6 @@ def load_quantized(path: str | Path, setting: str | None = None) -> tuple[QuantM
 
 METRIC_SETTINGS = SETTINGS  # the model card reports every scored setting
 DEFAULT_TEST_SIZE = 1000  # model-card accuracies: a quick estimate; --test-size 10000 for the full test set
-FIRST_LAST_ATTR = "first_last_bits"  # the study attribute holding the search's first/last-layer rule
 
 
 # Modules export imports; they are the optional dependency group "export".
@@ -846,17 +845,18 @@ def export_trial(
         record_path,
         set_bn_stats,
     )
-    from qnas.search import study_granularity
+    from qnas.study import StudyAttrs, TrialAttrs, study_target
     from search_spaces import get_space
 
     hooks = hooks or ExportHooks()
     info = dataset.info
-    space_name = study.user_attrs.get("space", "convnets250k")
+    searched, attrs = StudyAttrs.from_attrs(study.user_attrs), TrialAttrs.of(trial)
+    space_name = searched.space
     space = get_space(space_name)
-    genome = space.from_json(trial.user_attrs["genome"])
+    genome = space.from_json(attrs.genome)
     record = read_record(record_path(root, study.study_name, trial.number))
     run = _pick_run(record, bits)
-    target = bits or (run["setting"] if run else study.user_attrs.get("target", "w4a4"))
+    target = bits or (run["setting"] if run else study_target(study))
     target = QuantSpec.parse(target).name
     prepare_dir(Path(out_dir), force)  # fail early, before any computation
 
@@ -879,9 +879,8 @@ def export_trial(
             raise QnasError(f"trial {trial.number} was not finetuned and no predictor is available; run "
                             "`qnas finetune` first or pass --predictor")
         module, init_source = initial_module(space, genome, info, "ghn", predictor, target)
-        fl_bits = parse_first_last_bits(study.user_attrs.get(FIRST_LAST_ATTR, FIRST_LAST_BITS)
-                                        if first_last_bits == "study" else first_last_bits)
-        granularity = study_granularity(study)
+        fl_bits = searched.first_last_bits if first_last_bits == "study" else parse_first_last_bits(first_last_bits)
+        granularity = searched.granularity
         source = f"{init_source}, not finetuned (post-training quantization)"
     module.eval()
     qmodel, lay = layout(module)
@@ -916,11 +915,11 @@ def export_trial(
     for name, (spec, cal, _) in settings.items():
         metrics[name] = accuracy(qmodel, cal, spec, test_x, test_y)
         hooks.advance()
-    arch = {"format": FORMAT, "version": FORMAT_VERSION, "space": space_name, "genome": trial.user_attrs["genome"],
-            "arch": trial.user_attrs.get("arch", space.to_string(genome)), "dataset": info.name,
+    arch = {"format": FORMAT, "version": FORMAT_VERSION, "space": space_name, "genome": attrs.genome,
+            "arch": space.to_string(genome) if attrs.arch is None else attrs.arch, "dataset": info.name,
             "input_shape": list(info.input_shape), "num_classes": info.num_classes, "mean": list(info.mean),
             "std": list(info.std), "class_names": list(info.class_names), "study": study.study_name,
-            "trial": trial.number, "params": trial.user_attrs.get("params"), "macs": trial.user_attrs.get("macs"),
+            "trial": trial.number, "params": attrs.params, "macs": attrs.macs,
             "weights_source": source, "target": target, "first_last_bits": fl_bits or "same"}
     onnx_settings = tuple(dict.fromkeys(["w8a8", target]))
     verify_x = normalize(dataset.test_images[:verify_size], info)

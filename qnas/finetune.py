@@ -674,6 +674,8 @@ def study_trial(study: Any, number: int) -> Any:
     """A completed, feasible trial of ``study`` by number (QnasError otherwise)."""
     from optuna.trial import TrialState
 
+    from qnas.study import StudyAttrs, TrialAttrs
+
     trials = study.get_trials(deepcopy=False)
     found = next((t for t in trials if t.number == number), None)
     if found is None:
@@ -681,10 +683,12 @@ def study_trial(study: Any, number: int) -> Any:
         raise QnasError(f"study {study.study_name!r} has no trial {number} (trials: {span})")
     if found.state != TrialState.COMPLETE:
         raise QnasError(f"trial {number} of study {study.study_name!r} is {found.state.name.lower()}, not complete")
-    if found.user_attrs.get("infeasible") or any(v > 0 for v in (found.constraints or {}).values()):
-        raise QnasError(f"trial {number} is infeasible ({found.user_attrs.get('params', '?')} parameters, over the "
-                        f"study's bound {study.user_attrs.get('max_params', '?')})")
-    if "genome" not in found.user_attrs:
+    attrs = TrialAttrs.of(found)
+    if attrs.infeasible or any(v > 0 for v in (found.constraints or {}).values()):
+        bound = StudyAttrs.from_attrs(study.user_attrs).max_params
+        raise QnasError(f"trial {number} is infeasible ({'?' if attrs.params is None else attrs.params} parameters, "
+                        f"over the study's bound {'?' if bound is None else bound})")
+    if attrs.genome is None:
         raise QnasError(f"trial {number} has no genome attribute (not made by `qnas search`)")
     return found
 
@@ -693,6 +697,7 @@ def choose_trials(study: Any, trials: list[int] | None = None, top_k: int | None
     """Trials by number, or the ``top_k`` most accurate (at the study's target) distinct architectures
     of the Pareto front, then of the other feasible trials."""
     from qnas.search import pareto_front
+    from qnas.study import TrialAttrs
 
     if trials:
         return [study_trial(study, n) for n in dict.fromkeys(trials)]
@@ -700,17 +705,17 @@ def choose_trials(study: Any, trials: list[int] | None = None, top_k: int | None
     if not front:
         raise QnasError(f"study {study.study_name!r} has no completed feasible trials")
     rest = [t for t in study.get_trials(deepcopy=False) if t.values is not None and t not in front
-            and t.state.name == "COMPLETE" and not t.user_attrs.get("infeasible")
+            and t.state.name == "COMPLETE" and not TrialAttrs.of(t).infeasible
             and all(v <= 0 for v in (t.constraints or {}).values())]
     chosen, seen = [], set()
     def best_first(ts: list[Any]) -> list[Any]:
         return sorted(ts, key=lambda t: (-t.values[0], t.values[1]))
 
     for t in best_first(front) + best_first(rest):
-        arch = t.user_attrs.get("arch")
-        if arch in seen or "genome" not in t.user_attrs:
+        attrs = TrialAttrs.of(t)
+        if attrs.arch in seen or attrs.genome is None:
             continue
-        seen.add(arch)
+        seen.add(attrs.arch)
         chosen.append(t)
         if len(chosen) == (top_k or 3):
             break
@@ -720,8 +725,9 @@ def choose_trials(study: Any, trials: list[int] | None = None, top_k: int | None
 def resolve_predictor(name: str | None, study: Any, info: Any) -> Any:
     """``--predictor`` or the one the study was searched with (its name, when it can be loaded)."""
     from qnas.predictors import default_predictor, load_predictor
+    from qnas.study import StudyAttrs
 
-    candidates = [name] if name else [study.user_attrs.get("predictor"), default_predictor(info.name)]
+    candidates = [name] if name else [StudyAttrs.from_attrs(study.user_attrs).predictor, default_predictor(info.name)]
     errors = []
     for c in candidates:
         if not c:
@@ -784,6 +790,7 @@ def finetune_trial(
     Returns the run's record; a run already recorded is returned as it is unless ``restart``."""
     from safetensors.torch import save
 
+    from qnas.study import StudyAttrs, StudyKey, TrialAttrs
     from search_spaces import get_space
 
     setting = QuantSpec.parse(config.setting).name
@@ -791,8 +798,9 @@ def finetune_trial(
     record = read_record(path)
     if setting in record.get("runs", {}) and not restart:
         return {**record["runs"][setting], "skipped": True}
-    space = get_space(study.user_attrs.get("space", "convnets250k"))
-    genome = space.from_json(trial.user_attrs["genome"])
+    info, attrs = StudyAttrs.from_attrs(study.user_attrs), TrialAttrs.of(trial)
+    space = get_space(info.space)
+    genome = space.from_json(attrs.genome)
     module, source = initial_module(space, genome, dataset.info, init, predictor, setting, config.seed)
     ckpt = path.with_name(f"{trial.number}-{setting}.ckpt.pt")
     if restart and ckpt.exists():
@@ -805,12 +813,12 @@ def finetune_trial(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise QnasError(f"cannot write to {str(path.parent)!r}: {exc.strerror or exc}") from None
-    identity = json.dumps({"arch": trial.user_attrs.get("arch"), "source": source})
+    identity = json.dumps({"arch": attrs.arch, "source": source})
     result = finetune(module, dataset, config, eval_data=eval_data, checkpoint=ckpt, identity=identity, hooks=hooks)
     weights = path.with_name(f"{trial.number}-{setting}.safetensors")
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     weights.write_bytes(save(state, metadata={"format": "qnas-faq", "setting": setting,
-                                              "arch": str(trial.user_attrs.get("arch"))}))
+                                              "arch": str(attrs.arch)}))
     run = {"setting": setting, "spec": config.spec.name, "init": init, "source": source,
            "config": config.to_dict(), "before": result.before, "after": result.after, "history": result.history,
            "ranges": {k: list(v) for k, v in result.ranges.items()}, "bn_reestimated": result.bn_reestimated,
@@ -818,10 +826,8 @@ def finetune_trial(
            "seconds": result.seconds, "test_images": eval_n, "weights": weights.name,
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     record = read_record(path)  # another process may have added another setting meanwhile
-    record.update({"study": study.study_name, "trial": trial.number, "arch": trial.user_attrs.get("arch"),
-                   "genome": trial.user_attrs["genome"], "space": study.user_attrs.get("space", "convnets250k"),
-                   "dataset": dataset.info.name, "params": trial.user_attrs.get("params"),
-                   "macs": trial.user_attrs.get("macs")})
+    record.update({"study": study.study_name, "trial": trial.number, "arch": attrs.arch, "genome": attrs.genome,
+                   "space": info.space, "dataset": dataset.info.name, "params": attrs.params, "macs": attrs.macs})
     record.setdefault("runs", {})[setting] = run
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -830,7 +836,7 @@ def finetune_trial(
     summary = {"init": init, "epochs": config.epochs, "seconds": round(result.seconds, 1), "file": str(path),
                **{f"top1_{k}_before": v for k, v in result.before.items()},
                **{f"top1_{k}_after": v for k, v in result.after.items()}}
-    study.set_user_attr(f"finetune_{trial.number}_{setting}", summary)
+    study.set_user_attr(StudyKey.finetune(trial.number, setting), summary)
     return run
 
 

@@ -33,6 +33,8 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 from qnas.callable_module import make_callable
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS, SETTINGS
 from qnas.errors import QnasError, Terminated, raise_terminated
+from qnas.study import StudyAttrs, StudyKey
+from qnas.study import TrialKey as K
 
 __all__ = [
     "MAX_SEED",
@@ -63,10 +65,7 @@ __all__ = [
     "study_granularity",
 ]
 
-# Study-level attributes that must match when a study is continued, so runs never silently mix.
-# What a scorer returns per setting: raw GHN top-1/top-5 and loss, and the ranker's predicted trained top-1.
-SCORE_ATTRS = ("top1_", "top5_", "loss_", "pred_top1_")
-_CONTRACT = ("target", "max_params", "space", "dataset", "predictor", "protocol", "objective", "first_last_bits")
+SCORE_ATTRS = K.SCORES  # what a scorer returns per setting (qnas.study.TrialKey.SCORES)
 # Study names become file names (studies/NAME.db, studies/NAME/): no separators, no hidden or empty names.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
@@ -133,10 +132,7 @@ def parse_target(bits: str) -> str:
 
 def study_granularity(study: Any) -> str:
     """Weight granularity the study scored with (``qnas.study.StudyAttrs.granularity``)."""
-    from qnas.study import StudyAttrs
-
-    protocol = str(study.user_attrs.get("protocol", "calibrated/tensor"))
-    return StudyAttrs(target="", protocol=protocol).granularity
+    return StudyAttrs.from_attrs(study.user_attrs).granularity
 
 
 def redact(url: str) -> str:
@@ -442,7 +438,7 @@ def _process_start(pid: int) -> str | None:
     return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
 
 
-WORKER_ATTR = "worker"
+WORKER_ATTR = K.WORKER
 
 
 def fail_dead_trials(study: optuna.Study, now: datetime.datetime | None = None) -> int:
@@ -503,13 +499,13 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
         directions=["maximize", "minimize"],
         load_if_exists=True,
     )
-    contract = {"target": cfg.target, "max_params": cfg.max_params, "space": cfg.space,
-                "dataset": cfg.dataset, "predictor": cfg.predictor, "protocol": cfg.protocol,
-                "objective": cfg.objective,
-                "first_last_bits": "same" if cfg.first_last_bits is None else cfg.first_last_bits}
-    stored = {k: study.user_attrs.get(k) for k in _CONTRACT}
+    contract = {StudyKey.TARGET: cfg.target, StudyKey.MAX_PARAMS: cfg.max_params, StudyKey.SPACE: cfg.space,
+                StudyKey.DATASET: cfg.dataset, StudyKey.PREDICTOR: cfg.predictor, StudyKey.PROTOCOL: cfg.protocol,
+                StudyKey.OBJECTIVE: cfg.objective,
+                StudyKey.FIRST_LAST_BITS: "same" if cfg.first_last_bits is None else cfg.first_last_bits}
+    stored = {k: study.user_attrs.get(k) for k in StudyKey.CONTRACT}
     # Compare only what is stored: workers starting together may see a contract half-written by another.
-    diff = ", ".join(f"{k}: study has {stored[k]!r}, asked {contract[k]!r}" for k in _CONTRACT
+    diff = ", ".join(f"{k}: study has {stored[k]!r}, asked {contract[k]!r}" for k in StudyKey.CONTRACT
                      if stored[k] is not None and stored[k] != contract[k])
     if diff:
         raise QnasError(f"study {cfg.study!r} was made with other settings ({diff}); use another --study name")
@@ -519,7 +515,7 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
     if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([f"{cfg.objective}_{cfg.target}", "params"])
+            study.set_metric_names([K.score(cfg.objective, cfg.target), "params"])
     return study
 
 
@@ -573,8 +569,9 @@ def run_search(
 
     def refresh_cache() -> None:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            arch = t.user_attrs.get("arch")
-            if arch and "scored_in_trial" not in t.user_attrs and arch not in cache and "top1_fp32" in t.user_attrs:
+            arch = t.user_attrs.get(K.ARCH)
+            if arch and K.SCORED_IN_TRIAL not in t.user_attrs and arch not in cache \
+                    and K.score("top1", "fp32") in t.user_attrs:
                 cache[arch] = {**t.user_attrs, "_number": t.number}
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -586,13 +583,13 @@ def run_search(
         params = space.count_params(genome, input_shape, num_classes)
         macs = space.count_macs(genome, input_shape, num_classes)
         trial.set_constraint("params", params - cfg.max_params)
-        attrs: dict[str, Any] = {"arch": arch, "genome": space.to_json(genome), "params": params, "macs": macs,
-                                 "predictor": scorer.name, "predictor_version": scorer.version}
-        attrs["size_bytes"] = {s: size_bytes(params, s) for s in SETTINGS}
-        attrs["bitops"] = {s: bitops(macs, s) for s in SETTINGS}
+        attrs: dict[str, Any] = {K.ARCH: arch, K.GENOME: space.to_json(genome), K.PARAMS: params, K.MACS: macs,
+                                 K.PREDICTOR: scorer.name, K.PREDICTOR_VERSION: scorer.version}
+        attrs[K.SIZE_BYTES] = {s: size_bytes(params, s) for s in SETTINGS}
+        attrs[K.BITOPS] = {s: bitops(macs, s) for s in SETTINGS}
         if params > cfg.max_params:
             summary.infeasible += 1
-            attrs["infeasible"] = True
+            attrs[K.INFEASIBLE] = True
             _set_attrs(trial, attrs)
             return 0.0, float(params)
         refresh_cache()
@@ -600,7 +597,7 @@ def run_search(
             hit = cache[arch]
             summary.cached += 1
             metrics = {k: v for k, v in hit.items() if k.startswith(SCORE_ATTRS)}
-            attrs.update(metrics, scored_in_trial=hit["_number"], score_seconds=0.0)
+            attrs.update({**metrics, K.SCORED_IN_TRIAL: hit["_number"], K.SCORE_SECONDS: 0.0})
         else:
             t0 = time.perf_counter()
             ctrl_c.scoring = True
@@ -613,9 +610,9 @@ def run_search(
             dt = time.perf_counter() - t0
             summary.scored += 1
             summary.score_seconds += dt
-            attrs.update(metrics, score_seconds=dt)
+            attrs.update({**metrics, K.SCORE_SECONDS: dt})
             cache[arch] = {**attrs, "_number": trial.number}
-        key = f"{cfg.objective}_{cfg.target}"
+        key = K.score(cfg.objective, cfg.target)
         if key not in metrics:
             raise QnasError(f"scorer {scorer.name!r} did not return {key}")
         _set_attrs(trial, attrs)

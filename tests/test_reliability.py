@@ -5,7 +5,6 @@ are not silently replaced, studies readable from read-only directories."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -19,13 +18,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from fakes import FakeScorer
 from optuna.trial import TrialState
 
 import qnas
 from qnas.cli import main
 from qnas.errors import QnasError
 from qnas.search import (
-    SETTINGS,
     WORKER_ATTR,
     SearchConfig,
     Worker,
@@ -41,22 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--val-size", "16", "--predictor", "random", "--quiet", "--max-params", "1e5"]
 
 
-class FakeScorer:
-    name, version = "random", "0"
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def score(self, genome) -> dict[str, float]:
-        arch = S.to_string(genome)
-        self.calls.append(arch)
-        h = int(hashlib.sha256(arch.encode()).hexdigest()[:8], 16) / 2**32
-        return {f"{k}_{s}": 0.5 + 0.4 * h for s in SETTINGS for k in ("top1", "top5")}
-
-
 def _search(url: str, study: str = "r", **kw) -> tuple[SearchConfig, object]:
     cfg = SearchConfig(study=study, storage=url, **{"sampler": "random", "max_params": 100_000, **kw})
-    return cfg, run_search(cfg, FakeScorer(), S, (1, 28, 28), 10)
+    return cfg, run_search(cfg, FakeScorer("random"), S, (1, 28, 28), 10)
 
 
 def _archs(url: str, study: str) -> list[str]:
@@ -199,7 +185,7 @@ def test_killed_worker_leaves_nothing_running_once_a_worker_resumes(kind, sig, t
         pytest.fail("three kills in a row landed outside an owned trial")
     cfg = SearchConfig(study=study, storage=url, sampler="random", max_params=100_000, trials=1,
                        protocol=load_study(study, url).user_attrs["protocol"], predictor="random")
-    summary = run_search(cfg, FakeScorer(), S, (1, 28, 28), 10)
+    summary = run_search(cfg, FakeScorer("random"), S, (1, 28, 28), 10)
     assert summary.recovered == (1 if sig == signal.SIGKILL else 0)
     assert not load_study(study, url).get_trials(states=(TrialState.RUNNING,))
 
@@ -309,7 +295,7 @@ def test_export_and_finetune_do_not_swap_in_another_predictor(tmp_path, monkeypa
     url = f"sqlite:///{tmp_path / 'studies' / 'p.db'}"
     cfg = SearchConfig(study="p", storage=url, sampler="random", max_params=100_000, trials=1,
                        predictor="runs/gone.pt")
-    run_search(cfg, FakeScorer(), S, (1, 28, 28), 10)
+    run_search(cfg, FakeScorer("random"), S, (1, 28, 28), 10)
     assert main(["finetune", "--study", "p", "--trials", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "runs/gone.pt" in err and "cannot be loaded" in err and err.count("\n") == 1

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import optuna
 import pytest
+from fakes import FakeScorer
 
 from qnas.errors import QnasError
 from qnas.search import (
@@ -19,27 +18,8 @@ from qnas.search import (
     run_search,
     size_bytes,
 )
+from qnas.study import StudyKey, TrialKey
 from search_spaces import convnets250k as S
-
-
-class FakeScorer:
-    """Accuracy a deterministic function of the architecture; counts how often it is called."""
-
-    name, version = "fake", "0"
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def score(self, genome) -> dict[str, float]:
-        arch = S.to_string(genome)
-        self.calls.append(arch)
-        h = int(hashlib.sha256(arch.encode()).hexdigest()[:8], 16) / 2**32
-        base = 0.5 + 0.4 * h
-        out = {}
-        for i, s in enumerate(SETTINGS):
-            out[f"top1_{s}"] = base - 0.05 * i
-            out[f"top5_{s}"] = min(1.0, base + 0.3)
-        return out
 
 
 def _run(tmp_path, scorer, **kw):
@@ -72,6 +52,10 @@ def test_search_records_attrs_and_respects_bound(tmp_path):
         assert t.user_attrs["predictor"] == "fake"
     front = pareto_front(study)
     assert front and all(t.user_attrs["params"] <= 200_000 for t in front)
+    # Every attribute written is one qnas.study names (the schema has one owner).
+    names = {v for k, v in vars(TrialKey).items() if k.isupper() and isinstance(v, str)}
+    assert all(k in names or k.startswith(TrialKey.SCORES) for t in trials for k in t.user_attrs)
+    assert set(study.user_attrs) == set(StudyKey.CONTRACT)
 
 
 def test_resume_adds_trials_and_duplicates_are_not_rescored(tmp_path):

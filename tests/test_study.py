@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import optuna
 
 from qnas.search import SearchConfig, create_or_continue, pareto_front
-from qnas.study import StudyAttrs, TrialAttrs
+from qnas.study import StudyAttrs, StudyKey, TrialAttrs
 from qnas.study import pareto_front as study_front
 
 
@@ -28,3 +29,16 @@ def test_one_front_lists_each_architecture_once(tmp_path: Path) -> None:
     assert info.first_last_bits == 8 and info.objective == "top1"
     t = TrialAttrs.of(front[1])
     assert t.arch == "b" and t.params == 300 and t.top1("fp32") == 0.7 + 0.1 and t.pred_top1("w4a4") is None
+
+
+def test_missing_attributes_read_as_their_one_default() -> None:
+    """Studies and trials from before an attribute existed (or not made by `qnas search`)."""
+    assert {f.name for f in fields(StudyAttrs)} == set(StudyKey.CONTRACT)  # field names are the attribute names
+    info = StudyAttrs.from_attrs({})
+    assert (info.target, info.objective, info.max_params, info.space, info.predictor) == \
+        ("", "top1", None, "convnets250k", None)
+    assert info.granularity == "tensor" and info.first_last_bits == 8
+    assert StudyAttrs.from_attrs({"first_last_bits": "same"}, "w2a2").first_last_bits is None
+    t = TrialAttrs.of(optuna.trial.create_trial(values=[0.5, 10.0], user_attrs={"top1_w4a4": 0.5, "loss_w4a4": 1}))
+    assert (t.arch, t.params, t.macs, t.genome, t.scored_in_trial, t.worker) == (None,) * 6
+    assert not t.infeasible and t.score_seconds == 0.0 and t.scores == {"top1_w4a4": 0.5, "loss_w4a4": 1.0}

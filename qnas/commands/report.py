@@ -162,19 +162,22 @@ def _compact(n: int) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     from qnas import report as R
+    from qnas.study import StudyAttrs, TrialAttrs
 
     study = R.open_study(args.study, args.storage)
     target = R.study_target(study)
     top = args.top if args.top or args.pareto else 10
     trials = R.best_trials(study, top=top, pareto=args.pareto)
     if args.json:
-        keys = ("arch", "params", "macs", "size_bytes", "bitops", "genome")
-        json.dump([{"number": t.number, **{k: t.user_attrs.get(k) for k in keys},
-                    **{k: v for k, v in t.user_attrs.items() if k.startswith(("top1_", "top5_", "pred_top1_"))}}
-                   for t in trials], sys.stdout)
+        def row(a: TrialAttrs) -> dict:
+            return {"number": a.number, "arch": a.arch, "params": a.params, "macs": a.macs, "size_bytes": a.size_bytes,
+                    "bitops": a.bitops, "genome": a.genome,
+                    **{k: v for k, v in a.scores.items() if not k.startswith("loss_")}}
+
+        json.dump([row(TrialAttrs.of(t)) for t in trials], sys.stdout)
         sys.stdout.write("\n")
         return 0
-    bound = study.user_attrs.get("max_params")
+    bound = StudyAttrs.from_attrs(study.user_attrs).max_params
     under = f" under {bound:,} params" if bound else ""
     title = (f"Pareto front of {args.study!r} at {target}{under}" if args.pareto
              else f"best {len(trials)} feasible trials of {args.study!r} by "
@@ -185,13 +188,16 @@ def _show(args: argparse.Namespace) -> int:
 
 def _print_trials(console: Console, study, trials, target: str, title: str, short: bool = False) -> None:
     """The table, then each trial's architecture on a line of its own (never folded: users copy it)."""
+    from qnas.study import TrialAttrs
+
     console.print(_trials_table(study, trials, target, title, short))
-    print_architectures(console, [(t.number, str(t.user_attrs.get("arch", ""))) for t in trials])
+    print_architectures(console, [(t.number, TrialAttrs.of(t).arch or "") for t in trials])
 
 
 def _trials_table(study, trials, target: str, title: str, short: bool = False) -> Table:
     """Trials as a rich table; ``short`` (the report's terminal summary) keeps only target and FP32."""
     from qnas import report as R
+    from qnas.study import TrialAttrs
 
     settings = R.settings_of(trials) or [target]
     if short:
@@ -212,10 +218,10 @@ def _trials_table(study, trials, target: str, title: str, short: bool = False) -
     table.caption = caption if trials else "no feasible scored trials yet"
     table.caption_justify = "left"
     for t in trials:
-        a = t.user_attrs
-        accs = [pct(a.get(f"top1_{s}")) for s in settings]
+        a = TrialAttrs.of(t)
+        accs = [pct(a.top1(s)) for s in settings]
         if predicted:
             accs.insert(0, pct(R.value(t, target, "pred_top1")))
-        macs = [] if short else [f"{a.get('macs', 0) / 1e6:,.1f}M"]
-        table.add_row(str(t.number), f"{a['params']:,}", *macs, *accs)
+        macs = [] if short else [f"{(a.macs or 0) / 1e6:,.1f}M"]
+        table.add_row(str(t.number), f"{a.params:,}", *macs, *accs)
     return table

@@ -158,20 +158,23 @@ def _warn_random_generation(console: Console, study, cfg, summary) -> None:
 
 def _trial_line(trial, cfg) -> str:
     """One line per finished trial: number, what was maximized, raw GHN top-1, size, seconds, architecture."""
-    a = trial.user_attrs
+    from qnas.study import TrialAttrs
+
+    a = TrialAttrs.of(trial)
     head = f"trial {trial.number}"
     if trial.state.name != "COMPLETE":
         return f"{head}: {trial.state.name.lower()}"
-    if a.get("infeasible"):
-        return f"{head}: {a.get('params', 0):,} params, over the bound {cfg.max_params:,}"
+    params = a.params or 0
+    if a.infeasible:
+        return f"{head}: {params:,} params, over the bound {cfg.max_params:,}"
     what = "pred." if cfg.objective == "pred_top1" else "GHN"
     parts = [f"{cfg.target} {pct(trial.values[0])}% ({what})"]
     if cfg.objective == "pred_top1":
-        parts.append(f"GHN {cfg.target} {pct(a.get(f'top1_{cfg.target}'))}%")
-    parts += [f"GHN fp32 {pct(a.get('top1_fp32'))}%", f"{a.get('params', 0):,} params"]
-    parts.append(f"duplicate of trial {a['scored_in_trial']}" if "scored_in_trial" in a
-                 else f"{a.get('score_seconds', 0.0):.1f}s")
-    return f"{head}: {', '.join(parts)}  {a.get('arch', '')}"
+        parts.append(f"GHN {cfg.target} {pct(a.top1(cfg.target))}%")
+    parts += [f"GHN fp32 {pct(a.top1('fp32'))}%", f"{params:,} params"]
+    parts.append(f"duplicate of trial {a.scored_in_trial}" if a.scored_in_trial is not None
+                 else f"{a.score_seconds:.1f}s")
+    return f"{head}: {', '.join(parts)}  {a.arch or ''}"
 
 
 def _drop_interrupt_traceback(record: logging.LogRecord) -> bool:
@@ -180,6 +183,8 @@ def _drop_interrupt_traceback(record: logging.LogRecord) -> bool:
 
 def _print_summary(console: Console, out: Console, cfg, summary) -> None:
     from rich.table import Table
+
+    from qnas.study import TrialAttrs
 
     per_trial = summary.score_seconds / max(summary.scored, 1)
     console.print(
@@ -194,8 +199,8 @@ def _print_summary(console: Console, out: Console, cfg, summary) -> None:
     for col in ("trial", "params", f"{'pred.' if cfg.objective == 'pred_top1' else 'top1'} {cfg.target}",
                 "GHN top1 fp32"):
         table.add_column(col, justify="right", no_wrap=True)
-    for t in summary.pareto:
-        a = t.user_attrs
-        table.add_row(str(t.number), f"{a['params']:,}", pct(t.values[0]), pct(a.get("top1_fp32")))
+    front = [TrialAttrs.of(t) for t in summary.pareto]
+    for t, a in zip(summary.pareto, front):
+        table.add_row(str(t.number), f"{a.params:,}", pct(t.values[0]), pct(a.top1("fp32")))
     out.print(table)
-    print_architectures(out, [(t.number, str(t.user_attrs["arch"])) for t in summary.pareto])
+    print_architectures(out, [(a.number, str(a.arch)) for a in front])
