@@ -130,7 +130,7 @@ def test_report_is_self_contained_with_a_front_per_setting(in_dir, capsys):
     for s in SETTINGS:
         assert f'"name":"{s} front' in html
     assert '"name":"w4a4 front (target)"' in html and html.count("(target)") >= 2
-    for div in ("pareto", "drop", "history", "hypervolume"):
+    for div in ("pareto", "bytes", "bitops", "drop", "history", "hypervolume"):
         assert f'id="{div}"' in html
     for label, value in (("trials", "22"), ("complete", "21"), ("duplicates (cached)", "1"),
                          ("failed / running", "1 / 0"), ("over the bound", str(_n_over(in_dir)))):
@@ -273,3 +273,134 @@ def test_report_renders_in_headless_chromium(in_dir, tmp_path, capsys):
                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert png.stat().st_size > 50_000
+
+
+# ----------------------------------------------------------------------------- issue 17 item 7: axes, labels, new plots
+
+
+def _fake_study(rows: list[tuple[int, float]], *, objective: str = "top1", max_params: int = 1_000_000,
+                target: str = "w4a4") -> optuna.Study:
+    """An in-memory study shaped as `qnas search` writes it: (params, top-1 at the target) per trial; other
+    settings a point lower per step down SETTINGS; with ``pred_top1`` a ranker prediction 10 points higher."""
+    from optuna.trial import create_trial
+
+    from qnas.search import bitops, size_bytes
+
+    study = optuna.create_study(study_name="fake", directions=["maximize", "minimize"])
+    for k, v in {"target": target, "max_params": max_params, "objective": objective}.items():
+        study.set_user_attr(k, v)
+    for i, (p, acc) in enumerate(rows):
+        a: dict = {"arch": f"arch{i}", "params": p, "macs": 10 * p,
+                   "size_bytes": {s: size_bytes(p, s) for s in SETTINGS},
+                   "bitops": {s: bitops(10 * p, s) for s in SETTINGS}}
+        a.update({f"top1_{s}": acc - 0.01 * j for j, s in enumerate(SETTINGS)})
+        a[f"top1_{target}"] = acc
+        if objective == "pred_top1":
+            a[f"pred_top1_{target}"] = acc + 0.1
+        if p > max_params:
+            a["infeasible"] = True
+        study.add_trial(create_trial(values=[a.get(f"{objective}_{target}", acc), p], user_attrs=a,
+                                     constraints={"params": p - max_params}))
+    return study
+
+
+# (params, top-1): #2 is dominated by #1 and is the worst and the largest feasible; #4 is over the bound.
+_TINY = [(1000, 0.50), (10_000, 0.70), (100_000, 0.40), (100, 0.45), (2_000_000, 0.90)]
+
+
+def test_hypervolume_is_a_real_2d_hypervolume():
+    h = R.hypervolume_history(_fake_study(_TINY))
+    # Reference (worst 0.40, most params 1e5), ideal (best 0.70, fewest 1e2): box 0.30 x 3 decades = 0.9.
+    # After #0: (5-3) x 0.10; #1 adds a step: 1 x 0.10 + 1 x 0.30; #2 is dominated; #3: 1 x 0.05 more.
+    assert h.trials == [0, 1, 2, 3] and h.reference == (0.40, 100_000) and h.ideal == (0.70, 100)
+    assert h.values == pytest.approx([0.2 / 0.9, 0.4 / 0.9, 0.4 / 0.9, 0.45 / 0.9])
+    assert h.values == sorted(h.values)
+    assert R.hypervolume_2d([(0.5, 1000), (0.7, 10_000)], (0.4, 100_000)) == pytest.approx(0.4)
+    assert R.hypervolume_2d([(0.3, 1000), (0.5, 1e6)], (0.4, 100_000)) == 0  # outside the box
+    fig = R.hypervolume_figure(_fake_study(_TINY))
+    assert list(fig.data[0].y) == h.values and "40.0–70.0 %" in fig.layout.title.text
+    # Not a restatement of the best accuracy: the best is reached at #1, the hypervolume still grows at #3.
+    best = [max(a for _, a in _TINY[: i + 1]) for i in range(4)]
+    assert best[1] == best[3] and h.values[3] > h.values[1]
+
+
+def test_log_axes_range_to_the_data_with_readable_ticks(study_dir):
+    assert [R.si(v) for v in (20_000, 200_000, 2e6, 999.6, 1.5e10)] == ["20k", "200k", "2M", "1k", "15G"]
+    assert R.si(200_000, "B") == "200 kB"
+    ticks = R.log_ticks(math.log10(30_000), math.log10(400_000))
+    assert len(ticks) >= 4 and {100_000, 200_000} <= set(ticks)
+    study = _study(study_dir)
+    scored = R.scored_trials(study, "w4a4")
+    params = [t.user_attrs["params"] for t in scored]
+    for fig, xs in ((R.pareto_figure(study), params),
+                    (R.bytes_figure(study), [b for t in scored for b in t.user_attrs["size_bytes"].values()]),
+                    (R.bitops_figure(study), [b for t in scored for b in t.user_attrs["bitops"].values()])):
+        ax = fig.layout.xaxis
+        lo, hi = ax.range
+        # The bound (400k) is near the data here, so the range may reach it and no further.
+        assert math.log10(min(xs)) - 0.2 < lo < math.log10(min(xs)) and math.log10(max(xs)) < hi
+        assert 10**hi <= max(max(xs), 400_000) * 10**0.2
+        assert ax.tickmode == "array" and len(ax.tickvals) >= 4 and all(lo <= math.log10(v) <= hi for v in ax.tickvals)
+        assert all(re.fullmatch(r"[0-9.]+ ?[kMGT]?B?", s) for s in ax.ticktext)
+        assert any(s[-1] in "kMGT" or s[-2:] in ("kB", "MB") for s in ax.ticktext)
+    # The bound, 400k, is at the edge of the data: drawn as a line.
+    assert [s.x0 for s in R.pareto_figure(study).layout.shapes] == [400_000]
+
+
+def test_a_far_bound_is_not_drawn_and_does_not_stretch_the_axis():
+    fig = R.pareto_figure(_fake_study(_TINY[:4], max_params=10_000_000))
+    assert not fig.layout.shapes and fig.layout.xaxis.range[1] < math.log10(200_000)
+    assert "off the axis" in fig.layout.annotations[0].text and "10M" in fig.layout.annotations[0].text
+    assert fig.layout.xaxis.ticktext == ("100", "1k", "10k", "100k")
+
+
+def test_every_accuracy_is_labelled_predicted(study_dir):
+    study = _study(study_dir)  # maximized the raw GHN top-1
+    for make in (R.pareto_figure, R.bytes_figure, R.bitops_figure, R.drop_figure, R.history_figure):
+        assert "predicted top-1 (GHN parameters)" in make(study).layout.yaxis.title.text, make.__name__
+    html = R.build_report(study)
+    assert f"<th colspan=\"{len(SETTINGS)}\">{R.GHN}</th>" in html and "GHN parameters) %:" in html
+    ranked = _fake_study(_TINY, objective="pred_top1")
+    title = R.pareto_figure(ranked).layout.yaxis.title.text
+    assert title.startswith("predicted top-1 (%)") and "ranker at w4a4" in title
+    assert R.history_figure(ranked).layout.yaxis.title.text == "predicted top-1 (ranker) at w4a4 (%)"
+    html = R.build_report(ranked)
+    assert f'<th class="hi">{R.RANKER}</th>' in html and "predicted top-1 (ranker) %:" in html
+    assert "<dt>best predicted top-1 (ranker) at w4a4</dt><dd>80.00 % (#1)</dd>" in html
+    # The target front plots what the search maximized: the study's one Pareto front.
+    fr = next(d for d in R.pareto_figure(ranked).data if d.name == "w4a4 front (target)")
+    assert list(fr.y) == pytest.approx([100 * (t.user_attrs["pred_top1_w4a4"]) for t in R.front(
+        R.scored_trials(ranked, "w4a4"), "w4a4", "pred_top1")])
+
+
+def test_bytes_and_bitops_figures_have_one_trace_per_setting(study_dir):
+    study = _study(study_dir)
+    scored = R.scored_trials(study, "w4a4")
+    for make, attr in ((R.bytes_figure, "size_bytes"), (R.bitops_figure, "bitops")):
+        fig = make(study)
+        assert [d.name for d in fig.data] == [f"{s} (target)" if s == "w4a4" else s for s in SETTINGS]
+        for d, s in zip(fig.data, SETTINGS):
+            assert list(d.x) == [t.user_attrs[attr][s] for t in scored]
+            assert list(d.y) == pytest.approx([100 * t.user_attrs[f"top1_{s}"] for t in scored])
+
+
+def test_finetune_results_beside_predictions():
+    study = _fake_study(_TINY, objective="pred_top1")
+    html = R.build_report(study)
+    assert "No finetune results in this study yet" in html and 'id="finetune"' not in html
+    # As qnas.finetune.finetune_trial records a run (a study user attribute per trial and setting).
+    study.set_user_attr("finetune_1_w4a4", {"init": "ghn", "epochs": 2, "seconds": 3.0, "file": "x.json",
+                                            "top1_fp32_before": 0.8, "top1_w4a4_before": 0.6,
+                                            "top1_fp32_after": 0.85, "top1_w4a4_after": 0.75})
+    (r,) = R.finetune_results(study)
+    assert (r.trial, r.setting, r.after, r.before, r.kind) == (1, "w4a4", 0.75, 0.6, R.RANKER)
+    assert r.predicted == pytest.approx(0.8) and r.ghn_top1 == pytest.approx(0.7)
+    fig = R.finetune_figure(study)
+    assert [d.name for d in fig.data] == ["w4a4", "predicted = measured"]
+    assert list(fig.data[0].x) == pytest.approx([80.0]) and list(fig.data[0].y) == pytest.approx([75.0])
+    assert fig.layout.xaxis.title.text == "predicted top-1 (ranker) (%)" and "measured" in fig.layout.yaxis.title.text
+    html = R.build_report(study)
+    assert 'id="finetune"' in html and f"<th class=\"hi\">{R.FINETUNED}</th>" in html
+    df = R.trials_frame(study)
+    assert df.loc[df["number"] == 1, "finetune_w4a4_top1_after"].item() == 0.75
+    assert df["finetune_w4a4_top1_after"].isna().sum() == len(df) - 1

@@ -22,7 +22,8 @@ _STORAGE_HELP = "Optuna storage URL (default sqlite:///studies/NAME.db, what `qn
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r = subparsers.add_parser(
-        "report", help="write an HTML report (Pareto fronts, quantization drop, histories) and trials.csv",
+        "report", help="write an HTML report (Pareto fronts, size, BitOps, quantization drop, finetune results, "
+        "histories) and trials.csv",
         description="Write a self-contained HTML report of a search study (plotly.js embedded, opens offline) "
         "and a CSV with one row per trial, and print the Pareto front at the target setting. Existing output "
         "files are overwritten (they are derived from the study).",
@@ -38,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "studies", help="list studies with trial counts and best accuracy",
         description="List the studies in a storage: trials by state, target setting, parameter bound and the "
-        "best feasible top-1 at the target. Without --storage, every SQLite file studies/*.db in the current "
+        "best feasible predicted top-1 at the target. Without --storage, every SQLite file studies/*.db in the current "
         "directory is read (each is one storage; `qnas search` writes studies/NAME.db by default).",
     )
     s.add_argument("--storage", help="Optuna storage URL to list (default: every studies/*.db here)")
@@ -47,9 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     w = subparsers.add_parser(
         "show", help="table of the best feasible trials of a study",
-        description="Show the best feasible trials of a study by top-1 at its target setting (or its Pareto "
-        "front with --pareto): trial number, params, MACs, top-1 in % at every setting, then each architecture on "
-        "a line of its own (never folded). "
+        description="Show the best feasible trials of a study by predicted top-1 at its target setting (or its "
+        "Pareto front with --pareto): trial number, params, MACs, predicted top-1 in % at every setting, then each "
+        "architecture on a line of its own (never folded). "
         "Duplicate architectures are listed once, under the trial that scored them.",
     )
     w.add_argument("--study", type=study_name, required=True, help="study name")
@@ -85,7 +86,7 @@ def _report(args: argparse.Namespace) -> int:
         messages.append(f"{'overwrote' if existed else 'wrote'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
     console = Console()
     _print_trials(console, study, R.best_trials(study, top=None, pareto=True), target,
-                  f"Pareto front of {args.study!r} at {target} (top-1 %)", short=True)
+                  f"Pareto front of {args.study!r} at {target} (predicted top-1 %)", short=True)
     for m in messages:
         console.print(m, highlight=False)
     return 0
@@ -139,7 +140,7 @@ def _studies(args: argparse.Namespace) -> int:
         table.add_column(c, justify="right", no_wrap=True)
     table.add_column("target", no_wrap=True)
     table.add_column("bound", justify="right", no_wrap=True)
-    table.add_column("best top-1", justify="right", no_wrap=True)
+    table.add_column("best pred. top-1", justify="right", no_wrap=True)
     for r in rows:
         best = "–" if r.best_top1 is None else f"{pct(r.best_top1)}% #{r.best_trial}"
         cells = [r.name, str(r.trials), str(r.complete), str(r.failed), str(r.running), r.target or "–",
@@ -181,7 +182,7 @@ def _show(args: argparse.Namespace) -> int:
     under = f" under {bound:,} params" if bound else ""
     title = (f"Pareto front of {args.study!r} at {target}{under}" if args.pareto
              else f"best {len(trials)} feasible trials of {args.study!r} by "
-             f"{'predicted trained ' if R.study_objective(study) == 'pred_top1' else ''}top-1 at {target}{under}")
+             f"{'ranker-' if R.study_objective(study) == 'pred_top1' else 'GHN-'}predicted top-1 at {target}{under}")
     _print_trials(Console(), study, trials, target, title)
     return 0
 
@@ -213,8 +214,8 @@ def _trials_table(study, trials, target: str, title: str, short: bool = False) -
         table.add_column(f"{'GHN ' if predicted else ''}{s}{' *' if star else ''}", justify="right", no_wrap=True,
                          style="bold" if star else None)
     caption = ("pred. = the ranker's predicted top-1 after training (qnas.ranker); GHN = top-1 of the "
-               "GHN-predicted parameters; in %; * = what the search maximized") if predicted else \
-        "top-1 accuracy in %; * = the target setting"
+               "GHN-predicted parameters, also a prediction; in %; * = what the search maximized") if predicted else \
+        "predicted top-1 in % (the untrained network with GHN-predicted parameters); * = the target setting"
     table.caption = caption if trials else "no feasible scored trials yet"
     table.caption_justify = "left"
     for t in trials:
