@@ -142,7 +142,7 @@ QUANT_ENGINE_SINCE = "cd48ba4"
 # The quantization engine is a package: every module in it (found, so a new one is hashed too) and the op table.
 ENGINE_FILES = (*sorted(p.relative_to(REPO).as_posix() for p in (REPO / "qnas" / "quant").glob("*.py")),
                 "qnas/ops.py", "qnas/train.py", "qnas/score.py", "qnas/data.py", "qnas/finetune.py",
-                "search_spaces/convnets250k/__init__.py")
+                "search_spaces/convnets250k/__init__.py", "qnas/user_split.py")
 
 
 # ----------------------------------------------------------------------------- which architectures
