@@ -37,7 +37,8 @@ __all__ = ["ACTIVATIONS", "FAMILIES", "Family", "build", "family_of", "make_key"
 
 # Activations a family may use; the quantized executor must know each (qnas.quant).
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": lambda: nn.ReLU(inplace=True),
-                                                   "relu6": lambda: nn.ReLU6(inplace=True)}
+                                                   "relu6": lambda: nn.ReLU6(inplace=True),
+                                                   "hardswish": nn.Hardswish, "silu": nn.SiLU}
 MAX_DRAWS = 200  # redraws before giving up on a bound no draw of a family fits under
 
 
@@ -219,7 +220,10 @@ class Family:
     build: Callable[[dict[str, Any], int, int], nn.Module]
 
 
-def _common(rng: random.Random, acts: tuple[str, ...] = ("relu", "relu6")) -> dict[str, Any]:
+_ACT_DRAW = ("relu", "relu", "relu6", "hardswish", "silu")  # ReLU as common as the others together
+
+
+def _common(rng: random.Random, acts: tuple[str, ...] = _ACT_DRAW) -> dict[str, Any]:
     return {"bn": int(rng.random() < 0.75), "act": rng.choice(acts)}  # a quarter BN-free, as users' nets
 
 

@@ -34,9 +34,12 @@ Anything not in the table is transparent to the GHN graph (parameter-free; a lay
 other than Conv2d, Linear and BatchNorm is an error there) and an error for the executor and export
 (:func:`lookup`, one message naming the layer, function or method).
 
-Adding a parameter-free op, such as an activation, is one entry in this file: for ``nn.Hardswish``,
-``MODULES[nn.Hardswish] = Op("requant", onnx=...)`` with an emitter writing ``HardSwish`` (its output
-leaves the grid, so it is requantized; the GHN graph sees through it by default).
+``run`` (optional): what the executor calls instead of the traced target, for ops that may be traced
+    in place (``nn.Hardswish(inplace=True)``) and would overwrite a value other steps still read.
+
+Adding a parameter-free op, such as an activation, is one entry in this file: ``nn.Hardswish`` is
+``Op("requant", onnx=<emitter writing HardSwish>, run=F.hardswish)`` (its output leaves the grid, so it
+is requantized, over its calibrated range, negative part included; the GHN graph sees through it).
 """
 
 from __future__ import annotations
@@ -127,6 +130,8 @@ class Op:
     act: str = ""  # "relu" or "relu6" for kind "relu"
     ghn: str | GhnRule = TRANSPARENT
     onnx: OnnxRule | None = None
+    run: Callable[[torch.Tensor], torch.Tensor] | None = None  # executor's out-of-place version of the call
+
 
     def ghn_node(self, node: fx.Node, module: nn.Module | None = None) -> GhnNode | None:
         """The GHN graph node of one call (None: transparent; ``SCALAR`` ops are the caller's to check)."""
@@ -357,6 +362,15 @@ def _onnx_adaptive_function(op: str) -> OnnxRule:
     return emit
 
 
+def _onnx_hardswish(e: OnnxEmitter, n: fx.Node) -> str:
+    return e.op("HardSwish", [e.value(n.args[0])], n.name)
+
+
+def _onnx_silu(e: OnnxEmitter, n: fx.Node) -> str:
+    x = e.value(n.args[0])  # x * sigmoid(x): ONNX before opset 24 has no SiLU/Swish operator
+    return e.op("Mul", [x, e.op("Sigmoid", [x], f"{n.name}_sigmoid")], n.name)
+
+
 def _onnx_mean_function(e: OnnxEmitter, n: fx.Node) -> str:
     kw = _kwargs(n)
     return _mean(e, n, e.value(n.args[0]), kw.get("dim"), bool(kw.get("keepdim", False)))
@@ -373,6 +387,8 @@ _CAT = Op("pass", ghn="concat", onnx=_onnx_cat)
 _SIZE = Op("pass", ghn=SCALAR, onnx=_number)
 _GRAPH_SIZE = Op(None, ghn=SCALAR)  # sizes the GHN graph skips but the executor does not run
 _MEAN_FUNCTION = Op("requant", ghn=_ghn_mean, onnx=_onnx_mean_function)
+_HARDSWISH = Op("requant", onnx=_onnx_hardswish, run=F.hardswish)
+_SILU = Op("requant", onnx=_onnx_silu, run=F.silu)
 
 MODULES: Mapping[type[nn.Module], Op] = {
     nn.Conv2d: Op("conv", ghn=_ghn_conv, onnx=_onnx_conv),
@@ -381,6 +397,8 @@ MODULES: Mapping[type[nn.Module], Op] = {
     nn.BatchNorm1d: Op(None, ghn=_ghn_bn),
     nn.ReLU: _RELU,
     nn.ReLU6: _RELU6,
+    nn.Hardswish: _HARDSWISH,
+    nn.SiLU: _SILU,
     nn.AvgPool2d: Op("requant", ghn=_ghn_window("avg_pool"), onnx=_onnx_avg_pool_module),
     nn.AdaptiveAvgPool2d: Op("requant", ghn=_ghn_adaptive_avg, onnx=_onnx_adaptive_module("GlobalAveragePool")),
     nn.MaxPool2d: Op("pass", ghn=_ghn_window("max_pool"), onnx=_onnx_max_pool_module),
@@ -398,6 +416,8 @@ FUNCTIONS: Mapping[Any, Op] = {
     torch.relu: _RELU,
     torch.relu_: _RELU,
     F.relu6: _RELU6,
+    F.hardswish: _HARDSWISH,
+    F.silu: _SILU,
     F.avg_pool2d: Op("requant", ghn=_ghn_window("avg_pool"), onnx=_onnx_avg_pool_function),
     F.adaptive_avg_pool2d: Op("requant", ghn=_ghn_adaptive_avg, onnx=_onnx_adaptive_function("GlobalAveragePool")),
     torch.mean: _MEAN_FUNCTION,

@@ -7,8 +7,8 @@
 Written by hand for this split, the way a user writes a model (classes with a ``forward``), and
 independent of the training generator (``qnas.families``): what the predictor is judged on is not what
 it was trained on. The split covers DenseNet-style concatenation, deep plain and residual nets,
-wide shallow nets, 7x7 kernels, VGG, SqueezeNet fire modules, MobileNet V1/V2 blocks, LeNet and a
-dilated net, with and without BatchNorm. Their trained accuracies are measured by
+wide shallow nets, 7x7 kernels, VGG, SqueezeNet fire modules, MobileNet V1/V2 blocks, hard-swish and
+SiLU activations, LeNet and a dilated net, with and without BatchNorm. Their trained accuracies are measured by
 ``benchmarks/ground_truth.py`` (architectures ``user:<name>``) at the ground truth's budget.
 """
 
@@ -102,8 +102,9 @@ class PlainNet(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, bn: bool) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, bn: bool, act: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
+        self.act1, self.act2 = act(), act()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=not bn)
         self.bn1 = nn.BatchNorm2d(cout) if bn else nn.Identity()
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=not bn)
@@ -114,22 +115,23 @@ class BasicBlock(nn.Module):
                                           nn.BatchNorm2d(cout) if bn else nn.Identity())
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act2(out + self.shortcut(x))
 
 
 class ResNet(nn.Module):
     """CIFAR-style ResNet (He et al. 2016): 6n+2 layers, widths w, 2w, 4w."""
 
-    def __init__(self, cin: int, classes: int, n: int, width: int = 16, bn: bool = True, stem_k: int = 3) -> None:
+    def __init__(self, cin: int, classes: int, n: int, width: int = 16, bn: bool = True, stem_k: int = 3,
+                 act: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
         self.stem = nn.Sequential(*_cbr(cin, width, stem_k, 1, bn))
         blocks, ch = [], width
         for stage in range(3):
             for b in range(n):
                 out = width * 2 ** stage
-                blocks.append(BasicBlock(ch, out, 2 if stage and b == 0 else 1, bn))
+                blocks.append(BasicBlock(ch, out, 2 if stage and b == 0 else 1, bn, act))
                 ch = out
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -255,13 +257,14 @@ class SqueezeNet(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int, k: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, k: int,
+                 act: type[nn.Module] = nn.ReLU6) -> None:
         super().__init__()
         mid = cin * expand
         layers: list[nn.Module] = []
         if expand != 1:
-            layers += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6()]
-        layers += [nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            layers += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), act()]
+        layers += [nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False), nn.BatchNorm2d(mid), act(),
                    nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.conv = nn.Sequential(*layers)
         self.use_res = stride == 1 and cin == cout
@@ -274,15 +277,15 @@ class MobileNetV2(nn.Module):
     """MobileNetV2 (Sandler et al. 2018) settings (t, c, n, s), width-scaled for 28x28 inputs."""
 
     def __init__(self, cin: int, classes: int, settings: tuple[tuple[int, int, int, int], ...], stem: int = 16,
-                 last: int = 320, k: int = 3) -> None:
+                 last: int = 320, k: int = 3, act: type[nn.Module] = nn.ReLU6) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(cin, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6()]
+        layers: list[nn.Module] = [nn.Conv2d(cin, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), act()]
         ch = stem
         for t, c, n, s in settings:
             for i in range(n):
-                layers.append(InvertedResidual(ch, c, s if i == 0 else 1, t, k))
+                layers.append(InvertedResidual(ch, c, s if i == 0 else 1, t, k, act))
                 ch = c
-        layers += [nn.Conv2d(ch, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()]
+        layers += [nn.Conv2d(ch, last, 1, bias=False), nn.BatchNorm2d(last), act()]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, classes))
 
@@ -342,6 +345,8 @@ _REGISTRY: dict[str, UserNet] = {
     "mobilenetv2-k7": UserNet("mobilenet", lambda c, k: MobileNetV2(c, k, _V2, k=7)),
     "mobilenetv1": UserNet("mobilenet", lambda c, k: MobileNetV1(c, k, ((32, 1), (64, 2), (64, 1), (128, 2),
                                                                         (128, 1), (256, 1)))),
+    "mobilenetv2-hardswish": UserNet("hardswish-silu", lambda c, k: MobileNetV2(c, k, _V2, k=5, act=nn.Hardswish)),
+    "resnet20-silu": UserNet("hardswish-silu", lambda c, k: ResNet(c, k, 3, act=nn.SiLU)),
     "lenet5": UserNet("lenet", lambda c, k: LeNet5(c, k)),
     "dilated": UserNet("dilated", lambda c, k: DilatedNet(c, k, 32)),
 }

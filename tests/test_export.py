@@ -363,3 +363,37 @@ def test_cli_export_first_last_rule(finetuned_study, small_fashion, tmp_path, ca
         main(_export_args(url, root, small_fashion, tmp_path / "y", "--trial", "0", "--first-last-bits", "4"))
     assert exc.value.code == 2 and "--first-last-bits" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+class SwishNet(nn.Module):
+    """Hard-swish and SiLU as modules (one in place, as MobileNetV3 writes it) and as functions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.hs = nn.Hardswish(inplace=True)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.silu = nn.SiLU()
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.hs(self.bn(self.a(x)))
+        y = F.silu(self.b(y)) + self.silu(y)
+        y = F.hardswish(F.max_pool2d(y, 2))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_hardswish_and_silu_run_quantized_and_export_to_matching_onnx(fashion):  # noqa: F811
+    torch.manual_seed(0)
+    module = SwishNet().eval()
+    qmodel, lay = layout(module)
+    images = data.normalize(fashion.test_images[:300], fashion.info)
+    with torch.no_grad():  # the executor computes what the module computes, in-place module or not
+        torch.testing.assert_close(qmodel(images[:16]), module.train()(images[:16]), atol=1e-4, rtol=1e-3)
+    module.eval()
+    for name in ("fp32", "w8a8-channel", "w4a4-channel"):
+        spec = QuantSpec.parse(name)
+        cal = faq_calibration(qmodel, lay, images[:128], spec if not spec.is_float else QuantSpec(8, 8))
+        r = verify_onnx(to_onnx(module, lay, cal, spec, (1, 28, 28)), qmodel, cal, spec, images)
+        assert _check(name, spec, r) is None, (name, r)

@@ -21,7 +21,8 @@ def test_the_split_covers_the_families_the_issue_names() -> None:
     names = user_split.names()
     assert len(names) >= 24 and len(set(names)) == len(names)
     families = {user_split.family(n) for n in names}
-    assert {"densenet", "deep-plain", "resnet", "wide-shallow", "7x7", "vgg", "squeezenet", "mobilenet"} <= families
+    assert {"densenet", "deep-plain", "resnet", "wide-shallow", "7x7", "vgg", "squeezenet", "mobilenet",
+            "hardswish-silu"} <= families
     has_bn = {n: any(isinstance(m, torch.nn.BatchNorm2d) for m in user_split.build(n, SHAPE, 10).modules())
               for n in names}
     assert sum(not b for b in has_bn.values()) >= 4  # BN-free variants of several families
