@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/ranker_features.py [--predictor NAME]
 
-For each architecture of ground truth v1 (``benchmarks/ground_truth/v1``) and v2 (``.../v2``), the
+For each architecture of ground truth v1 (``benchmarks/ground_truth/v1``), v2 (``.../v2``) and the
+hand-written ``user`` split (``user:<name>``, ``qnas.user_split``), the
 features of ``qnas.ranker.candidate_features`` as the search computes them (the scorer on 1,000
 validation images, the scorer's protocol), written to ``benchmarks/ground_truth/features.json`` keyed
 by architecture string, with the predictor's sha256, the feature version and the scoring protocol.
@@ -19,11 +20,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qnas import user_split  # noqa: E402
 from qnas.ranker import FEATURE_VERSION, candidate_features, file_sha256  # noqa: E402
 from qnas.scorer import make_scorer  # noqa: E402
 from search_spaces import get_space  # noqa: E402
@@ -41,7 +44,18 @@ def truth_archs() -> list[str]:
     plan = HERE / "v2" / "architectures.json"
     if plan.exists():
         archs += [a["arch"] for a in json.loads(plan.read_text())["architectures"]]
+    archs += [user_split.PREFIX + name for name in user_split.names()]
     return list(dict.fromkeys(archs))
+
+
+def features(scorer: Any, space: Any, arch: str) -> dict[str, float]:
+    """The ranker's features of a space architecture string or a user-split network."""
+    if not user_split.is_user_arch(arch):
+        return candidate_features(scorer, space.from_string(arch))
+    module = user_split.build(arch, scorer.input_shape, scorer.num_classes)
+    graph = scorer.graph(module)
+    scores = scorer.evaluate(module, scorer.predict_params(module, graph))
+    return candidate_features(scorer, None, scores=scores, module=module, graph=graph)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for i, arch in enumerate(todo):
         t = time.perf_counter()
-        table["features"][arch] = candidate_features(scorer, space.from_string(arch))
+        table["features"][arch] = features(scorer, space, arch)
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, args.out)

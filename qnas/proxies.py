@@ -39,7 +39,7 @@ from qnas.errors import QnasError
 
 __all__ = ["naswot", "synflow"]
 
-_RELUS = (nn.ReLU, nn.ReLU6)
+_RELUS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU)  # each is > 0 exactly where its input is
 _SCORED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # layers whose weights SynFlow sums
 
 
@@ -79,7 +79,8 @@ def synflow(module: nn.Module, input_shape: Sequence[int]) -> float:
 def naswot(module: nn.Module, images: torch.Tensor) -> float:
     """NASWOT score log|K_H| of ``module`` on a mini-batch ``images`` (N, C, H, W), higher is better.
 
-    Hooks every ``nn.ReLU``/``nn.ReLU6`` module; a module with none (functional ReLUs only) is an
+    Hooks every ``nn.ReLU``/``nn.ReLU6``/``nn.Hardswish``/``nn.SiLU`` module (each positive exactly where
+    its input is, so the code is the ReLU's); a module with none (functional activations only) is an
     error rather than a meaningless score. Returns ``-inf`` when K_H is singular.
     """
     if images.dim() != 4 or len(images) < 2:
@@ -87,7 +88,8 @@ def naswot(module: nn.Module, images: torch.Tensor) -> float:
     net = copy.deepcopy(module).train()
     relus = [m for m in net.modules() if isinstance(m, _RELUS)]
     if not relus:
-        raise QnasError("naswot needs nn.ReLU modules to read binary codes from; this module has none")
+        raise QnasError("naswot needs activation modules (nn.ReLU, ...) to read binary codes from; this module "
+                        "has none")
     n = len(images)
     kernel = torch.zeros(n, n, dtype=torch.float64)
 

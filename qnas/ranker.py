@@ -173,7 +173,10 @@ def candidate_features(
     reset_parameters(module, proxy_seed)
     flow = synflow(module, scorer.input_shape)
     feats["log_synflow"] = math.log10(flow) if flow > 0 and math.isfinite(flow) else 0.0
-    score = naswot(module, scorer.images[:PROXY_IMAGES])
+    try:
+        score = naswot(module, scorer.images[:PROXY_IMAGES])
+    except QnasError:  # functional activations only (a user's net): no codes to read, as a singular kernel
+        score = math.nan
     feats["naswot"] = score if math.isfinite(score) else 0.0
     with torch.no_grad():
         emb = ghn.embed(batch_graphs([graph]), "fp32")[0]

@@ -100,3 +100,12 @@ def test_proxies_run_on_a_search_space_net() -> None:
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     assert math.isfinite(synflow(net, (1, 28, 28))) and synflow(net, (1, 28, 28)) > 0
     assert math.isfinite(naswot(net, x))
+
+
+def test_naswot_reads_hardswish_and_silu_as_their_relu_codes() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 12, 12)
+    conv = nn.Conv2d(1, 4, 3)
+    scores = [naswot(nn.Sequential(conv, act(), nn.Flatten(), nn.Linear(400, 3)), x)
+              for act in (nn.ReLU, nn.Hardswish, nn.SiLU)]
+    assert scores[0] == scores[1] == scores[2] and math.isfinite(scores[0])
