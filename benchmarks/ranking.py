@@ -16,13 +16,18 @@ size, shape, proxies, embedding; computed as the search computes them) and ranks
 * ``params``, ``MACs``, ``synflow``, ``NASWOT``: one number per architecture, bigger is better;
 * ``seed-1 retrain``: the same training with another seed, the noise ceiling (on its subset).
 
+v2 also reports the hand-written ``user`` split (``qnas.user_split``, trained by ``ground_truth.py --phase
+user``): the shipped kind fitted on all space architectures predicts them (out of distribution: no user
+net among its training rows), beside the raw GHN, params and MACs.
+
 Targets: trained top-1 at FP32, W4A4 and W2A2 (FAQ-finetuned from the trained FP32 net in v2; QAT in v1),
 and the post-training quantization drop FP32 -> W4A4 / W2A2 (sensitivity: the ranker predicts it as
 its FP32 minus its W4A4 / W2A2 PTQ-free prediction is not what is measured, so drops are ranked from
 the GHN's own drop and from a ranker fitted on the drop). For each: Kendall tau-b and Spearman rho
 (``scipy.stats``), top-10 overlap, and a bootstrap 95% interval of tau over architectures (2,000
 resamples, seed 0). Last line:
-``tau_score_w4a4=<v> tau_size_w4a4=<v> tau_ghn_w4a4=<v> tau_params_w4a4=<v> tau_macs_w4a4=<v> n=<archs>``.
+``tau_score_w4a4=<v> tau_size_w4a4=<v> tau_ghn_w4a4=<v> tau_params_w4a4=<v> tau_macs_w4a4=<v> n=<archs>``
+(then ``tau_user_score_w4a4``, ``_ghn_``, ``_params_``, ``_macs_`` once the user split is trained).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ranker_features import FEATURES  # noqa: E402
 
+from qnas import user_split  # noqa: E402
 from qnas.ranker import MODEL_KINDS, cross_val_predict  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
@@ -69,33 +75,63 @@ def load_v1() -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]],
     return truth, seed1, splits, "v1: 40 id nets <= 1M params, 63 SGD steps on 2,040 images (W4A4 by QAT)"
 
 
-def load_v2(budget: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, str], str]:
+def read_v2(entries: list[dict], budget: str, seed: int) -> dict[str, dict[str, float]]:
+    """Targets by architecture string of the v2 store's rows of ``entries`` (plan entries: id, arch)."""
     store = HERE / "v2"
-    plan = json.loads((store / "architectures.json").read_text())
+    out: dict[str, dict[str, float]] = {k: {} for k in ("fp32", "w8a8", "w4a8", "w4a4", "w2a2", "drop_w4a4",
+                                                        "drop_w2a2")}
+    for a in entries:
+        path = store / "results" / f"{a['id']}_{budget}_s{seed}.json"
+        if not path.exists():
+            continue
+        st = json.loads(path.read_text())["stages"]
+        if "ptq" in st:
+            p = st["ptq"]
+            out["fp32"][a["arch"]] = p["test_top1_fp32"]
+            out["w8a8"][a["arch"]] = p["test_top1_w8a8-channel"]  # 8 bits: post-training quantization
+            out["w4a8"][a["arch"]] = p["test_top1_w4a8-channel-fl8"] if "test_top1_w4a8-channel-fl8" in p \
+                else p["test_top1_w4a8-channel"]
+            out["drop_w4a4"][a["arch"]] = p["test_top1_fp32"] - p["test_top1_w4a4-channel"]
+            out["drop_w2a2"][a["arch"]] = p["test_top1_fp32"] - p["test_top1_w2a2-channel"]
+        for s in ("w4a4", "w2a2"):
+            if f"faq_{s}" in st:
+                out[s][a["arch"]] = st[f"faq_{s}"]["test_top1"]
+    return out
+
+
+def load_v2(budget: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, str], str]:
+    plan = json.loads((HERE / "v2" / "architectures.json").read_text())
     splits = {a["arch"]: a["split"] for a in plan["architectures"]}
+    entries = plan["architectures"]
+    what = f"v2 at budget {budget}: {len(splits)} nets of all four splits"
+    return read_v2(entries, budget, 0), read_v2(entries, budget, 1), splits, what
 
-    def read(seed: int) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {k: {} for k in ("fp32", "w8a8", "w4a8", "w4a4", "w2a2", "drop_w4a4",
-                                                            "drop_w2a2")}
-        for a in plan["architectures"]:
-            path = store / "results" / f"{a['id']}_{budget}_s{seed}.json"
-            if not path.exists():
-                continue
-            st = json.loads(path.read_text())["stages"]
-            if "ptq" in st:
-                p = st["ptq"]
-                out["fp32"][a["arch"]] = p["test_top1_fp32"]
-                out["w8a8"][a["arch"]] = p["test_top1_w8a8-channel"]  # 8 bits: post-training quantization
-                out["w4a8"][a["arch"]] = p["test_top1_w4a8-channel-fl8"] if "test_top1_w4a8-channel-fl8" in p \
-                    else p["test_top1_w4a8-channel"]
-                out["drop_w4a4"][a["arch"]] = p["test_top1_fp32"] - p["test_top1_w4a4-channel"]
-                out["drop_w2a2"][a["arch"]] = p["test_top1_fp32"] - p["test_top1_w2a2-channel"]
-            for s in ("w4a4", "w2a2"):
-                if f"faq_{s}" in st:
-                    out[s][a["arch"]] = st[f"faq_{s}"]["test_top1"]
-        return out
 
-    return read(0), read(1), splits, f"v2 at budget {budget}: {len(splits)} nets of all four splits"
+def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[str, float]],
+                       feats: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Tau on the hand-written user split: the shipped kind fitted on every space architecture, predicting
+    networks of families the space never holds (no user net in its training rows), beside GHN and size."""
+    from qnas.ranker import fit
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for target in ("fp32", "w4a4"):
+        archs = sorted(a for a in user.get(target, {}) if a in feats)
+        train = sorted(a for a in truth.get(target, {}) if a in feats)
+        if len(archs) < 8 or len(train) < 8:
+            continue
+        model = fit([feats[a] for a in train], {target: [truth[target][a] for a in train]}, kind=SHIPPED_KIND)
+        y = np.array([user[target][a] for a in archs])
+        rows = [feats[a] for a in archs]
+        scores = {"ranker (fitted on the space)": np.array([model.predict(r)[target] for r in rows]),
+                  "GHN": np.array([r[f"ghn_top1_{target}"] for r in rows]),
+                  "params": np.array([r["log_params"] for r in rows]),
+                  "MACs": np.array([r["log_macs"] for r in rows])}
+        out[target] = {}
+        for label, pred in scores.items():
+            lo, hi = tau_interval(y, pred)
+            out[target][label] = {"tau": tau(y, pred), "rho": float(stats.spearmanr(y, pred).statistic),
+                                  "top10": top_k(y, pred, 10), "lo": lo, "hi": hi, "n": len(archs)}
+    return out
 
 
 def tau(x: np.ndarray, y: np.ndarray) -> float:
@@ -150,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                          "(e.g. qnas/predictors/fashion-mnist.ranker.json)")
     args = ap.parse_args(argv)
 
+    user: dict[str, dict[str, float]] = {}
     if args.truth == "v1":
         truth, seed1, splits, what = load_v1()
     else:
         budget = args.budget or json.loads((HERE / "v2" / "budget.json").read_text())["budget"]
         truth, seed1, splits, what = load_v2(budget)
+        user = read_v2([{"id": f"user-{n}", "arch": user_split.PREFIX + n} for n in user_split.names()], budget, 0)
     table = json.loads(args.features.read_text())
     feats = table["features"]
     kinds = [k for k in args.kinds.split(",") if k]
@@ -205,8 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         for label, f in rows.items():
             print(f"  {label:28s} {f['tau']:+7.3f} [{f['lo']:+.2f}, {f['hi']:+.2f}] {f['rho']:+7.3f} "
                   f"{f['top10']:>4d}/10" + (f"  (n={f['n']})" if "ceiling" in label else ""))
+    user_figures = user_split_figures(truth, user, feats)
+    for target, rows in user_figures.items():
+        print(f"\nuser split, {target}  (n={next(iter(rows.values()))['n']} hand-written nets)")
+        for label, f in rows.items():
+            print(f"  {label:28s} {f['tau']:+7.3f} [{f['lo']:+.2f}, {f['hi']:+.2f}] {f['rho']:+7.3f} "
+                  f"{f['top10']:>4d}/10")
     if args.json is not None:
-        args.json.write_text(json.dumps({"figures": figures, "scores": all_scores}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"figures": figures, "user_split": user_figures, "scores": all_scores},
+                                        indent=1) + "\n")
 
     if args.ship is not None:
         ship(args, truth, feats, table, figures, what)
@@ -219,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     n = next(iter(figures.get("w4a4", {}).values()), {}).get("n", 0)
     print(f"tau_score_w4a4={fig('w4a4', shipped)} tau_size_w4a4={fig('w4a4', 'size-only ranker')} "
           f"tau_ghn_w4a4={fig('w4a4', 'GHN')} tau_params_w4a4={fig('w4a4', 'params')} "
-          f"tau_macs_w4a4={fig('w4a4', 'MACs')} n={n}")
+          f"tau_macs_w4a4={fig('w4a4', 'MACs')} n={n}"
+          + "".join(f" tau_user_{k}_w4a4={user_figures['w4a4'][label]['tau']:.3f}"
+                    for k, label in (("score", "ranker (fitted on the space)"), ("ghn", "GHN"), ("params", "params"),
+                                     ("macs", "MACs")) if "w4a4" in user_figures))
     return 0
 
 
