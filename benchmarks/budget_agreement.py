@@ -10,7 +10,8 @@ budget, ranks the architectures finished at both it and the longest budget:
   W4A4 (FAQ-finetuned from it, the deployed model) and W4A4 post-training quantized (PTQ, per-channel,
   first/last layer 8-bit: the start FAQ finetunes from), with a bootstrap 95% interval over
   architectures (``scipy.stats.bootstrap``, percentile, 2,000 resamples, seed 0);
-* what the budget costs: CPU-hours of all its stages summed over the architectures.
+* what the budget costs: CPU-hours of all its stages summed over the architectures;
+* over all rows whose net learned (FP32 >= 15%): how often FAQ beats PTQ at W4A4 (why the truth is FAQ).
 
 The truth budget is the cheapest whose tau to the longest is >= ``--threshold`` at FP32 and at W4A4
 (the longest budget qualifies trivially). The last line is
@@ -92,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         if chosen is None and len(common) >= 8 and figures[name] >= args.threshold:  # fewer: undecided
             chosen = name
         n_common = max(n_common, len(common)) if name == longest else n_common
+    # Is FAQ (the W4A4 truth) above PTQ with the same 8-bit first/last layers? Rows whose net learned.
+    rows = [r for t in table.values() for r in t.values() if r["fp32"] >= 0.15]
+    gains = np.array([r["w4a4"] - r["w4a4_ptq"] for r in rows])
+    if len(gains):
+        print(f"FAQ above PTQ (w4a4-channel-fl8) in {int((gains > 0).sum())} of {len(gains)} rows; "
+              f"median {100 * np.median(gains):+.1f} points, min {100 * gains.min():+.1f}, "
+              f"max {100 * gains.max():+.1f}")
     print(f"chosen: the cheapest budget with tau >= {args.threshold} at FP32 and W4A4: {chosen}")
     print(" ".join(f"budget_tau_{b}={t:.3f}" for b, t in figures.items()) + f" chosen={chosen} n={n_common}")
     return 0
