@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ground_truth import BUDGETS, STORE, jobs, load_plan, read_result  # noqa: E402
 
+N_BOOT = 2000  # bootstrap resamples of each interval
 TARGETS = {  # column -> where it is in a result file
     "fp32": ("ptq", "test_top1_fp32"),
     "w4a4": ("faq_w4a4", "test_top1"),
@@ -47,7 +48,7 @@ def interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     if len(x) < 8:  # fewer architectures than that: resamples are mostly ties, the interval is meaningless
         return (float("nan"), float("nan"))
     res = stats.bootstrap((x, y), lambda a, b: stats.kendalltau(a, b).statistic, paired=True, vectorized=False,
-                          n_resamples=2000, method="percentile", random_state=np.random.default_rng(0))
+                          n_resamples=N_BOOT, method="percentile", random_state=np.random.default_rng(0))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/ranking.py --truth v2 --budget k10e2   # ground truth v2 (default)
     OMP_NUM_THREADS=1 python benchmarks/ranking.py --truth v1                  # v1: 63 SGD steps, id only
+    ... ranking.py --store DIR    # another v2 store (architectures.json, results/, budget.json)
 
 Reads a committed ground truth (``benchmarks/ground_truth.py``) and the ranker's features of its
 architectures (``benchmarks/ranker_features.py``: the shipped GHN's accuracy and loss at every setting,
@@ -50,6 +51,7 @@ from qnas import user_split  # noqa: E402
 from qnas.ranker import MODEL_KINDS, cross_val_predict  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
+STORE = HERE / "v2"  # the committed v2 store (benchmarks/ground_truth.py's STORE)
 SHIPPED_KIND = "ridge"
 SIZE_FEATURES = ("log_params", "log_macs")
 N_BOOT = 2000
@@ -75,9 +77,8 @@ def load_v1() -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]],
     return truth, seed1, splits, "v1: 40 id nets <= 1M params, 63 SGD steps on 2,040 images (W4A4 by QAT)"
 
 
-def read_v2(entries: list[dict], budget: str, seed: int) -> dict[str, dict[str, float]]:
+def read_v2(entries: list[dict], budget: str, seed: int, store: Path = STORE) -> dict[str, dict[str, float]]:
     """Targets by architecture string of the v2 store's rows of ``entries`` (plan entries: id, arch)."""
-    store = HERE / "v2"
     out: dict[str, dict[str, float]] = {k: {} for k in ("fp32", "w8a8", "w4a8", "w4a4", "w2a2", "drop_w4a4",
                                                         "drop_w2a2")}
     for a in entries:
@@ -99,12 +100,13 @@ def read_v2(entries: list[dict], budget: str, seed: int) -> dict[str, dict[str, 
     return out
 
 
-def load_v2(budget: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, str], str]:
-    plan = json.loads((HERE / "v2" / "architectures.json").read_text())
+def load_v2(budget: str, store: Path = STORE) -> tuple[
+        dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, str], str]:
+    plan = json.loads((store / "architectures.json").read_text())
     splits = {a["arch"]: a["split"] for a in plan["architectures"]}
     entries = plan["architectures"]
     what = f"v2 at budget {budget}: {len(splits)} nets of all four splits"
-    return read_v2(entries, budget, 0), read_v2(entries, budget, 1), splits, what
+    return read_v2(entries, budget, 0, store), read_v2(entries, budget, 1, store), splits, what
 
 
 def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[str, float]],
@@ -175,7 +177,9 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--truth", choices=("v1", "v2"), default="v2", help="ground truth (default v2)")
-    ap.add_argument("--budget", default=None, help="v2: the training budget (default: the chosen one in budget.json)")
+    ap.add_argument("--store", type=Path, default=STORE, help=f"v2: the ground-truth store (default {STORE})")
+    ap.add_argument("--budget", default=None, help="v2: the training budget (default: the chosen one in the "
+                                                    "store's budget.json)")
     ap.add_argument("--features", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
     ap.add_argument("--folds", type=int, default=0,
                     help="cross-validation folds (default 0: leave-one-out, one model per architecture)")
@@ -190,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.truth == "v1":
         truth, seed1, splits, what = load_v1()
     else:
-        budget = args.budget or json.loads((HERE / "v2" / "budget.json").read_text())["budget"]
-        truth, seed1, splits, what = load_v2(budget)
-        user = read_v2([{"id": f"user-{n}", "arch": user_split.PREFIX + n} for n in user_split.names()], budget, 0)
+        budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
+        truth, seed1, splits, what = load_v2(budget, args.store)
+        user = read_v2([{"id": f"user-{n}", "arch": user_split.PREFIX + n} for n in user_split.names()], budget, 0,
+                       args.store)
     table = json.loads(args.features.read_text())
     feats = table["features"]
     kinds = [k for k in args.kinds.split(",") if k]

@@ -14,8 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +30,10 @@ from qnas import __version__
 from qnas.errors import QnasError
 from qnas.search import default_storage, load_study, open_storage, redact
 from qnas.study import (  # the study's schema and its one Pareto front; re-exported here
+    StudyAttrs,
+    StudyKey,
+    TrialAttrs,
+    TrialKey,
     front,
     is_feasible,
     scored_trials,
@@ -104,7 +107,7 @@ def best_trials(study: optuna.Study, top: int | None = 10, pareto: bool = False)
     if pareto:
         chosen = front(trials, target, by)
     else:
-        chosen = sorted(trials, key=lambda t: (-value(t, target, by), t.user_attrs["params"], t.number))
+        chosen = sorted(trials, key=lambda t: (-value(t, target, by), TrialAttrs.of(t).params, t.number))
     return chosen[:top] if top is not None else chosen
 
 
@@ -141,7 +144,8 @@ def list_studies(url: str) -> list[StudyRow]:
         study = optuna.load_study(study_name=summary.study_name, storage=store)
         trials = study.get_trials(deepcopy=False)
         states = [t.state for t in trials]
-        target = study.user_attrs.get("target")
+        info = StudyAttrs.from_attrs(study.user_attrs)
+        target = info.target or None
         best = None
         if target:
             scored = scored_trials(study, target)
@@ -149,7 +153,7 @@ def list_studies(url: str) -> list[StudyRow]:
         rows.append(StudyRow(
             storage=redact(url), name=summary.study_name, trials=len(trials),
             complete=states.count(TrialState.COMPLETE), failed=states.count(TrialState.FAIL),
-            running=states.count(TrialState.RUNNING), target=target, max_params=study.user_attrs.get("max_params"),
+            running=states.count(TrialState.RUNNING), target=target, max_params=info.max_params,
             best_top1=None if best is None else value(best, target, study_objective(study)),
             best_trial=None if best is None else best.number, started=summary.datetime_start,
         ))
@@ -182,8 +186,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             row[f"value_{name}"] = v
         for k, v in t.constraints.items():
             row[f"constraint_{k}"] = v
-        for k, v in t.user_attrs.items():
-            if k == "genome":
+        for k, v in t.user_attrs.items():  # every attribute as recorded, known to the schema or not
+            if k == TrialKey.GENOME:
                 row[k] = json.dumps(v, separators=(",", ":"))
             elif isinstance(v, dict):
                 row.update({f"{k}_{sk}": sv for sk, sv in v.items()})
@@ -212,7 +216,7 @@ FINETUNED = "measured top-1 after finetuning"
 
 def _kind(t: FrozenTrial, setting: str, by: str) -> str:
     # value() falls back to the GHN top-1 where the ranker has no model for the setting; so does the label.
-    return RANKER if by == "pred_top1" and f"pred_top1_{setting}" in t.user_attrs else GHN
+    return RANKER if by == "pred_top1" and TrialAttrs.of(t).pred_top1(setting) is not None else GHN
 
 
 def accuracy_kind(study: optuna.Study, setting: str, trials: Sequence[FrozenTrial] | None = None) -> str:
@@ -312,17 +316,17 @@ def _wrap(text: str, width: int = 90) -> str:
 
 
 def _hover(t: FrozenTrial, settings: Sequence[str], target: str, by: str) -> str:
-    a = t.user_attrs
+    a = TrialAttrs.of(t)
 
-    def accs(prefix: str) -> str:
-        return " · ".join(
-            (f"<b>{s} {100 * a[f'{prefix}{s}']:.1f}</b>" if s == target else f"{s} {100 * a[f'{prefix}{s}']:.1f}")
-            for s in settings if f"{prefix}{s}" in a)
+    def accs(score: Callable[[str], float | None]) -> str:
+        shown = ((s, score(s)) for s in settings)
+        return " · ".join(f"<b>{s} {100 * v:.1f}</b>" if s == target else f"{s} {100 * v:.1f}"
+                          for s, v in shown if v is not None)
 
-    ranker = accs("pred_top1_") if by == "pred_top1" else ""
-    return (f"<b>trial {t.number}</b> · {a['params']:,} params · {a.get('macs', 0) / 1e6:,.1f}M MACs<br>"
+    ranker = accs(a.pred_top1) if by == "pred_top1" else ""
+    return (f"<b>trial {t.number}</b> · {a.params:,} params · {(a.macs or 0) / 1e6:,.1f}M MACs<br>"
             + (f"{RANKER} %: {ranker}<br>" if ranker else "")
-            + f"{GHN} %: {accs('top1_')}<br>{_wrap(str(a.get('arch', '')))}")
+            + f"{GHN} %: {accs(a.top1)}<br>{_wrap(a.arch or '')}")
 
 
 def pareto_figure(study: optuna.Study) -> go.Figure:
@@ -331,21 +335,22 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
     trials = scored_trials(study, target)
     settings = settings_of(trials)
     hover = {t.number: _hover(t, settings, target, by) for t in trials}
+    attrs = {t.number: TrialAttrs.of(t) for t in trials}
     fig = go.Figure()
     # The target goes last so it is drawn on top of the other settings.
     for s in sorted(settings, key=lambda s: s == target):
-        pts = [t for t in trials if f"top1_{s}" in t.user_attrs]
+        pts = [t for t in trials if attrs[t.number].top1(s) is not None]
         hi = s == target
         color = _color(s, settings)
         fig.add_trace(go.Scatter(
-            x=[t.user_attrs["params"] for t in pts], y=[_acc(t, s, by) for t in pts],
+            x=[attrs[t.number].params for t in pts], y=[_acc(t, s, by) for t in pts],
             mode="markers", name=f"{s} trials", legendgroup=s, showlegend=False,
             marker={"color": color, "size": 7 if hi else 5, "opacity": 0.35 if hi else 0.18},
             text=[hover[t.number] for t in pts], hovertemplate=f"%{{text}}<extra>{s}</extra>",
         ))
         fr = front(pts, s, by)
         fig.add_trace(go.Scatter(
-            x=[t.user_attrs["params"] for t in fr], y=[_acc(t, s, by) for t in fr],
+            x=[attrs[t.number].params for t in fr], y=[_acc(t, s, by) for t in fr],
             mode="lines+markers", line_shape="hv", name=f"{s} front (target)" if hi else f"{s} front",
             legendgroup=s, legendrank=settings.index(s),
             # FP32 and W8A8 fronts nearly coincide; a dashed FP32 line stays visible under W8A8.
@@ -353,8 +358,8 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
             marker={"color": color, "size": 10 if hi else 6, "line": {"color": "white", "width": 1}},
             text=[hover[t.number] for t in fr], hovertemplate=f"%{{text}}<extra>{s} front</extra>",
         ))
-    params = [t.user_attrs["params"] for t in trials]
-    max_params = study.user_attrs.get("max_params")
+    params = [attrs[t.number].params for t in trials]
+    max_params = StudyAttrs.from_attrs(study.user_attrs).max_params
     near = bool(max_params) and bound_is_near(max_params, params)
     if near:
         fig.add_vline(x=max_params, line_dash="dot", line_color="#888")
@@ -375,19 +380,22 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
     return _empty_note(fig, not trials, "no feasible scored trials yet")
 
 
-def _cost_figure(study: optuna.Study, cost: str, title: str, unit: str) -> go.Figure:
-    """Predicted top-1 against a per-setting cost attribute (``size_bytes``, ``bitops``): a trace per setting."""
+def _cost_figure(study: optuna.Study, cost: Callable[[TrialAttrs], dict[str, int] | None], title: str,
+                 unit: str) -> go.Figure:
+    """Predicted top-1 against a per-setting cost (``size_bytes``, ``bitops``): a trace per setting."""
     target, by = study_target(study), study_objective(study)
     trials = scored_trials(study, target)
     settings = settings_of(trials)
     hover = {t.number: _hover(t, settings, target, by) for t in trials}
+    attrs = {t.number: TrialAttrs.of(t) for t in trials}
+    costs = {n: cost(a) or {} for n, a in attrs.items()}
     fig, xs_all = go.Figure(), []
     for s in settings:
-        pts = [t for t in trials if f"top1_{s}" in t.user_attrs and s in t.user_attrs.get(cost, {})]
+        pts = [t for t in trials if attrs[t.number].top1(s) is not None and s in costs[t.number]]
         if not pts:  # a setting the search recorded no cost for
             continue
         hi = s == target
-        xs = [t.user_attrs[cost][s] for t in pts]
+        xs = [costs[t.number][s] for t in pts]
         xs_all += xs
         fig.add_trace(go.Scatter(
             x=xs, y=[_acc(t, s, by) for t in pts], mode="markers", name=f"{s} (target)" if hi else s,
@@ -405,32 +413,34 @@ def _cost_figure(study: optuna.Study, cost: str, title: str, unit: str) -> go.Fi
 
 def bytes_figure(study: optuna.Study) -> go.Figure:
     """Predicted top-1 vs model size in bytes at each setting's bit-width, one trace per setting."""
-    return _cost_figure(study, "size_bytes", "model size at the setting's bit-width (bytes, log scale)", "B")
+    return _cost_figure(study, lambda a: a.size_bytes, "model size at the setting's bit-width (bytes, log scale)", "B")
 
 
 def bitops_figure(study: optuna.Study) -> go.Figure:
     """Predicted top-1 vs BitOps (MACs x weight bits x activation bits), one trace per setting."""
-    return _cost_figure(study, "bitops", "BitOps: MACs × weight bits × activation bits (log scale)", "")
+    return _cost_figure(study, lambda a: a.bitops, "BitOps: MACs × weight bits × activation bits (log scale)", "")
 
 
 def drop_figure(study: optuna.Study) -> go.Figure:
     """Predicted top-1 (GHN parameters) lost to quantization, FP32 minus setting in points, against bytes."""
     target, by = study_target(study), study_objective(study)
-    trials = [t for t in scored_trials(study, target) if "top1_fp32" in t.user_attrs]
+    scored = scored_trials(study, target)
+    attrs = {t.number: TrialAttrs.of(t) for t in scored}
+    trials = [t for t in scored if attrs[t.number].top1("fp32") is not None]
     settings = [s for s in settings_of(trials) if s != "fp32"]
     hover = {t.number: _hover(t, settings_of(trials), target, by) for t in trials}
     fig, xs_all = go.Figure(), []
     for s in settings:
-        pts = [t for t in trials if f"top1_{s}" in t.user_attrs]
+        pts = [attrs[t.number] for t in trials if attrs[t.number].top1(s) is not None]
         hi = s == target
-        xs = [t.user_attrs.get("size_bytes", {}).get(s) for t in pts]
+        xs = [(a.size_bytes or {}).get(s) for a in pts]
         xs_all += xs
         fig.add_trace(go.Scatter(
-            x=xs, y=[100 * (t.user_attrs["top1_fp32"] - t.user_attrs[f"top1_{s}"]) for t in pts],
+            x=xs, y=[100 * (a.top1("fp32") - a.top1(s)) for a in pts],
             mode="markers", name=f"{s} (target)" if hi else s,
             marker={"color": _color(s, settings), "size": 8 if hi else 6, "opacity": 0.8 if hi else 0.6,
                     "line": {"color": "white", "width": 0.5}},
-            text=[hover[t.number] for t in pts], hovertemplate=f"%{{text}}<extra>{s}</extra>",
+            text=[hover[a.number] for a in pts], hovertemplate=f"%{{text}}<extra>{s}</extra>",
         ))
     fig.add_hline(y=0, line_color="#888", line_width=1)
     fig.update_layout(
@@ -501,7 +511,7 @@ def hypervolume_history(study: optuna.Study) -> HypervolumeHistory:
     if not trials:
         return HypervolumeHistory([], [], (0.0, 0.0), (0.0, 0.0))
     score = {t.number: value(t, target, by) for t in trials}
-    params = {t.number: float(t.user_attrs["params"]) for t in trials}
+    params = {t.number: float(TrialAttrs.of(t).params) for t in trials}
     ref = (min(score.values()), max(params.values()))
     ideal = (max(score.values()), min(params.values()))
     box = (ideal[0] - ref[0]) * (math.log10(ref[1]) - math.log10(ideal[1]))
@@ -553,25 +563,23 @@ class FinetuneResult:
     init: str | None
 
 
-_FINETUNE_ATTR = re.compile(r"finetune_(\d+)_(.+)")
-
-
 def finetune_results(study: optuna.Study) -> list[FinetuneResult]:
     """The study user attributes ``finetune_<trial>_<setting>`` that `qnas finetune` writes, by trial and setting."""
     by = study_objective(study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     out = []
-    for key, rec in study.user_attrs.items():
-        m = _FINETUNE_ATTR.fullmatch(key)
-        if not m or not isinstance(rec, dict) or f"top1_{m[2]}_after" not in rec:
+    for key, rec in study.user_attrs.items():  # every attribute: the finetune ones are named per trial and setting
+        run = StudyKey.parse_finetune(key)
+        if run is None or not isinstance(rec, dict) or f"top1_{run[1]}_after" not in rec:
             continue
-        n, s = int(m[1]), m[2]
+        n, s = run
         t = trials.get(n)
-        scored = t is not None and f"top1_{s}" in t.user_attrs
+        ghn = None if t is None else TrialAttrs.of(t).top1(s)
+        scored = ghn is not None
         out.append(FinetuneResult(
             trial=n, setting=s, after=float(rec[f"top1_{s}_after"]), before=rec.get(f"top1_{s}_before"),
             predicted=value(t, s, by) if scored else None, kind=_kind(t, s, by) if scored else GHN,
-            ghn_top1=t.user_attrs[f"top1_{s}"] if scored else None, epochs=rec.get("epochs"), init=rec.get("init"),
+            ghn_top1=ghn, epochs=rec.get("epochs"), init=rec.get("init"),
         ))
     return sorted(out, key=lambda r: (r.trial, r.setting))
 
@@ -650,14 +658,15 @@ def _stats(study: optuna.Study, target: str) -> list[tuple[str, str]]:
     by = study_objective(study)
     fr = front(scored, target, by)
     best = max(scored, key=lambda t: value(t, target, by), default=None)
-    seconds = sum(float(t.user_attrs.get("score_seconds", 0.0)) for t in complete)
+    attrs = [TrialAttrs.of(t) for t in complete]
+    seconds = sum(a.score_seconds for a in attrs)
     count = [t.state for t in trials].count
     return [
         ("trials", f"{len(trials):,}"),
         ("complete", f"{len(complete):,}"),
         ("feasible, distinct", f"{len(scored):,}"),
         ("over the bound", f"{sum(1 for t in complete if not is_feasible(t)):,}"),
-        ("duplicates (cached)", f"{sum(1 for t in complete if 'scored_in_trial' in t.user_attrs):,}"),
+        ("duplicates (cached)", f"{sum(1 for a in attrs if a.scored_in_trial is not None):,}"),
         ("failed / running", f"{count(TrialState.FAIL)} / {count(TrialState.RUNNING)}"),
         ("Pareto front", f"{len(fr)} trials"),
         (f"best {accuracy_kind(study, target, scored)} at {target}",
@@ -682,14 +691,15 @@ def _front_table(study: optuna.Study, target: str) -> str:
            f'{group}<th rowspan="2">size at {target}</th><th rowspan="2" class="arch">architecture</th></tr>'
            f"<tr>{head}</tr></thead><tbody>"]
     for t in reversed(rows):  # most accurate first, as users read it
-        a = t.user_attrs
+        a = TrialAttrs.of(t)
+        ghn = {s: a.top1(s) for s in settings}
         accs = (f'<td class="hi">{_acc(t, target, by):.2f}</td>' if ranked else "") + "".join(
-            f'<td class="{"hi" if s == target and not ranked else ""}">{100 * a[f"top1_{s}"]:.2f}</td>'
-            if f"top1_{s}" in a else "<td>–</td>" for s in settings)
-        size = a.get("size_bytes", {}).get(target)
-        out.append(f"<tr><td>{t.number}</td><td>{a['params']:,}</td><td>{a.get('macs', 0):,}</td>{accs}"
+            f'<td class="{"hi" if s == target and not ranked else ""}">{100 * v:.2f}</td>'
+            if v is not None else "<td>–</td>" for s, v in ghn.items())
+        size = (a.size_bytes or {}).get(target)
+        out.append(f"<tr><td>{t.number}</td><td>{a.params:,}</td><td>{a.macs or 0:,}</td>{accs}"
                    f"<td>{'–' if size is None else _bytes(size)}</td>"
-                   f'<td class="arch">{html.escape(str(a.get("arch", "")))}</td></tr>')
+                   f'<td class="arch">{html.escape(a.arch or "")}</td></tr>')
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -727,16 +737,16 @@ def build_report(study: optuna.Study, *, cdn: bool = False, storage: str | None 
     target = study_target(study)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise QnasError(f"study {study.study_name!r} has no completed trials yet; nothing to report")
-    ua = study.user_attrs
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    versions = sorted({f"{t.user_attrs['predictor']} v{t.user_attrs.get('predictor_version', '?')}"
-                       for t in complete if "predictor" in t.user_attrs})
-    max_params = ua.get("max_params")
+    info = StudyAttrs.from_attrs(study.user_attrs)
+    complete = [TrialAttrs.of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    versions = sorted({f"{a.predictor} v{'?' if a.predictor_version is None else a.predictor_version}"
+                       for a in complete if a.predictor is not None})
+    max_params = info.max_params
     bound = f"{max_params:,} params" if max_params else "no recorded bound"
     kind = accuracy_kind(study, target)
     sub = (f"target <b>{html.escape(target)}</b> · bound <b>{bound}</b>"
-           f" · space {html.escape(str(ua.get('space', '?')))} · dataset {html.escape(str(ua.get('dataset', '?')))}"
-           f" · predictor {html.escape(', '.join(versions) or str(ua.get('predictor', '?')))}")
+           f" · space {html.escape(info.space)} · dataset {html.escape(info.dataset)}"
+           f" · predictor {html.escape(', '.join(versions) or info.predictor or '?')}")
     stats = "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in _stats(study, target))
     plotlyjs: bool | str = "cdn" if cdn else True
     names = ("pareto", "bytes", "bitops", "drop", "history", "hypervolume")

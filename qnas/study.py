@@ -17,6 +17,7 @@ attributes: ``arch``, ``genome``, ``params``, ``macs``, ``size_bytes``/``bitops`
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,15 @@ class StudyKey:
     def finetune(trial: int, setting: str) -> str:
         """``qnas finetune``'s summary of one run (Optuna does not allow changing a finished trial's attributes)."""
         return f"finetune_{trial}_{setting}"
+
+    @staticmethod
+    def parse_finetune(key: str) -> tuple[int, str] | None:
+        """(trial, setting) of a :meth:`finetune` attribute name; None for any other name."""
+        m = _FINETUNE.fullmatch(key)
+        return (int(m[1]), m[2]) if m else None
+
+
+_FINETUNE = re.compile(r"finetune_(\d+)_(.+)")
 
 
 class TrialKey:
@@ -104,8 +114,11 @@ class StudyAttrs:
         return cls.from_attrs(study.user_attrs, study_target(study))
 
     @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any], target: str = "") -> StudyAttrs:
-        """The attributes of the mapping ``attrs``, each missing one at its default; ``target`` as given."""
+    def from_attrs(cls, attrs: Mapping[str, Any], target: str | None = None) -> StudyAttrs:
+        """The attributes of the mapping ``attrs``, each missing one at its default; ``target`` as given, else
+        the mapping's own (``""`` when it records none)."""
+        if target is None:
+            target = str(attrs.get(StudyKey.TARGET) or "")
         kw = {k: attrs[k] for k in StudyKey.CONTRACT if k in attrs and k != StudyKey.TARGET}
         for k in (StudyKey.OBJECTIVE, StudyKey.SPACE, StudyKey.DATASET, StudyKey.PROTOCOL):
             if k in kw:

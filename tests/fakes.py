@@ -1,8 +1,13 @@
-"""Test doubles shared by several test modules (import them: ``from fakes import FakeScorer``)."""
+"""Test doubles and helpers shared by several test modules (import them: ``from fakes import FakeScorer``)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from qnas.defaults import SETTINGS
 from search_spaces import convnets250k as S
@@ -28,3 +33,31 @@ class FakeScorer:
             out[f"top1_{s}"] = base - 0.05 * i
             out[f"top5_{s}"] = min(1.0, base + 0.3)
         return out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of a ``qnas`` subprocess: this checkout's qnas, one thread (two torch processes with
+    2 threads each on 2 cores slow each other ~25x)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def spawn_search(*args: str, preexec: Callable[[], object] | None = None) -> subprocess.Popen:
+    """``qnas search ARGS`` in a subprocess, stdout and stderr piped (text)."""
+    return subprocess.Popen([sys.executable, "-m", "qnas.cli", "search", *args], cwd=ROOT, env=worker_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+
+
+def run_workers(*args: str, seeds: Iterable[int], timeout: float,
+                preexec: Callable[[], object] | None = None) -> list[str]:
+    """One ``qnas search ARGS --seed SEED`` per seed, all started together; waits for every one and asserts
+    it exited 0. Their stderr, in the order of ``seeds``."""
+    workers = [spawn_search(*args, "--seed", str(seed), preexec=preexec) for seed in seeds]
+    errs = []
+    for w in workers:
+        _, err = w.communicate(timeout=timeout)
+        assert w.returncode == 0, err
+        errs.append(err)
+    return errs

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from fakes import FakeScorer
+from fakes import FakeScorer, run_workers, spawn_search, worker_env
 from optuna.trial import TrialState
 
 import qnas
@@ -36,7 +36,6 @@ from qnas.search import (
 )
 from search_spaces import convnets250k as S
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--val-size", "16", "--predictor", "random", "--quiet", "--max-params", "1e5"]
 
 
@@ -53,10 +52,6 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 # ----------------------------------------------------------------------------- item 2: seeds
@@ -77,16 +72,12 @@ def test_workers_with_different_seeds_propose_different_architectures(tmp_path):
 
 
 def _spawn(*args: str, preexec=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "qnas.cli", "search", *TINY, *args], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+    return spawn_search(*TINY, *args, preexec=preexec)
 
 
 def test_two_concurrent_journal_workers_with_different_seeds_score_no_architecture_twice(tmp_path):
     url = f"journal:{tmp_path / 'j.log'}"
-    workers = [_spawn("--trials", "5", "--seed", str(seed), "--storage", url, "--study", "pair") for seed in (1, 2)]
-    for w in workers:
-        _, err = w.communicate(timeout=180)
-        assert w.returncode == 0, err
+    run_workers(*TINY, "--trials", "5", "--storage", url, "--study", "pair", seeds=(1, 2), timeout=180)
     trials = load_study("pair", url).trials
     assert len(trials) == 10 and all(t.state == TrialState.COMPLETE for t in trials)
     scored = [t.user_attrs["arch"] for t in trials if "scored_in_trial" not in t.user_attrs]
@@ -276,7 +267,7 @@ def test_a_study_in_a_read_only_directory_can_be_read():
             if subprocess.run(["unshare", "-m", "sh", "-c", mount, "sh", "true"], capture_output=True).returncode:
                 pytest.skip("running as root where a read-only bind mount is not allowed")
             cmd = ["unshare", "-m", "sh", "-c", mount, "sh", *cmd]
-        done = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True, timeout=180)
+        done = subprocess.run(cmd, cwd=root, env=worker_env(), capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr
         assert "ro" in done.stdout and (root / "out" / "r.html").exists()
         assert sorted(p.name for p in (root / "studies").iterdir()) == ["ro.db"]

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from fakes import run_workers, spawn_search
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -18,7 +17,6 @@ from qnas.cli import main
 from qnas.search import SETTINGS, SearchConfig, load_study, run_search, study_granularity
 from search_spaces import convnets250k as S
 
-ROOT = Path(__file__).resolve().parents[1]
 # A cheap real search: untrained GHN, 64 images, small nets (about 40% of random candidates fit 2e5).
 TINY = ["--val-size", "64", "--predictor", "random", "--quiet"]
 BOUNDED = [*TINY, "--max-params", "2e5"]
@@ -36,11 +34,6 @@ def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return rc, out, err
 
 
-def _env() -> dict[str, str]:
-    # One thread per worker: two torch processes with 2 threads each on 2 cores slow each other ~25x.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
 def _default_sigint() -> None:
     # A job started in the background (`cmd &`, nohup) inherits SIGINT ignored, and qnas rightly leaves an
     # ignored Ctrl-C alone; the Ctrl-C tests need the interactive default wherever the suite runs.
@@ -48,8 +41,7 @@ def _default_sigint() -> None:
 
 
 def _spawn(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "qnas.cli", "search", *BOUNDED, *args], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    return spawn_search(*BOUNDED, *args, preexec=_default_sigint)
 
 
 @pytest.fixture
@@ -146,12 +138,9 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys, monkey
 def test_two_workers_share_one_postgres_study(postgres_url):
     """Two processes on one study, started together: every trial recorded once, none left behind."""
     study = "two-workers"
-    workers = [_spawn("--trials", "4", "--seed", str(seed), "--storage", postgres_url, "--study", study)
-               for seed in (11, 12)]
-    for w in workers:
-        _, err = w.communicate(timeout=120)
-        assert w.returncode == 0, err
-        assert "4 trials in" in err
+    errs = run_workers(*BOUNDED, "--trials", "4", "--storage", postgres_url, "--study", study, seeds=(11, 12),
+                       timeout=120, preexec=_default_sigint)
+    assert all("4 trials in" in err for err in errs), errs
     trials = load_study(study, postgres_url).trials
     assert len(trials) == 8
     assert sorted(t.number for t in trials) == list(range(8))

@@ -39,6 +39,9 @@ def test_missing_attributes_read_as_their_one_default() -> None:
         ("", "top1", None, "convnets250k", None)
     assert info.granularity == "tensor" and info.first_last_bits == 8
     assert StudyAttrs.from_attrs({"first_last_bits": "same"}, "w2a2").first_last_bits is None
+    assert StudyAttrs.from_attrs({"target": "w4a8"}).target == "w4a8"  # the mapping's own, unless given
+    assert StudyKey.parse_finetune(StudyKey.finetune(12, "w4a4")) == (12, "w4a4")
+    assert StudyKey.parse_finetune("finetune_x_w4a4") is None and StudyKey.parse_finetune("target") is None
     t = TrialAttrs.of(optuna.trial.create_trial(values=[0.5, 10.0], user_attrs={"top1_w4a4": 0.5, "loss_w4a4": 1}))
     assert (t.arch, t.params, t.macs, t.genome, t.scored_in_trial, t.worker) == (None,) * 6
     assert not t.infeasible and t.score_seconds == 0.0 and t.scores == {"top1_w4a4": 0.5, "loss_w4a4": 1.0}

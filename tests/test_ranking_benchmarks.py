@@ -1,0 +1,152 @@
+"""The ranking benchmarks (benchmarks/ranking.py, benchmarks/budget_agreement.py) on a tiny synthetic v2 store:
+12 real convnets250k architectures whose trained accuracy is a monotone function of their (synthetic) log
+parameters, every budget of the agreement study, the hand-written user split, and a feature table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qnas import user_split
+from qnas.defaults import SETTINGS
+from search_spaces import get_space
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ARCHS, N_AGREEMENT, N_SEED1 = 12, 10, 6
+BUDGET = "k10e2"  # the store's budget.json: a copy of the longest budget's rows in the agreement study
+GRAPH_FEATURES = ("weight_layers", "depth", "has_bn", "frac_k1", "frac_k3", "frac_k5plus", "log_ch_mean",
+                  "log_ch_max", "log_ch_min",
+                  *(f"n_{op}" for op in ("conv", "group_conv", "dil_conv", "linear", "bn", "max_pool", "avg_pool",
+                                         "add", "concat")))
+
+
+def _module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # as the scripts do for their siblings
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ranking = _module("ranking")
+budget_agreement = _module("budget_agreement")
+
+
+def _truth(log_params: float) -> tuple[float, float]:
+    """(FP32, W4A4) trained top-1: monotone in log parameters."""
+    return 0.70 + 0.04 * log_params, 0.60 + 0.05 * log_params
+
+
+def _features(rng: np.random.Generator, log_params: float) -> dict[str, float]:
+    """Plausible values of every feature qnas.ranker.candidate_features computes; the GHN's are noise."""
+    log_macs = log_params + rng.uniform(1.5, 2.5)
+    feats: dict[str, float] = {}
+    for i, s in enumerate(SETTINGS):
+        feats[f"ghn_top1_{s}"] = float(rng.uniform(0.5, 0.8) - 0.03 * i)
+        feats[f"ghn_loss_{s}"] = float(rng.uniform(0.5, 1.5))
+    feats.update(log_params=log_params, log_macs=log_macs, log_bytes_w4a4=log_params - 0.3,
+                 log_bytes_w2a2=log_params - 0.6, log_bitops_w4a4=log_macs + 1.2, log_bitops_w2a2=log_macs + 0.6,
+                 log_synflow=float(rng.uniform(5, 12)), naswot=float(rng.uniform(500, 2000)))
+    feats.update({name: float(rng.uniform(0, 8)) for name in GRAPH_FEATURES})
+    feats.update({f"ghn_emb_{i}": float(rng.normal()) for i in range(8)})
+    return feats
+
+
+def _result(entry: dict, budget: str, seed: int, fp32: float, w4a4: float) -> dict:
+    """A result row as benchmarks/ground_truth.py's Worker writes it (the fields the benchmarks read)."""
+    prov = {"provenance": {"cpu_seconds": 60.0, "git_commit": "0" * 40}}
+    ptq = {"test_top1_fp32": fp32, "test_top1_w8a8-channel": fp32 - 0.002, "test_top1_w4a8-channel": fp32 - 0.01,
+           "test_top1_w4a4-channel": w4a4 - 0.06, "test_top1_w2a2-channel": 0.3,
+           "test_top1_w4a4-channel-fl8": w4a4 - 0.02, "test_top1_w2a2-channel-fl8": 0.35}
+    return {"key": f"{entry['id']}_{budget}_s{seed}", "id": entry["id"], "arch": entry["arch"], "budget": budget,
+            "seed": seed, "stages": {"fp32": {"val_top1": fp32, **prov}, "ptq": {**ptq, **prov},
+                                     "faq_w4a4": {"test_top1": w4a4, "test_top1_before": w4a4 - 0.02, **prov}}}
+
+
+def _store(tmp_path: Path, *, user: bool = True) -> tuple[Path, Path]:
+    """A v2 store and a feature table; the truth at every budget but the two shortest is :func:`_truth`."""
+    rng = np.random.default_rng(0)
+    space = get_space("convnets250k")
+    archs = [{"id": f"id-{i:03d}", "split": "id", "index": i, "arch": space.to_string(g)}
+             for i, g in enumerate(space.load_split("id")[:N_ARCHS])]
+    users = [{"id": f"user-{n}", "arch": user_split.PREFIX + n} for n in user_split.names()] if user else []
+    log_params = {a["arch"]: float(rng.uniform(4.0, 6.5)) for a in archs + users}
+    store = tmp_path / "v2"
+    (store / "results").mkdir(parents=True)
+    ids = [a["id"] for a in archs]
+    plan = {"space": "convnets250k", "dataset": "fashion-mnist", "architectures": archs,
+            "agreement": ids[:N_AGREEMENT], "seed1": ids[:N_SEED1]}
+    (store / "architectures.json").write_text(json.dumps(plan))
+    (store / "budget.json").write_text(json.dumps({"budget": BUDGET}))
+
+    def write(entry: dict, budget: str, seed: int, fp32: float, w4a4: float) -> None:
+        row = _result(entry, budget, seed, fp32, w4a4)
+        (store / "results" / f"{row['key']}.json").write_text(json.dumps(row))
+
+    for a in archs[:N_AGREEMENT]:  # the agreement study: noise at the shortest budgets, k20e2 not run
+        for budget in ("s63", "k10e1"):
+            write(a, budget, 0, *rng.uniform(0.6, 0.9, 2))
+        write(a, "k20e5", 0, *_truth(log_params[a["arch"]]))
+    for a in archs + users:  # the truth phase at BUDGET (and the user phase)
+        write(a, BUDGET, 0, *_truth(log_params[a["arch"]]))
+    for a in archs[:N_SEED1]:
+        write(a, BUDGET, 1, *(np.array(_truth(log_params[a["arch"]])) + rng.normal(0, 0.005, 2)))
+    table = {"predictor_sha256": "0" * 64, "predictor": "synthetic", "feature_version": 1, "val_size": 1000,
+             "protocol": "calibrated/channel/a2p99.5/fl8/w8sym",
+             "features": {arch: _features(rng, lp) for arch, lp in log_params.items()}}
+    features = tmp_path / "features.json"
+    features.write_text(json.dumps(table))
+    return store, features
+
+
+def _figures(line: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in line.split())
+
+
+@pytest.fixture(autouse=True)
+def _few_resamples(monkeypatch):
+    for mod in (ranking, budget_agreement):  # the intervals' resamples dominate the run time
+        monkeypatch.setattr(mod, "N_BOOT", 50)
+
+
+def test_ranking_on_a_synthetic_store(tmp_path, capsys):
+    store, features = _store(tmp_path)
+    out_json = tmp_path / "ranking.json"
+    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
+                         "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    figures = _figures(out.strip().splitlines()[-1])
+    assert {"tau_score_w4a4", "tau_size_w4a4", "tau_ghn_w4a4", "tau_params_w4a4", "tau_macs_w4a4", "n",
+            "tau_user_score_w4a4", "tau_user_ghn_w4a4", "tau_user_params_w4a4", "tau_user_macs_w4a4"} == set(figures)
+    assert figures["n"] == str(N_ARCHS) and f"at budget {BUDGET}" in out  # the budget from the store's budget.json
+    assert float(figures["tau_params_w4a4"]) == 1.0  # the truth is a monotone function of log parameters
+    assert float(figures["tau_score_w4a4"]) > 0.6 and float(figures["tau_user_params_w4a4"]) == 1.0
+    assert "seed-1 retrain (ceiling)" in out and "user split, w4a4" in out
+    written = json.loads(out_json.read_text())
+    assert written["figures"]["w4a4"]["ranker (ridge) [shipped]"]["n"] == N_ARCHS
+    assert written["user_split"]["w4a4"]["params"]["n"] == len(user_split.names())
+
+
+def test_ranking_without_the_user_split(tmp_path, capsys):
+    store, features = _store(tmp_path, user=False)
+    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
+                         "--budget", BUDGET]) == 0
+    out = capsys.readouterr().out
+    assert "user split" not in out and "tau_user" not in out and "tau_score_w4a4=" in out
+
+
+def test_budget_agreement_chooses_the_copy_of_the_longest_budget(tmp_path, capsys):
+    store, _ = _store(tmp_path)
+    assert budget_agreement.main(["--store", str(store)]) == 0
+    figures = _figures(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(figures) == {*(f"budget_tau_{b}" for b in budget_agreement.BUDGETS), "chosen", "n"}
+    assert figures["budget_tau_k10e2"] == "1.000" and figures["budget_tau_k20e5"] == "1.000"
+    assert figures["budget_tau_k20e2"] == "nan"  # not run
+    assert float(figures["budget_tau_s63"]) < 0.85 and float(figures["budget_tau_k10e1"]) < 0.85
+    assert figures["chosen"] == BUDGET and figures["n"] == str(N_AGREEMENT)
