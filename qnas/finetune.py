@@ -696,8 +696,7 @@ def study_trial(study: Any, number: int) -> Any:
 def choose_trials(study: Any, trials: list[int] | None = None, top_k: int | None = None) -> list[Any]:
     """Trials by number, or the ``top_k`` most accurate (at the study's target) distinct architectures
     of the Pareto front, then of the other feasible trials."""
-    from qnas.search import pareto_front
-    from qnas.study import TrialAttrs
+    from qnas.study import TrialAttrs, pareto_front
 
     if trials:
         return [study_trial(study, n) for n in dict.fromkeys(trials)]

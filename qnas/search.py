@@ -33,7 +33,7 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 from qnas.callable_module import make_callable
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS, SETTINGS
 from qnas.errors import QnasError, Terminated, raise_terminated
-from qnas.study import StudyAttrs, StudyKey
+from qnas.study import StudyAttrs, StudyKey, pareto_front
 from qnas.study import TrialKey as K
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "load_study",
     "make_sampler",
     "open_storage",
-    "pareto_front",
     "parse_target",
     "redact",
     "run_search",
@@ -530,13 +529,6 @@ def bitops(macs: int, setting: str) -> int:
         return macs * 32 * 32
     w, a = setting[1:].split("a")
     return macs * int(w) * int(a)
-
-
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's Pareto front (``qnas.study.pareto_front``: feasible, one trial per architecture)."""
-    from qnas.study import pareto_front as front
-
-    return front(study)
 
 
 def run_search(

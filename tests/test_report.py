@@ -115,7 +115,7 @@ def test_fronts_are_non_dominated_and_complete(study_dir):
             dominated = any(q <= p and b >= a and (q, b) != (p, a) for q, b in pts)
             assert (t.number in on) == (not dominated), (s, t.number)
     # The target front matches the search's own Pareto front (same trials, minus duplicate architectures).
-    from qnas.search import pareto_front
+    from qnas.study import pareto_front
 
     archs = {t.user_attrs["arch"] for t in pareto_front(study)}
     assert {t.user_attrs["arch"] for t in R.front(scored, "w4a4")} == archs

@@ -13,12 +13,11 @@ from qnas.search import (
     bitops,
     load_study,
     open_storage,
-    pareto_front,
     parse_target,
     run_search,
     size_bytes,
 )
-from qnas.study import StudyKey, TrialKey
+from qnas.study import StudyKey, TrialKey, pareto_front
 from search_spaces import convnets250k as S
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 
-from qnas.search import SearchConfig, create_or_continue, pareto_front
+from qnas.search import SearchConfig, create_or_continue
 from qnas.study import StudyAttrs, StudyKey, TrialAttrs
 from qnas.study import pareto_front as study_front
 
@@ -23,7 +23,7 @@ def test_one_front_lists_each_architecture_once(tmp_path: Path) -> None:
         study.add_trial(optuna.trial.create_trial(values=[acc, float(params)], user_attrs=attrs,
                                                   constraints={"params": float(params - 1000)}))
     front = study_front(study)
-    assert [t.user_attrs["arch"] for t in front] == ["a", "b"] and pareto_front(study) == front
+    assert [t.user_attrs["arch"] for t in front] == ["a", "b"] and study_front(study) == front
     info = StudyAttrs.of(study)
     assert info.target == "w4a4" and info.max_params == 1000 and info.granularity == "channel"
     assert info.first_last_bits == 8 and info.objective == "top1"

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     best = {"acc": None}
 
     def on_trial(study, trial, summary) -> None:
-        from qnas.search import pareto_front
+        from qnas.study import pareto_front
 
         if summary.trials_run == 1 and cfg.sampler == DEFAULT_SAMPLER:
             _warn_random_generation(console, study, cfg, summary)
