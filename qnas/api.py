@@ -180,7 +180,8 @@ def _score_module(module: nn.Module, scorer: Any, *, strict: bool, notes: list[s
     graph = scorer.graph(module)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check_graph(graph, scorer.predictor.header.search_space, strict=strict)
+        header = scorer.predictor.header
+        check_graph(graph, header.search_space, families=header.families, strict=strict)
     for w in caught:  # re-raised at the caller of qnas.score, and kept in the result
         warnings.warn(w.message, w.category, stacklevel=5)
         notes.append(str(w.message))
@@ -293,7 +294,7 @@ def predict_params(
                           num_classes=info.num_classes)
     graph = to_graph(module, info.input_shape, pred.ghn.config.s_max)
     if not isinstance(model, str):
-        check_graph(graph, pred.header.search_space, strict=strict)
+        check_graph(graph, pred.header.search_space, families=pred.header.families, strict=strict)
     bits_arg = name if pred.ghn.config.bit_conditioning else "fp32"
     with torch.no_grad():
         return dict(pred.predict(graph, bits_arg))

@@ -18,7 +18,8 @@ from typing import Any
 from qnas.defaults import DEFAULT_SPACE
 from qnas.errors import QnasError, QnasWarning
 
-__all__ = ["COVERAGE", "ChanceScoreWarning", "LayerCoverage", "UnseenLayerWarning", "check_graph", "unseen_layers"]
+__all__ = ["COVERAGE", "FAMILIES_COVERAGE", "ChanceScoreWarning", "LayerCoverage", "UnseenLayerWarning", "check_graph",
+           "coverage_of", "unseen_layers"]
 
 
 class UnseenLayerWarning(QnasWarning):
@@ -48,16 +49,36 @@ COVERAGE: dict[str, LayerCoverage] = {
 }
 
 
-def unseen_layers(graph: Any, space: str = DEFAULT_SPACE) -> list[str]:
-    """One message per layer of ``graph`` (a ``qnas.graph.ArchGraph``) outside ``space``'s vocabulary."""
+# What the network families of qnas.families contain (a predictor trained with --families saw these too).
+FAMILIES_COVERAGE = LayerCoverage(
+    ops=frozenset({"input", "conv", "group_conv", "linear", "bn", "bias", "max_pool", "avg_pool", "add", "concat",
+                   "glob_avg"}),
+    kernels=frozenset({1, 3, 5, 7}),
+)
+
+
+def coverage_of(space: str, families: Sequence[str] = ()) -> LayerCoverage | None:
+    """The layers a predictor trained on ``space`` (and on ``families`` of qnas.families) has seen."""
     cover = COVERAGE.get(space)
+    if cover is None or not families:
+        return cover
+    fam = FAMILIES_COVERAGE
+    return LayerCoverage(ops=cover.ops | fam.ops, kernels=cover.kernels | fam.kernels,
+                         depthwise_only=cover.depthwise_only and fam.depthwise_only)
+
+
+def unseen_layers(graph: Any, space: str = DEFAULT_SPACE, families: Sequence[str] = ()) -> list[str]:
+    """One message per layer of ``graph`` (a ``qnas.graph.ArchGraph``) outside what a predictor trained on
+    ``space`` (and ``families``) has seen."""
+    cover = coverage_of(space, families)
     if cover is None:
         return []  # a space without a declared vocabulary: nothing to compare with
+    where = f"{space} or the training families" if families else space
     problems: list[str] = []
     for v, op in enumerate(graph.ops):
         shape, label = graph.shapes[v], graph.labels[v]
         if op not in cover.ops:
-            problems.append(f"{label!r}: operation {op!r} never occurs in {space}")
+            problems.append(f"{label!r}: operation {op!r} never occurs in {where}")
         elif op in ("conv", "group_conv", "dil_conv"):
             kh, kw = shape[2], shape[3]
             if kh != kw or kh not in cover.kernels:
@@ -65,14 +86,14 @@ def unseen_layers(graph: Any, space: str = DEFAULT_SPACE) -> list[str]:
                 problems.append(f"{label!r}: {kh}x{kw} kernel (the predictor saw {seen} square kernels only)")
             if op != "conv" and cover.depthwise_only and shape[1] != 1:
                 what = "dilated" if op == "dil_conv" else "grouped"
-                problems.append(f"{label!r}: {what} convolution that is not depthwise (never in {space})")
+                problems.append(f"{label!r}: {what} convolution that is not depthwise (never in {where})")
     return problems
 
 
-def check_graph(graph: Any, space: str = DEFAULT_SPACE, *, strict: bool = False,
+def check_graph(graph: Any, space: str = DEFAULT_SPACE, *, families: Sequence[str] = (), strict: bool = False,
                 stacklevel: int = 3) -> list[str]:
     """:func:`unseen_layers`, each warned as an :class:`UnseenLayerWarning` (``strict``: one QnasError)."""
-    problems = unseen_layers(graph, space)
+    problems = unseen_layers(graph, space, families)
     if problems and strict:
         raise QnasError(f"the predictor has never seen {_summary(problems)}")
     for p in problems:

@@ -507,15 +507,20 @@ def export_predictor(trainer: Trainer, path: str | Path, name: str, eval_table: 
     from qnas.predictors import PredictorHeader, read_header, save_predictor
 
     info = trainer.info
-    # A QAT run finetunes an earlier predictor: the header counts the steps of both.
+    from qnas.families import FAMILIES
+
+    # A QAT run finetunes an earlier predictor: the header counts the steps of both, and what both saw.
     try:
-        init_steps = read_header(trainer.cfg.init).train_steps if trainer.cfg.init else 0
+        init = read_header(trainer.cfg.init) if trainer.cfg.init else None
     except QnasError:  # the starting checkpoint is gone: count this run only
-        init_steps = 0
+        init = None
+    init_steps = init.train_steps if init is not None else 0
+    seen = set(init.families if init is not None else ()) | (set(FAMILIES) if trainer.cfg.families > 0 else set())
     header = PredictorHeader(
         name=name, dataset=info.name, input_shape=tuple(info.input_shape), num_classes=info.num_classes,
         mean=tuple(info.mean), std=tuple(info.std), search_space=trainer.cfg.space,
         ghn_config=trainer.ghn.config.to_dict(), bits_trained=tuple(trainer.cfg.bits),
+        families=tuple(f for f in FAMILIES if f in seen),
         train_steps=init_steps + trainer.step, eval_table=eval_table or {},
         notes=json.dumps({"train_config": trainer.cfg.to_json(), "steps": {"init": init_steps, "run": trainer.step}}),
     )

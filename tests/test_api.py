@@ -89,10 +89,16 @@ def test_unseen_kernel_warns_or_raises() -> None:
         qnas.score(TinyResNet(kernel=7), bits="fp32", predictor="random", val_size=32, strict=True)
 
 
-@pytest.mark.parametrize("act", [nn.GELU, nn.SiLU, nn.Sigmoid])
+@pytest.mark.parametrize("act", [nn.GELU, nn.Sigmoid, nn.Mish])
 def test_unsupported_activation_is_an_error(act: type[nn.Module]) -> None:
     with pytest.raises(qnas.QnasError, match="cannot quantize layer"):
         qnas.score(TinyResNet(act=act), bits="w4a4", predictor="random", val_size=32)
+
+
+@pytest.mark.parametrize("act", [nn.SiLU, nn.Hardswish])
+def test_swish_activations_are_scored(act: type[nn.Module]) -> None:
+    result = qnas.score(TinyResNet(act=act), bits="w4a4", predictor="random", ranker="none", val_size=32)
+    assert 0.0 <= result.top1("w4a4") <= 1.0
 
 
 def test_wrong_output_or_input_is_an_error() -> None:

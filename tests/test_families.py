@@ -57,3 +57,20 @@ def test_bad_keys_are_one_line_errors(key: str) -> None:
     with pytest.raises(QnasError):
         families.build(key, SHAPE, 10)
     assert families.family_of("stem16-16:conv3-fc0") is None
+
+
+def test_a_predictor_trained_on_the_families_has_seen_every_layer_they_draw() -> None:
+    from qnas.coverage import unseen_layers
+    from qnas.predictors import PredictorHeader
+
+    rng = random.Random(3)
+    graphs = [to_graph(families.build(families.sample_key(rng, 10**6, SHAPE, 10, families=(f,)), SHAPE, 10), SHAPE)
+              for f in families.FAMILIES for _ in range(2)]
+    assert all(unseen_layers(g, "convnets250k", families.FAMILIES) == [] for g in graphs)
+    dense = [g for g in graphs if "concat" in g.ops]
+    assert dense and all(any("concat" in p for p in unseen_layers(g, "convnets250k")) for g in dense)
+    header = PredictorHeader(name="p", dataset="fashion-mnist", input_shape=(1, 28, 28), num_classes=10,
+                             families=("densenet", "vgg"))
+    assert PredictorHeader.from_json(header.to_json()).families == ("densenet", "vgg")
+    assert PredictorHeader.from_json('{"name": "p", "dataset": null, "input_shape": [1, 28, 28], '
+                                     '"num_classes": 10}').families == ()

@@ -65,6 +65,7 @@ class PredictorHeader:
     search_space: str = "convnets250k"
     ghn_config: dict[str, Any] = field(default_factory=dict)
     bits_trained: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()  # qnas.families drawn in training besides the space (what it has seen)
     train_steps: int = 0
     eval_table: dict[str, Any] = field(default_factory=dict)
     qnas_version: str = __version__
@@ -82,7 +83,7 @@ class PredictorHeader:
                 raise TypeError(f"expected a JSON object, found {type(d).__name__}")
             known = {f.name for f in fields(cls)}
             d = {k: v for k, v in d.items() if k in known}  # newer optional fields are ignored
-            for key in ("input_shape", "mean", "std", "bits_trained"):
+            for key in ("input_shape", "mean", "std", "bits_trained", "families"):
                 if d.get(key) is not None:
                     if not isinstance(d[key], list):
                         raise TypeError(f"{key} must be a list, found {d[key]!r}")
@@ -108,6 +109,7 @@ class PredictorHeader:
             "search_space": isinstance(self.search_space, str),
             "ghn_config": isinstance(self.ghn_config, dict),
             "bits_trained": all(isinstance(v, str) for v in self.bits_trained),
+            "families": all(isinstance(v, str) for v in self.families),
             "train_steps": is_int(self.train_steps),
             "eval_table": isinstance(self.eval_table, dict),
             "qnas_version": isinstance(self.qnas_version, str),
@@ -332,7 +334,8 @@ def ghn_init(
     graph = to_graph(module, info.input_shape, pred.ghn.config.s_max, cache=cache, key=key)
     from qnas.coverage import check_graph
 
-    check_graph(graph, pred.header.search_space)  # layers it never saw: warned, never a silent chance score
+    # layers it never saw: warned, never a silent chance score
+    check_graph(graph, pred.header.search_space, families=pred.header.families)
     memo: dict[Bits, Mapping[str, torch.Tensor]] = {}
 
     def params(spec: Any) -> Mapping[str, torch.Tensor]:
