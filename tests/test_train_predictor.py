@@ -134,6 +134,10 @@ def test_families_fraction_draws_family_networks_and_trains(tmp_path):
     assert all(isinstance(k, str) and families.family_of(k) for k, _ in picks)
     m = tr.train_step()
     assert m["skipped"] == 0 and m["loss"] < 20
+    from qnas.predictors import read_header
+    from qnas.train_predictor import export_predictor
+
+    assert read_header(export_predictor(tr, tmp_path / "fam.pt", "fam")).families == families.FAMILIES
     space_only = Trainer(tiny(meta_batch=4), tmp_path / "space")._meta_batch()
     assert not any(isinstance(g, str) for g, _ in space_only)
 
