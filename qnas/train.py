@@ -40,7 +40,7 @@ from torch import nn
 from qnas import data
 from qnas.defaults import DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
 from qnas.errors import QnasError
-from qnas.quant import QuantSpec, calibrate, parse_specs, prepare
+from qnas.quant import QuantSpec, calibrate, channels_last_unsafe, parse_specs, prepare
 from qnas.score import evaluate
 
 __all__ = ["EpochLog", "TrainResult", "reset_parameters", "train", "unit_variance_init"]
@@ -184,7 +184,9 @@ def train(
     dev = torch.device(device)
     module.to(dev)
     qmodel = prepare(module)
-    net = module.to(memory_format=torch.channels_last) if spec.is_float else None  # FP32: the module itself
+    unsafe = any(isinstance(m, nn.Conv2d) and channels_last_unsafe(m) for m in module.modules())
+    layout = torch.contiguous_format if unsafe else torch.channels_last  # see channels_last_unsafe
+    net = module.to(memory_format=layout) if spec.is_float else None  # FP32: the module itself
     decay = [p for p in module.parameters() if p.requires_grad and p.dim() > 1]
     no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() <= 1]
     optimizer = torch.optim.SGD(
@@ -234,7 +236,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr * _lr_factor(step, total, warmup, schedule)
             if net is not None:
-                logits = net(x.contiguous(memory_format=torch.channels_last))
+                logits = net(x.contiguous(memory_format=layout))
             else:
                 logits = qmodel(x, spec, generator=noise)
             loss = F.cross_entropy(logits, y)

@@ -498,3 +498,40 @@ def test_unsupported_layers_are_named() -> None:
 
     with pytest.raises(QnasError, match="cannot trace"):
         prepare(Branchy())
+
+
+def test_strided_pointwise_conv_with_few_channels_trains_in_channels_last() -> None:
+    """PyTorch 2.13's channels_last backward of such a conv corrupts memory: the executor and the trainer
+    avoid it (run in a subprocess, so a regression is a failed test, not a crashed test run)."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from torch import nn
+from qnas.quant import channels_last_unsafe, prepare
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 1, stride=2), nn.ReLU(),
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+assert channels_last_unsafe(net[2]) and not channels_last_unsafe(net[0])
+qm = prepare(net)
+x = torch.randn(16, 1, 28, 28)
+grads = []
+for cl in (True, False):
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    out = torch.func.functional_call(qm, params, (x,), {"spec": "w8a8", "channels_last": cl})
+    out.square().sum().backward()
+    grads.append([params[k].grad for k in params])
+for a, b in zip(*grads):
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+from qnas import data
+from qnas.train import train
+info = data.dataset_info("fashion-mnist")
+imgs = torch.randint(0, 255, (128, 1, 28, 28), dtype=torch.uint8)
+labels = torch.randint(0, 10, (128,))
+ds = data.Dataset(info, imgs, labels, imgs[:32], labels[:32], imgs[:32], labels[:32])
+train(net, ds, 1, seed=0, batch_size=32, test=False)  # FP32: the module itself, in a safe layout
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

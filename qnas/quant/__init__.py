@@ -26,7 +26,14 @@ from qnas.quant._fake import (
     weight_levels,
     weight_qparams,
 )
-from qnas.quant._model import Calibration, QuantModel, calibrate, calibrate_with_logits, prepare
+from qnas.quant._model import (
+    Calibration,
+    QuantModel,
+    calibrate,
+    calibrate_with_logits,
+    channels_last_unsafe,
+    prepare,
+)
 from qnas.quant._program import STEP_KINDS, Ref, Step
 from qnas.quant._spec import (
     DEFAULT_SETTINGS,
@@ -67,6 +74,7 @@ __all__ = [
     "Step",
     "calibrate",
     "calibrate_with_logits",
+    "channels_last_unsafe",
     "describe_first_last",
     "f32",
     "fake_quantize",

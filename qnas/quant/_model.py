@@ -30,7 +30,7 @@ from qnas.quant._fake import act_range, channel_stats, f32, fake_quantize, fold_
 from qnas.quant._program import Ref, Step, compile_program
 from qnas.quant._spec import QuantSpec, layer_bits
 
-__all__ = ["Calibration", "QuantModel", "calibrate", "calibrate_with_logits", "prepare"]
+__all__ = ["Calibration", "QuantModel", "calibrate", "calibrate_with_logits", "channels_last_unsafe", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,13 @@ class _Ctx:
             return self.calibration.bn[name]
         except KeyError:
             raise QnasError(f"calibration has no statistics for BatchNorm {name!r}: calibrate this model") from None
+
+
+def channels_last_unsafe(conv: nn.Conv2d) -> bool:
+    """A conv whose channels_last backward corrupts memory in PyTorch 2.13 on CPU (1x1, strided, fewer than 8
+    input channels: a 4-channel ResNet shortcut aborted predictor training); run it another way."""
+    return (conv.kernel_size == (1, 1) and conv.stride != (1, 1) and conv.in_channels < 8
+            and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1))
 
 
 def _apply_act(y: torch.Tensor, act: str, inplace: bool) -> torch.Tensor:
@@ -284,7 +291,10 @@ class QuantModel(nn.Module):
         if step.kind == "linear":
             return F.linear(x, w, b)
         assert isinstance(m, nn.Conv2d)
-        y = m._conv_forward(x, w, b)
+        if ctx.channels_last and channels_last_unsafe(m):  # the same products: a 1x1 conv of the subsampled input
+            y = F.conv2d(x[:, :, :: m.stride[0], :: m.stride[1]], w, b, 1, 0, 1, m.groups)
+        else:
+            y = m._conv_forward(x, w, b)
         # A 1-channel image is both NCHW and NHWC, so the first conv would choose NCHW for the whole net.
         return y.contiguous(memory_format=torch.channels_last) if ctx.channels_last else y
 
