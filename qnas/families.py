@@ -55,16 +55,35 @@ def _conv(cin: int, cout: int, k: int, stride: int, bn: bool, act: str | None, g
 
 
 class _Head(nn.Module):
-    """Global average pooling, an optional hidden layer, the classifier."""
+    """Global average pooling (or, with ``flat`` = C*H*W, the whole map flattened, as LeNet and the first
+    VGGs), an optional hidden layer, the classifier."""
 
-    def __init__(self, cin: int, hidden: int, num_classes: int, act: str) -> None:
+    def __init__(self, cin: int, hidden: int, num_classes: int, act: str, flat: int = 0) -> None:
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.hidden = nn.Sequential(nn.Linear(cin, hidden), ACTIVATIONS[act]()) if hidden else nn.Identity()
-        self.fc = nn.Linear(hidden or cin, num_classes)
+        self.pool = nn.Identity() if flat else nn.AdaptiveAvgPool2d(1)
+        width = flat or cin
+        self.hidden = nn.Sequential(nn.Linear(width, hidden), ACTIVATIONS[act]()) if hidden else nn.Identity()
+        self.fc = nn.Linear(hidden or width, num_classes)
 
     def forward(self, x):
         return self.fc(self.hidden(self.pool(x).flatten(1)))
+
+
+class _ConvHead(nn.Module):
+    """SqueezeNet's classifier: a 1x1 convolution to the classes, ReLU, global average pooling."""
+
+    def __init__(self, cin: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, num_classes, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+def _flat(channels: int, shape: tuple[int, int, int], halvings: int) -> int:
+    """C*H*W after ``halvings`` 2x2 max poolings (floor, as nn.MaxPool2d(2)) of an input of ``shape``."""
+    return channels * (shape[1] >> halvings) * (shape[2] >> halvings)
 
 
 class _Residual(nn.Module):
@@ -133,8 +152,8 @@ def _w(base: int, mult: float) -> int:
     return max(4, int(round(base * mult / 4)) * 4)
 
 
-def _plain(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
-    layers, ch = [], cin
+def _plain(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
+    layers, ch = [], shape[0]
     for i in range(c["depth"]):
         stage = min(3 * i // c["depth"], 2)
         out = c["width"] * 2 ** stage
@@ -144,8 +163,8 @@ def _plain(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
     return nn.Sequential(*layers, _Head(ch, 0, classes, c["act"]))
 
 
-def _resnet(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
-    ch = c["width"]
+def _resnet(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
+    cin, ch = shape[0], c["width"]
     layers: list[nn.Module] = [_conv(cin, ch, c["stem"], 1, c["bn"], c["act"])]
     for stage in range(3):
         for b in range(c["blocks"]):
@@ -156,8 +175,8 @@ def _resnet(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
     return nn.Sequential(*layers, _Head(ch, 0, classes, c["act"]))
 
 
-def _densenet(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
-    ch = c["stem"]
+def _densenet(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
+    cin, ch = shape[0], c["stem"]
     layers: list[nn.Module] = [_conv(cin, ch, c["k"], 1, c["bn"], c["act"])]
     for block in range(c["blocks"]):
         for _ in range(c["layers"]):
@@ -169,25 +188,28 @@ def _densenet(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
     return nn.Sequential(*layers, _Head(ch, 0, classes, c["act"]))
 
 
-def _wide(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
-    layers, ch = [], cin
+def _wide(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
+    layers, ch = [], shape[0]
     for _ in range(c["depth"]):
         layers += [_conv(ch, c["width"], c["k"], 1, c["bn"], c["act"]), nn.MaxPool2d(2)]
         ch = c["width"]
-    return nn.Sequential(*layers, _Head(ch, c["hidden"], classes, c["act"]))
+    flat = _flat(ch, shape, c["depth"]) if c["flatten"] else 0
+    return nn.Sequential(*layers, _Head(ch, c["hidden"], classes, c["act"], flat))
 
 
-def _vgg(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
-    layers, ch = [], cin
+def _vgg(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
+    layers, ch = [], shape[0]
     for stage in range(3):
         for _ in range(c["convs"]):
-            layers.append(_conv(ch, c["width"] * 2 ** stage, 3, 1, c["bn"], c["act"]))
+            layers.append(_conv(ch, c["width"] * 2 ** stage, c["k"], 1, c["bn"], c["act"]))
             ch = c["width"] * 2 ** stage
         layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers, _Head(ch, c["hidden"], classes, c["act"]))
+    flat = _flat(ch, shape, 3) if c["flatten"] else 0
+    return nn.Sequential(*layers, _Head(ch, c["hidden"], classes, c["act"], flat))
 
 
-def _squeezenet(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
+def _squeezenet(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
+    cin = shape[0]
     ch = c["stem"]
     layers: list[nn.Module] = [_conv(cin, ch, c["k"], 1, c["bn"], c["act"])]
     for i in range(c["fires"]):
@@ -196,11 +218,11 @@ def _squeezenet(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
         ch = squeeze * 8
         if i in (c["fires"] // 3, 2 * c["fires"] // 3):
             layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers, _Head(ch, 0, classes, c["act"]))
+    return nn.Sequential(*layers, _ConvHead(ch, classes) if c["convhead"] else _Head(ch, 0, classes, c["act"]))
 
 
-def _mobilenet(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
-    ch = c["width"]
+def _mobilenet(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
+    cin, ch = shape[0], c["width"]
     layers: list[nn.Module] = [_conv(cin, ch, 3, 1, c["bn"], c["act"])]
     for stage in range(3):
         out = c["width"] * 2 ** stage
@@ -214,10 +236,11 @@ def _mobilenet(c: dict[str, Any], cin: int, classes: int) -> nn.Module:
 
 @dataclass(frozen=True)
 class Family:
-    """How to draw one family's hyperparameters (``draw(rng, width_multiplier)``) and build it."""
+    """How to draw one family's hyperparameters (``draw(rng, width_multiplier)``) and build it
+    (``build(config, input_shape, num_classes)``)."""
 
     draw: Callable[[random.Random, float], dict[str, Any]]
-    build: Callable[[dict[str, Any], int, int], nn.Module]
+    build: Callable[[dict[str, Any], tuple[int, int, int], int], nn.Module]
 
 
 _ACT_DRAW = ("relu", "relu", "relu6", "hardswish", "silu")  # ReLU as common as the others together
@@ -235,11 +258,14 @@ _REGISTRY: dict[str, Family] = {
     "densenet": Family(lambda r, m: {"blocks": r.randint(2, 3), "layers": r.randint(2, 8), "growth": _w(12, m),
                                      "stem": _w(24, m), "k": r.choice((3, 7)), **_common(r)}, _densenet),
     "wide": Family(lambda r, m: {"depth": r.randint(1, 3), "width": _w(256, m), "k": r.choice((3, 5, 7)),
-                                 "hidden": r.choice((0, 0, 128, 512)), **_common(r)}, _wide),
-    "vgg": Family(lambda r, m: {"convs": r.randint(1, 3), "width": _w(32, m), "hidden": r.choice((0, 256)),
-                                **_common(r)}, _vgg),
+                                 "hidden": r.choice((0, 0, 128, 512)), "flatten": int(r.random() < 0.3),
+                                 **_common(r)}, _wide),
+    "vgg": Family(lambda r, m: {"convs": r.randint(1, 3), "width": _w(32, m), "k": r.choice((3, 3, 5)),
+                                "hidden": r.choice((0, 128, 256)), "flatten": int(r.random() < 0.3), **_common(r)},
+                  _vgg),
     "squeezenet": Family(lambda r, m: {"fires": r.randint(3, 8), "squeeze": _w(16, m), "stem": _w(32, m),
-                                       "k": r.choice((3, 7)), **_common(r)}, _squeezenet),
+                                       "k": r.choice((3, 7)), "convhead": int(r.random() < 0.5), **_common(r)},
+                         _squeezenet),
     "mobilenet": Family(lambda r, m: {"blocks": r.randint(1, 4), "width": _w(16, m), "expand": r.choice((1, 3, 6)),
                                       "k": r.choice((3, 5, 7)), **_common(r)}, _mobilenet),
 }
@@ -291,7 +317,7 @@ def family_of(key: str) -> str | None:
 def build(key: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """The network a key describes (deterministic: no random state is read)."""
     family, config = parse_key(key)
-    return _family(family).build(config, input_shape[0], num_classes)
+    return _family(family).build(config, tuple(input_shape), num_classes)
 
 
 def sample_key(rng: random.Random, max_params: int, input_shape: tuple[int, int, int], num_classes: int,

@@ -74,3 +74,14 @@ def test_a_predictor_trained_on_the_families_has_seen_every_layer_they_draw() ->
     assert PredictorHeader.from_json(header.to_json()).families == ("densenet", "vgg")
     assert PredictorHeader.from_json('{"name": "p", "dataset": null, "input_shape": [1, 28, 28], '
                                      '"num_classes": 10}').families == ()
+
+
+@pytest.mark.parametrize("key", ["wide:act=relu,bn=1,depth=2,flatten=1,hidden=128,k=5,width=32",
+                                 "vgg:act=silu,bn=0,convs=1,flatten=1,hidden=0,k=3,width=8",
+                                 "squeezenet:act=relu,bn=1,convhead=1,fires=3,k=3,squeeze=8,stem=16"])
+def test_flattened_and_convolutional_heads(key: str) -> None:
+    module = families.build(key, SHAPE, 10).train()
+    to_graph(module, SHAPE)
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(prepare(module)(x), module(x), atol=1e-4)
