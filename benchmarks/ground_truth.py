@@ -5,6 +5,7 @@
     python benchmarks/ground_truth.py run --phase truth --budget k10e2 --workers 2
     python benchmarks/ground_truth.py run --phase user --budget k10e2 --workers 2
     python benchmarks/ground_truth.py status                     # what is done, what is left, CPU-hours
+    python benchmarks/ground_truth.py merge --from DIR           # add another machine's stages (a GPU run's)
 
 Three phases share one store (``benchmarks/ground_truth/v2/results/``, one JSON file per (architecture,
 budget, seed), committed):
@@ -357,10 +358,16 @@ class Worker:
         todo = job.todo(result)
         if not todo:
             return
+        weights = cache / "fp32.pt"
+        trained_on = result["stages"].get("fp32", {}).get("provenance", {}).get("device", self.args.device)
+        if "fp32" not in todo and not weights.exists() and \
+                torch.device(trained_on).type != torch.device(self.args.device).type:
+            # Retraining is deterministic on one device type only: the later stages would measure another net.
+            self.log(f"{job.key}: trained on {trained_on}, weights not cached here: left for a {trained_on} worker")
+            return
         budget = BUDGETS[job.budget]
         ds = self.dataset(budget)
         module = build_arch(self.space, job.arch["arch"], self.info)
-        weights = cache / "fp32.pt"
         for stage in todo:
             t0, c0 = time.perf_counter(), time.process_time()
             if stage == "fp32":
@@ -503,15 +510,41 @@ def status_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def merge_main(args: argparse.Namespace) -> int:
+    """Merge result files from another machine (``--from DIR``, e.g. a device run's results) into the store:
+    per row, the stages neither side lacks are kept as they are here, the others are added."""
+    if args.source is None or not args.source.is_dir():
+        raise QnasError("merge needs --from DIR, a directory of result files")
+    added = 0
+    for path in sorted(args.source.glob("*.json")):
+        remote = json.loads(path.read_text())
+        local = read_result(args.store, path.stem)
+        if local is None:
+            merged = remote
+        else:
+            merged = {**local, "stages": {**remote["stages"], **local["stages"]}}
+            if remote.get("superseded") or local.get("superseded"):
+                merged["superseded"] = {**remote.get("superseded", {}), **local.get("superseded", {})}
+        new = len(merged["stages"]) - (0 if local is None else len(local["stages"]))
+        if new:
+            atomic_write(args.store / "results" / path.name, json.dumps(merged, indent=1) + "\n")
+            added += new
+    print(f"merged {added} new stages from {args.source}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("plan", "run", "worker", "status"):
+    for name in ("plan", "run", "worker", "status", "merge"):
         p = sub.add_parser(name)
         p.add_argument("--store", type=Path, default=STORE, help=f"results store (default {STORE})")
         p.add_argument("--cache", type=Path, default=CACHE,
                        help=f"checkpoints, trained weights and locks (default {CACHE})")
         p.add_argument("--budget", choices=list(BUDGETS), default=None, help="truth phase: the budget")
+        if name == "merge":
+            p.add_argument("--from", dest="source", type=Path, default=None,
+                           help="directory of result files from another machine")
         if name in ("run", "worker"):
             p.add_argument("--phase", choices=list(FAQ_SETTINGS), required=True)
             p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -533,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "status":
             return status_main(args)
+        if args.command == "merge":
+            return merge_main(args)
         if args.workers < 1:
             raise QnasError("--workers must be >= 1")
         return worker_main(args) if args.command == "worker" else run_main(args)

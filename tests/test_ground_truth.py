@@ -141,3 +141,37 @@ def test_the_user_phase_covers_the_hand_written_split() -> None:
     info = gt.data.dataset_info(gt.DATASET)
     module = gt.build_arch(gt.get_space(gt.SPACE), todo[0].arch["arch"], info)
     assert sum(p.numel() for p in module.parameters()) == todo[0].arch["params"]
+
+
+def test_a_net_trained_on_another_device_type_is_left_to_that_device(tmp_path: Path) -> None:
+    """Retraining is deterministic on one device type only: a CPU worker without the GPU-trained weights
+    must not measure PTQ/FAQ on a net it retrained itself."""
+    store, cache = _tiny_store(tmp_path), tmp_path / "cache"
+    row = {"key": "id-000_s63_s0", "stages": {"fp32": {"provenance": {"device": "cuda", "git_commit": "x"}}}}
+    (store / "results").mkdir()
+    (store / "results" / "id-000_s63_s0.json").write_text(json.dumps(row))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ground_truth.py"), "worker", "--phase", "truth",
+                           "--budget", "s63", "--store", str(store), "--cache", str(cache), "--device", "cpu",
+                           "--test-images", "200", "--limit", "1"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "left for a cuda worker" in done.stdout
+    assert json.loads((store / "results" / "id-000_s63_s0.json").read_text()) == row
+
+
+def test_merge_adds_another_machines_stages_and_keeps_ours(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = _tiny_store(tmp_path)
+    (store / "results").mkdir()
+    ours = {"key": "id-000_s63_s0", "stages": {"fp32": {"v": "here"}, "ptq": {"v": "here"}}}
+    (store / "results" / "id-000_s63_s0.json").write_text(json.dumps(ours))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "id-000_s63_s0.json").write_text(json.dumps(
+        {"key": "id-000_s63_s0", "stages": {"fp32": {"v": "there"}, "faq_w4a4": {"v": "there"}}}))
+    (remote / "id-001_s63_s0.json").write_text(json.dumps({"key": "id-001_s63_s0", "stages": {"fp32": {}}}))
+    assert gt.main(["merge", "--store", str(store), "--from", str(remote)]) == 0
+    assert "merged 2 new stages" in capsys.readouterr().out
+    merged = json.loads((store / "results" / "id-000_s63_s0.json").read_text())
+    assert merged["stages"] == {"fp32": {"v": "here"}, "ptq": {"v": "here"}, "faq_w4a4": {"v": "there"}}
+    assert (store / "results" / "id-001_s63_s0.json").exists()
+    assert gt.main(["merge", "--store", str(store), "--from", str(tmp_path / "nope")]) == 2

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Ground truth on a lent GPU machine (the `device` tool): many small nets trained at once, rows back here.
+#
+#   here, once:   echo /.device/ >> .git/info/exclude && mkdir -p .device/fashion-mnist &&
+#                 cp /usr/share/datasets/fashion-mnist/*.gz .device/fashion-mnist/
+#   device run:   command "bash benchmarks/device_ground_truth.sh truth k20e2 8 16", carry [".device"],
+#                 timeout_s 600 (the script stops its workers after MINUTES and packs what is finished)
+#   back here:    mkdir -p /tmp/gt-in && tar xzf <files_at>/results.tgz -C /tmp/gt-in &&
+#                 python benchmarks/ground_truth.py merge --from /tmp/gt-in/results
+#
+# One worker process per slot (one CPU thread each, all on the one GPU: small nets leave it mostly idle,
+# so it takes many). Every finished stage is in the store the moment it finishes; a job cut off by the
+# deadline is redone by a later run. Rows whose FP32 net was trained on the CPU and whose weights are not
+# here are left to CPU workers (retraining is deterministic on one device type only).
+set -u
+phase=${1:?usage: device_ground_truth.sh PHASE BUDGET [MINUTES] [WORKERS]}
+budget=${2:?usage: device_ground_truth.sh PHASE BUDGET [MINUTES] [WORKERS]}
+minutes=${3:-8}
+workers=${4:-16}
+out=${OUT:-/tmp/gt-out}
+mkdir -p "$out"
+export QNAS_DATA_DIR="$PWD/.device" PYTHONUNBUFFERED=1
+python3 -c "import torch; assert torch.cuda.is_available(), 'no GPU'" || exit 2
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+timeout --signal=TERM --kill-after=30 "$((minutes * 60))" \
+    python3 benchmarks/ground_truth.py run --phase "$phase" --budget "$budget" --workers "$workers" \
+    --device cuda --cache /tmp/gt-cache 2>&1 | tail -n 400 > "$out/log.txt"
+tar czf "$out/results.tgz" -C benchmarks/ground_truth/v2 results
+python3 benchmarks/ground_truth.py status --budget "$budget" | tee "$out/status.txt"
