@@ -3,8 +3,9 @@
 #
 #   here, once:   echo /.device/ >> .git/info/exclude && mkdir -p .device/fashion-mnist &&
 #                 cp /usr/share/datasets/fashion-mnist/*.gz .device/fashion-mnist/
-#   device run:   command "bash benchmarks/device_ground_truth.sh truth k20e2 8 16", carry [".device"],
-#                 timeout_s 600 (the script stops its workers after MINUTES and packs what is finished)
+#   device run:   command "QNAS_GIT_COMMIT=<git rev-parse HEAD here> bash benchmarks/device_ground_truth.sh
+#                 truth k20e2 8 16", carry [".device"], timeout_s 600 (the copy there has no git history:
+#                 the commit names the code in each row's provenance; the workers stop after MINUTES)
 #   back here:    mkdir -p /tmp/gt-in && tar xzf <files_at>/results.tgz -C /tmp/gt-in &&
 #                 python benchmarks/ground_truth.py merge --from /tmp/gt-in/results
 #

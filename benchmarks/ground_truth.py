@@ -294,17 +294,24 @@ def engine_hashes() -> dict[str, str]:
 
 @functools.cache
 def stale(commit: str) -> bool:
-    """Whether a stage measured at ``commit`` predates the quantizer of QUANT_ENGINE_SINCE (unknown: yes)."""
+    """Whether a stage measured at ``commit`` predates the quantizer of QUANT_ENGINE_SINCE: a commit git knows
+    and that does not contain it. One git cannot resolve (a copy without history) counts as current."""
     commit = commit.removesuffix("+dirty")
     try:
-        out = subprocess.run(["git", "merge-base", "--is-ancestor", QUANT_ENGINE_SINCE, commit], cwd=REPO,
-                             capture_output=True, timeout=10)
+        known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True,
+                               timeout=10).returncode == 0
+        newer = subprocess.run(["git", "merge-base", "--is-ancestor", QUANT_ENGINE_SINCE, commit], cwd=REPO,
+                               capture_output=True, timeout=10).returncode == 0
     except OSError:
-        return True
-    return out.returncode != 0
+        return False
+    return known and not newer
 
 
 def git_commit() -> str:
+    """HEAD (``+dirty`` when an engine file differs from it); a copy without git history (a device run) names
+    its commit in ``$QNAS_GIT_COMMIT``."""
+    if os.environ.get("QNAS_GIT_COMMIT"):
+        return os.environ["QNAS_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", *ENGINE_FILES], cwd=REPO,
@@ -315,6 +322,24 @@ def git_commit() -> str:
 
 
 # ----------------------------------------------------------------------------- one job
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of trained weights (names and values), so a later stage can check it measures them."""
+    h = hashlib.sha256()
+    for name, t in state.items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_weights_match(weights: Path, fp32_stage: dict[str, Any]) -> bool:
+    """Whether ``weights`` exist and are the net the row's FP32 stage recorded (rows before the fingerprint:
+    trusted, they were trained deterministically on the CPU)."""
+    if not weights.exists():
+        return False
+    want = fp32_stage.get("weights_sha256")
+    return want is None or weights_sha256(torch.load(weights, map_location="cpu", weights_only=True)) == want
 
 
 def build_arch(space: Any, arch: str, info: data.DatasetInfo) -> torch.nn.Module:
@@ -359,12 +384,17 @@ class Worker:
         if not todo:
             return
         weights = cache / "fp32.pt"
-        trained_on = result["stages"].get("fp32", {}).get("provenance", {}).get("device", self.args.device)
-        if "fp32" not in todo and not weights.exists() and \
-                torch.device(trained_on).type != torch.device(self.args.device).type:
-            # Retraining is deterministic on one device type only: the later stages would measure another net.
-            self.log(f"{job.key}: trained on {trained_on}, weights not cached here: left for a {trained_on} worker")
-            return
+        fp32 = result["stages"].get("fp32")
+        if fp32 is not None and "fp32" not in todo and not cached_weights_match(weights, fp32):
+            weights.unlink(missing_ok=True)  # another net's weights (a crashed or another machine's run)
+            trained_on = fp32["provenance"]["device"]
+            if torch.device(trained_on).type != torch.device(self.args.device).type:
+                # The later stages must measure the recorded net, and retraining reproduces it on its device type.
+                self.log(f"{job.key}: trained on {trained_on}, weights not here: left for a {trained_on} worker")
+                return
+            if torch.device(self.args.device).type != "cpu":  # GPU training is not bit-reproducible: redo the row
+                self.log(f"{job.key}: trained weights not here; training the row again from scratch")
+                result["stages"], todo = {}, list(job.stages)
         budget = BUDGETS[job.budget]
         ds = self.dataset(budget)
         module = build_arch(self.space, job.arch["arch"], self.info)
@@ -381,8 +411,8 @@ class Worker:
             out["provenance"] = {**self.provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                  "wall_seconds": round(time.perf_counter() - t0, 1),
                                  "cpu_seconds": round(time.process_time() - c0, 1)}
-            if stage in result["stages"]:  # a stale measurement, kept for provenance
-                result.setdefault("superseded", {})[stage] = result["stages"][stage]
+            if stage in result["stages"]:  # a stale measurement, kept for provenance (the first one, if several)
+                result.setdefault("superseded", {}).setdefault(stage, result["stages"][stage])
             result["stages"][stage] = out
             atomic_write(store / "results" / f"{job.key}.json", json.dumps(result, indent=1) + "\n")
             acc = {k: v for k, v in out.items() if k.startswith("test_top1")}
@@ -405,12 +435,14 @@ class Worker:
                        progress=progress, device=self.args.device, checkpoint=cache / "train.pt")
         torch.save(module.state_dict(), cache / "fp32.tmp")
         os.replace(cache / "fp32.tmp", cache / "fp32.pt")
+        sha = weights_sha256(module.state_dict())
         (cache / "train.pt").unlink(missing_ok=True)
         last_epoch = result.history[-1] if result.history else None
         return {"diverged": result.diverged,
                 "train_loss": None if last_epoch is None else round(last_epoch.train_loss, 5),
                 "train_top1": None if last_epoch is None else round(last_epoch.train_top1, 5),
-                "val_top1": result.val["fp32"]["top1"], "train_seconds": round(result.seconds, 1)}
+                "val_top1": result.val["fp32"]["top1"], "train_seconds": round(result.seconds, 1),
+                "weights_sha256": sha}
 
     def ptq(self, module: torch.nn.Module, ds: data.Dataset) -> dict[str, Any]:
         calib = data.normalize(balanced(ds.train_images, ds.train_labels, CALIB_IMAGES, self.info.num_classes)[0],
@@ -510,26 +542,49 @@ def status_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def same_net(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two FP32 stages describe one trained net (its fingerprint, or where and when it was trained)."""
+    if a.get("weights_sha256") and b.get("weights_sha256"):
+        return a["weights_sha256"] == b["weights_sha256"]
+    key = ("device", "finished", "host")
+    return all(a["provenance"].get(k) == b["provenance"].get(k) for k in key)
+
+
 def merge_main(args: argparse.Namespace) -> int:
-    """Merge result files from another machine (``--from DIR``, e.g. a device run's results) into the store:
-    per row, the stages neither side lacks are kept as they are here, the others are added."""
+    """Merge result files from another machine (``--from DIR``, e.g. a device run's results) into the store.
+
+    A row is merged only where both sides describe the same trained net: a row new here is taken whole; a
+    row with the same FP32 stage gets the stages it lacks; a row whose FP32 stage is another net's (both
+    machines trained it) keeps ours and is reported. Rows a local worker is writing are skipped (merge
+    again later)."""
     if args.source is None or not args.source.is_dir():
         raise QnasError("merge needs --from DIR, a directory of result files")
-    added = 0
+    added, conflicts, busy = 0, [], []
     for path in sorted(args.source.glob("*.json")):
         remote = json.loads(path.read_text())
-        local = read_result(args.store, path.stem)
-        if local is None:
-            merged = remote
-        else:
-            merged = {**local, "stages": {**remote["stages"], **local["stages"]}}
-            if remote.get("superseded") or local.get("superseded"):
-                merged["superseded"] = {**remote.get("superseded", {}), **local.get("superseded", {})}
-        new = len(merged["stages"]) - (0 if local is None else len(local["stages"]))
-        if new:
-            atomic_write(args.store / "results" / path.name, json.dumps(merged, indent=1) + "\n")
-            added += new
+        with claimed(args.cache / "locks", path.stem) as mine:
+            if not mine:
+                busy.append(path.stem)
+                continue
+            local = read_result(args.store, path.stem)
+            if local is None or not local["stages"]:
+                merged = remote
+            elif "fp32" in remote["stages"] and not same_net(local["stages"]["fp32"], remote["stages"]["fp32"]):
+                conflicts.append(path.stem)
+                continue
+            else:
+                merged = {**local, "stages": {**remote["stages"], **local["stages"]}}
+                if remote.get("superseded") or local.get("superseded"):
+                    merged["superseded"] = {**remote.get("superseded", {}), **local.get("superseded", {})}
+            new = len(merged["stages"]) - (0 if local is None else len(local["stages"]))
+            if new > 0:
+                atomic_write(args.store / "results" / path.name, json.dumps(merged, indent=1) + "\n")
+                added += new
     print(f"merged {added} new stages from {args.source}")
+    if conflicts:
+        print(f"kept ours, another net there: {', '.join(conflicts)}")
+    if busy:
+        print(f"being written by a worker here, merge again later: {', '.join(busy)}")
     return 0
 
 

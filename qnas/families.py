@@ -40,6 +40,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": lambda: nn.ReLU(inpla
                                                    "relu6": lambda: nn.ReLU6(inplace=True),
                                                    "hardswish": nn.Hardswish, "silu": nn.SiLU}
 MAX_DRAWS = 200  # redraws before giving up on a bound no draw of a family fits under
+_MAY_BE_ZERO = {"bn", "hidden", "flatten", "convhead", "bottleneck"}  # flags and optional widths
+_MAX = {"bn": 1, "flatten": 1, "convhead": 1, "bottleneck": 1, "k": 7, "depth": 64, "blocks": 16, "layers": 16,
+        "fires": 16, "convs": 4, "expand": 8}
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -298,13 +301,22 @@ def parse_key(key: str) -> tuple[str, dict[str, Any]]:
         name, eq, value = item.partition("=")
         if not eq or not name or not value:
             raise QnasError(f"bad family key {key!r}: {item!r} is not name=value")
-        config[name] = int(value) if value.lstrip("-").isdigit() else value
+        config[name] = int(value) if value.isdigit() else value
     expected = set(fam.draw(random.Random(0), 1.0))
     if set(config) != expected:
         raise QnasError(f"bad family key {key!r}: {family} takes {', '.join(sorted(expected))}")
     if config["act"] not in ACTIVATIONS:
         raise QnasError(f"bad family key {key!r}: activation {config['act']!r} is not one of "
                         f"{', '.join(ACTIVATIONS)}")
+    for name, value in config.items():
+        low = 0 if name in _MAY_BE_ZERO else 1
+        if name != "act" and not (isinstance(value, int) and low <= value <= _MAX.get(name, 4096)):
+            raise QnasError(f"bad family key {key!r}: {name}={value} is not an integer in [{low}, "
+                            f"{_MAX.get(name, 4096)}]")
+    if config.get("k", 1) % 2 == 0:
+        raise QnasError(f"bad family key {key!r}: kernels are odd (same-size padding)")
+    if make_key(family, config) != key:  # one spelling per network: keys are identities (caches, logs)
+        raise QnasError(f"bad family key {key!r}: write it as {make_key(family, config)!r}")
     return family, config
 
 
@@ -328,7 +340,8 @@ def sample_key(rng: random.Random, max_params: int, input_shape: tuple[int, int,
         # log-uniform width multiplier: sizes spread over decades, as the search space's
         mult = math.exp(rng.uniform(math.log(0.25), math.log(8.0)))
         key = make_key(family, _family(family).draw(rng, mult))
-        n = sum(p.numel() for p in build(key, input_shape, num_classes).parameters())
+        with torch.device("meta"):  # shapes only: no memory, no initialization, no random state
+            n = sum(p.numel() for p in build(key, input_shape, num_classes).parameters())
         if min_params <= n <= max_params:
             return key
     raise QnasError(f"no draw of {family} fits in [{min_params:,}, {max_params:,}] parameters")

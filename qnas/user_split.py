@@ -352,8 +352,13 @@ _REGISTRY: dict[str, UserNet] = {
 }
 
 
-def names() -> list[str]:
-    return list(_REGISTRY)
+def names(input_shape: tuple[int, int, int] | None = None) -> list[str]:
+    """The split's networks (those that take ``input_shape``, when given: LeNet-5 is written for 28x28)."""
+    return [n for n in _REGISTRY if input_shape is None or _takes(n, input_shape)]
+
+
+def _takes(name: str, input_shape: tuple[int, int, int]) -> bool:
+    return name != "lenet5" or tuple(input_shape[1:]) == (28, 28)
 
 
 def _net(name: str) -> UserNet:
@@ -374,7 +379,6 @@ def is_user_arch(arch: str) -> bool:
 
 def build(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """The network ``name`` (or ``user:<name>``), freshly initialized by PyTorch's default init."""
-    module = _net(name).factory(input_shape[0], num_classes)
-    if input_shape[1:] != (28, 28) and isinstance(module, LeNet5):
-        raise QnasError("lenet5 is written for 28x28 inputs")
-    return module
+    if not _takes(name.removeprefix(PREFIX), input_shape):
+        raise QnasError(f"{name} is written for 28x28 inputs, not {tuple(input_shape[1:])}")
+    return _net(name).factory(input_shape[0], num_classes)

@@ -52,7 +52,13 @@ def test_draws_cover_the_size_range_and_every_family() -> None:
 
 @pytest.mark.parametrize("key", ["densenet", "densenet:", "nosuch:a=1", "vgg:convs=1", "vgg:convs=1,width",
                                  "vgg:act=gelu,bn=1,convs=1,hidden=0,width=8",
-                                 "vgg:act=relu,bn=1,convs=1,hidden=0,width=8,extra=1"])
+                                 "vgg:act=relu,bn=1,convs=1,hidden=0,width=8,extra=1",
+                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=3,width=x",
+                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=4,width=8",
+                                 "vgg:act=relu,bn=7,convs=1,flatten=0,hidden=0,k=3,width=8",
+                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=3,width=08",
+                                 "vgg:bn=1,act=relu,convs=1,flatten=0,hidden=0,k=3,width=8",
+                                 "plain:act=relu,bn=1,depth=0,k=3,width=8"])
 def test_bad_keys_are_one_line_errors(key: str) -> None:
     with pytest.raises(QnasError):
         families.build(key, SHAPE, 10)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,18 +161,40 @@ def test_a_net_trained_on_another_device_type_is_left_to_that_device(tmp_path: P
 
 
 def test_merge_adds_another_machines_stages_and_keeps_ours(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = _tiny_store(tmp_path)
+    store, cache = _tiny_store(tmp_path), tmp_path / "cache"
     (store / "results").mkdir()
-    ours = {"key": "id-000_s63_s0", "stages": {"fp32": {"v": "here"}, "ptq": {"v": "here"}}}
+    net = {"weights_sha256": "aaaa", "provenance": {"device": "cpu"}}
+    other = {"weights_sha256": "bbbb", "provenance": {"device": "cuda"}}
+    ours = {"key": "id-000_s63_s0", "stages": {"fp32": net, "ptq": {"v": "here"}}}
     (store / "results" / "id-000_s63_s0.json").write_text(json.dumps(ours))
+    (store / "results" / "id-002_s63_s0.json").write_text(json.dumps({"key": "id-002_s63_s0", "stages": {"fp32": net}}))
     remote = tmp_path / "remote"
     remote.mkdir()
     (remote / "id-000_s63_s0.json").write_text(json.dumps(
-        {"key": "id-000_s63_s0", "stages": {"fp32": {"v": "there"}, "faq_w4a4": {"v": "there"}}}))
-    (remote / "id-001_s63_s0.json").write_text(json.dumps({"key": "id-001_s63_s0", "stages": {"fp32": {}}}))
-    assert gt.main(["merge", "--store", str(store), "--from", str(remote)]) == 0
-    assert "merged 2 new stages" in capsys.readouterr().out
+        {"key": "id-000_s63_s0", "stages": {"fp32": net, "ptq": {"v": "there"}, "faq_w4a4": {"v": "there"}}}))
+    (remote / "id-001_s63_s0.json").write_text(json.dumps({"key": "id-001_s63_s0", "stages": {"fp32": other}}))
+    (remote / "id-002_s63_s0.json").write_text(json.dumps(
+        {"key": "id-002_s63_s0", "stages": {"fp32": other, "ptq": {"v": "of another net"}}}))
+    args = ["merge", "--store", str(store), "--cache", str(cache), "--from", str(remote)]
+    assert gt.main(args) == 0
+    out = capsys.readouterr().out
+    assert "merged 2 new stages" in out and "another net there: id-002_s63_s0" in out
     merged = json.loads((store / "results" / "id-000_s63_s0.json").read_text())
-    assert merged["stages"] == {"fp32": {"v": "here"}, "ptq": {"v": "here"}, "faq_w4a4": {"v": "there"}}
+    assert merged["stages"] == {"fp32": net, "ptq": {"v": "here"}, "faq_w4a4": {"v": "there"}}
     assert (store / "results" / "id-001_s63_s0.json").exists()
+    assert json.loads((store / "results" / "id-002_s63_s0.json").read_text())["stages"] == {"fp32": net}
+    with gt.claimed(cache / "locks", "id-000_s63_s0") as mine:  # a worker here is writing that row
+        assert mine and gt.main(args) == 0
+    assert "merge again later: id-000_s63_s0" in capsys.readouterr().out
     assert gt.main(["merge", "--store", str(store), "--from", str(tmp_path / "nope")]) == 2
+
+
+def test_cached_weights_are_checked_against_the_recorded_net(tmp_path: Path) -> None:
+    state = {"w": torch.ones(2, 2)}
+    torch.save(state, tmp_path / "fp32.pt")
+    sha = gt.weights_sha256(state)
+    assert gt.cached_weights_match(tmp_path / "fp32.pt", {"weights_sha256": sha})
+    assert not gt.cached_weights_match(tmp_path / "fp32.pt", {"weights_sha256": "0" * 16})
+    assert gt.cached_weights_match(tmp_path / "fp32.pt", {})  # rows from before the fingerprint
+    assert not gt.cached_weights_match(tmp_path / "missing.pt", {})
+    assert not gt.stale("unknown") and not gt.stale("0" * 40)  # commits git cannot resolve count as current

@@ -92,7 +92,7 @@ def _eval_predictor(args: argparse.Namespace) -> int:
     space = get_space(predictor.header.search_space)
     from qnas import user_split
 
-    total = sum(len((user_split.names() if s == "user" else space.load_split(s))[: args.n or None])
+    total = sum(len((user_split.names(info.input_shape) if s == "user" else space.load_split(s))[: args.n or None])
                 for s in args.splits)
     progress = Progress(TextColumn("[bold]eval-predictor[/] {task.fields[split]}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))

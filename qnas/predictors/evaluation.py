@@ -70,7 +70,7 @@ def _split_modules(space: Any, split: str, n: int | None, info: Any) -> list[tup
     if split == USER_SPLIT:
         return [(user_split.PREFIX + name, user_split.family(name),
                  lambda name=name: user_split.build(name, info.input_shape, info.num_classes))
-                for name in user_split.names()[: n or None]]
+                for name in user_split.names(info.input_shape)[: n or None]]
     return [(space.to_string(g), "", lambda g=g: space.build(g, info.input_shape, info.num_classes))
             for g in space.load_split(split)[: n or None]]
 

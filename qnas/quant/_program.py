@@ -105,7 +105,7 @@ def _call_fn(n: fx.Node, kind: str, modules: dict[str, nn.Module]) -> Callable[.
     if kind == "identity":
         return _identity
     if (run := ops.lookup(n, modules).run) is not None:  # out of place, whatever the traced call says
-        return lambda x, *_a, _run=run, **_k: _run(x)
+        return lambda *a, _run=run, **k: _run(a[0] if a else k["input"])
     if n.op == "call_module":
         return modules[str(n.target)]
     if n.op == "call_method":
