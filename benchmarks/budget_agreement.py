@@ -14,7 +14,7 @@ budget, ranks the architectures finished at both it and the longest budget:
 * over all rows whose net learned (FP32 >= 15%): how often FAQ beats PTQ at W4A4 (why the truth is FAQ).
 
 The truth budget is the cheapest whose tau to the longest is >= ``--threshold`` at FP32 and at W4A4
-(the longest budget qualifies trivially). The last line is
+(the longest budget qualifies trivially), decided once all the agreement architectures are finished. The last line is
 ``budget_tau_<budget>=<min of FP32 and W4A4 tau> ... chosen=<budget> n=<architectures>``.
 """
 
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:8s} {budget.passes:>7,d} {len(common):>3d} " + " ".join(f"{c:>24s}" for c in cells)
               + f" {cpu[name]:6.2f}")
         figures[name] = min(taus["fp32"], taus["w4a4"])
-        if chosen is None and len(common) >= 8 and figures[name] >= args.threshold:  # fewer: undecided
+        # Decided only on the whole study: on a part of it the longest budget "agrees" with itself.
+        complete = len(ref) == len(plan["agreement"])
+        if chosen is None and complete and figures[name] >= args.threshold:
             chosen = name
         n_common = max(n_common, len(common)) if name == longest else n_common
     # Is FAQ (the W4A4 truth) above PTQ with the same 8-bit first/last layers? Rows whose net learned.
@@ -101,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAQ above PTQ (w4a4-channel-fl8) in {int((gains > 0).sum())} of {len(gains)} rows; "
               f"median {100 * np.median(gains):+.1f} points, min {100 * gains.min():+.1f}, "
               f"max {100 * gains.max():+.1f}")
-    print(f"chosen: the cheapest budget with tau >= {args.threshold} at FP32 and W4A4: {chosen}")
+    planned = len(plan["agreement"])
+    status = "" if len(ref) == planned else f" (undecided: {len(ref)} of {planned} finished)"
+    print(f"chosen: the cheapest budget with tau >= {args.threshold} at FP32 and W4A4: {chosen}{status}")
     print(" ".join(f"budget_tau_{b}={t:.3f}" for b, t in figures.items()) + f" chosen={chosen} n={n_common}")
     return 0
 
