@@ -40,9 +40,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": lambda: nn.ReLU(inpla
                                                    "relu6": lambda: nn.ReLU6(inplace=True),
                                                    "hardswish": nn.Hardswish, "silu": nn.SiLU}
 MAX_DRAWS = 200  # redraws before giving up on a bound no draw of a family fits under
-_MAY_BE_ZERO = {"bn", "hidden", "flatten", "convhead", "bottleneck"}  # flags and optional widths
-_MAX = {"bn": 1, "flatten": 1, "convhead": 1, "bottleneck": 1, "k": 7, "depth": 64, "blocks": 16, "layers": 16,
-        "fires": 16, "convs": 4, "expand": 8}
+_MAY_BE_ZERO = {"bn", "hidden", "flatten", "convhead", "bottleneck", "preact"}  # flags and optional widths
+_MAX = {"bn": 1, "flatten": 1, "convhead": 1, "bottleneck": 1, "preact": 1, "mlp": 2, "k": 7, "depth": 64,
+        "blocks": 16, "layers": 16, "fires": 16, "convs": 4, "expand": 8}
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -59,14 +59,19 @@ def _conv(cin: int, cout: int, k: int, stride: int, bn: bool, act: str | None, g
 
 class _Head(nn.Module):
     """Global average pooling (or, with ``flat`` = C*H*W, the whole map flattened, as LeNet and the first
-    VGGs), an optional hidden layer, the classifier."""
+    VGGs), ``mlp`` optional hidden layers (``hidden`` wide, then half as wide: LeNet's 120-84), the classifier."""
 
-    def __init__(self, cin: int, hidden: int, num_classes: int, act: str, flat: int = 0) -> None:
+    def __init__(self, cin: int, hidden: int, num_classes: int, act: str, flat: int = 0, mlp: int = 1) -> None:
         super().__init__()
         self.pool = nn.Identity() if flat else nn.AdaptiveAvgPool2d(1)
         width = flat or cin
-        self.hidden = nn.Sequential(nn.Linear(width, hidden), ACTIVATIONS[act]()) if hidden else nn.Identity()
-        self.fc = nn.Linear(hidden or width, num_classes)
+        layers: list[nn.Module] = []
+        for i in range(mlp if hidden else 0):
+            out = max(hidden >> i, 8)
+            layers += [nn.Linear(width, out), ACTIVATIONS[act]()]
+            width = out
+        self.hidden = nn.Sequential(*layers) if layers else nn.Identity()
+        self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x):
         return self.fc(self.hidden(self.pool(x).flatten(1)))
@@ -108,11 +113,19 @@ class _Residual(nn.Module):
 
 
 class _DenseLayer(nn.Module):
-    """BN-ReLU-conv producing ``growth`` channels, concatenated to its input (DenseNet)."""
+    """``growth`` new channels concatenated to the input (DenseNet): conv-BN-act, or with ``preact``
+    BN-act-conv as DenseNet itself; with ``bottleneck`` a 1x1 conv to 4 x growth first (DenseNet-BC)."""
 
-    def __init__(self, cin: int, growth: int, k: int, bn: bool, act: str) -> None:
+    def __init__(self, cin: int, growth: int, k: int, bn: bool, act: str, preact: bool, bottleneck: bool) -> None:
         super().__init__()
-        self.conv = _conv(cin, growth, k, 1, bn, act)
+        mid = 4 * growth if bottleneck else cin
+        if preact:
+            def unit(i: int, o: int, kk: int) -> list[nn.Module]:
+                return [*([nn.BatchNorm2d(i)] if bn else []), ACTIVATIONS[act](), nn.Conv2d(i, o, kk, 1, kk // 2)]
+            layers = (unit(cin, mid, 1) if bottleneck else []) + unit(mid, growth, k)
+        else:
+            layers = ([_conv(cin, mid, 1, 1, bn, act)] if bottleneck else []) + [_conv(mid, growth, k, 1, bn, act)]
+        self.conv = nn.Sequential(*layers)
 
     def forward(self, x):
         return torch.cat([x, self.conv(x)], 1)
@@ -183,11 +196,14 @@ def _densenet(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> n
     layers: list[nn.Module] = [_conv(cin, ch, c["k"], 1, c["bn"], c["act"])]
     for block in range(c["blocks"]):
         for _ in range(c["layers"]):
-            layers.append(_DenseLayer(ch, c["growth"], 3, c["bn"], c["act"]))
+            layers.append(_DenseLayer(ch, c["growth"], 3, c["bn"], c["act"], bool(c["preact"]),
+                                      bool(c["bottleneck"])))
             ch += c["growth"]
         if block < c["blocks"] - 1:  # transition: halve channels and resolution
             layers += [_conv(ch, ch // 2, 1, 1, c["bn"], c["act"]), nn.AvgPool2d(2)]
             ch //= 2
+    if c["preact"]:  # the last dense layer's output is not normalized yet
+        layers += [*([nn.BatchNorm2d(ch)] if c["bn"] else []), ACTIVATIONS[c["act"]]()]
     return nn.Sequential(*layers, _Head(ch, 0, classes, c["act"]))
 
 
@@ -197,7 +213,7 @@ def _wide(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Mo
         layers += [_conv(ch, c["width"], c["k"], 1, c["bn"], c["act"]), nn.MaxPool2d(2)]
         ch = c["width"]
     flat = _flat(ch, shape, c["depth"]) if c["flatten"] else 0
-    return nn.Sequential(*layers, _Head(ch, c["hidden"], classes, c["act"], flat))
+    return nn.Sequential(*layers, _Head(ch, c["hidden"], classes, c["act"], flat, c["mlp"]))
 
 
 def _vgg(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
@@ -208,7 +224,7 @@ def _vgg(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Mod
             ch = c["width"] * 2 ** stage
         layers.append(nn.MaxPool2d(2))
     flat = _flat(ch, shape, 3) if c["flatten"] else 0
-    return nn.Sequential(*layers, _Head(ch, c["hidden"], classes, c["act"], flat))
+    return nn.Sequential(*layers, _Head(ch, c["hidden"], classes, c["act"], flat, c["mlp"]))
 
 
 def _squeezenet(c: dict[str, Any], shape: tuple[int, int, int], classes: int) -> nn.Module:
@@ -259,13 +275,14 @@ _REGISTRY: dict[str, Family] = {
     "resnet": Family(lambda r, m: {"blocks": r.randint(1, 8), "width": _w(16, m), "k": 3, "stem": r.choice((3, 7)),
                                    "bottleneck": int(r.random() < 0.3), **_common(r)}, _resnet),
     "densenet": Family(lambda r, m: {"blocks": r.randint(2, 3), "layers": r.randint(2, 8), "growth": _w(12, m),
-                                     "stem": _w(24, m), "k": r.choice((3, 7)), **_common(r)}, _densenet),
+                                     "stem": _w(24, m), "k": r.choice((3, 7)), "preact": int(r.random() < 0.5),
+                                     "bottleneck": int(r.random() < 0.5), **_common(r)}, _densenet),
     "wide": Family(lambda r, m: {"depth": r.randint(1, 3), "width": _w(256, m), "k": r.choice((3, 5, 7)),
                                  "hidden": r.choice((0, 0, 128, 512)), "flatten": int(r.random() < 0.3),
-                                 **_common(r)}, _wide),
+                                 "mlp": r.choice((1, 2)), **_common(r)}, _wide),
     "vgg": Family(lambda r, m: {"convs": r.randint(1, 3), "width": _w(32, m), "k": r.choice((3, 3, 5)),
-                                "hidden": r.choice((0, 128, 256)), "flatten": int(r.random() < 0.3), **_common(r)},
-                  _vgg),
+                                "hidden": r.choice((0, 128, 256)), "flatten": int(r.random() < 0.3),
+                                "mlp": r.choice((1, 2)), **_common(r)}, _vgg),
     "squeezenet": Family(lambda r, m: {"fires": r.randint(3, 8), "squeeze": _w(16, m), "stem": _w(32, m),
                                        "k": r.choice((3, 7)), "convhead": int(r.random() < 0.5), **_common(r)},
                          _squeezenet),

@@ -53,11 +53,11 @@ def test_draws_cover_the_size_range_and_every_family() -> None:
 @pytest.mark.parametrize("key", ["densenet", "densenet:", "nosuch:a=1", "vgg:convs=1", "vgg:convs=1,width",
                                  "vgg:act=gelu,bn=1,convs=1,hidden=0,width=8",
                                  "vgg:act=relu,bn=1,convs=1,hidden=0,width=8,extra=1",
-                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=3,width=x",
-                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=4,width=8",
-                                 "vgg:act=relu,bn=7,convs=1,flatten=0,hidden=0,k=3,width=8",
-                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=3,width=08",
-                                 "vgg:bn=1,act=relu,convs=1,flatten=0,hidden=0,k=3,width=8",
+                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=3,mlp=1,width=x",
+                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=4,mlp=1,width=8",
+                                 "vgg:act=relu,bn=7,convs=1,flatten=0,hidden=0,k=3,mlp=1,width=8",
+                                 "vgg:act=relu,bn=1,convs=1,flatten=0,hidden=0,k=3,mlp=1,width=08",
+                                 "vgg:bn=1,act=relu,convs=1,flatten=0,hidden=0,k=3,mlp=1,width=8",
                                  "plain:act=relu,bn=1,depth=0,k=3,width=8"])
 def test_bad_keys_are_one_line_errors(key: str) -> None:
     with pytest.raises(QnasError):
@@ -82,10 +82,12 @@ def test_a_predictor_trained_on_the_families_has_seen_every_layer_they_draw() ->
                                      '"num_classes": 10}').families == ()
 
 
-@pytest.mark.parametrize("key", ["wide:act=relu,bn=1,depth=2,flatten=1,hidden=128,k=5,width=32",
-                                 "vgg:act=silu,bn=0,convs=1,flatten=1,hidden=0,k=3,width=8",
+@pytest.mark.parametrize("key", ["wide:act=relu,bn=1,depth=2,flatten=1,hidden=128,k=5,mlp=2,width=32",
+                                 "vgg:act=silu,bn=0,convs=1,flatten=1,hidden=0,k=3,mlp=1,width=8",
+                                 "densenet:act=relu,blocks=2,bn=1,bottleneck=1,growth=8,k=3,layers=3,preact=1,stem=16",
+                                 "densenet:act=silu,blocks=2,bn=0,bottleneck=0,growth=8,k=7,layers=2,preact=1,stem=8",
                                  "squeezenet:act=relu,bn=1,convhead=1,fires=3,k=3,squeeze=8,stem=16"])
-def test_flattened_and_convolutional_heads(key: str) -> None:
+def test_heads_and_preactivation_variants(key: str) -> None:
     module = families.build(key, SHAPE, 10).train()
     to_graph(module, SHAPE)
     x = torch.randn(2, *SHAPE)
