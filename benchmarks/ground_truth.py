@@ -524,21 +524,59 @@ def run_main(args: argparse.Namespace) -> int:
     return max(codes, key=abs) if any(codes) else 0
 
 
+def stage_work(stage: str, macs: int, budget: Budget) -> float:
+    """What a stage's CPU time scales with: MACs x images through the net (training passes, FAQ's one
+    epoch, PTQ's fixed test and calibration images)."""
+    if stage == "fp32":
+        return macs * budget.passes
+    if stage.startswith("faq_"):
+        return macs * (budget.images // 10 * 10)
+    return float(macs)
+
+
+def cost_model(store: Path) -> dict[str, tuple[float, float]]:
+    """Per stage kind (fp32, ptq, faq), CPU seconds = a + b x work, least squares over every committed stage
+    (``numpy.polyfit``): the estimate ``status`` prints for what is left."""
+    import numpy as np
+
+    points: dict[str, list[tuple[float, float]]] = {"fp32": [], "ptq": [], "faq": []}
+    for path in (store / "results").glob("*.json"):
+        r = json.loads(path.read_text())
+        budget = BUDGETS.get(r.get("budget", ""))
+        if budget is None or "macs" not in r:
+            continue
+        for stage, out in r["stages"].items():
+            kind = "faq" if stage.startswith("faq_") else stage
+            if kind in points:
+                points[kind].append((stage_work(stage, r["macs"], budget), out["provenance"]["cpu_seconds"]))
+    fits = {}
+    for kind, pts in points.items():
+        if len(pts) >= 3:
+            b, a = np.polyfit([w for w, _ in pts], [c for _, c in pts], 1)
+            fits[kind] = (max(float(a), 0.0), float(b))
+    return fits
+
+
 def status_main(args: argparse.Namespace) -> int:
     archs = load_plan(args.store)
+    fits = cost_model(args.store)
     for phase, budget in (("agreement", None), ("truth", args.budget), ("user", args.budget)):
         if phase != "agreement" and budget is None:
             continue
         todo = jobs(archs, phase, budget)
         stages = sum(len(j.stages) for j in todo)
-        done, cpu = 0, 0.0
+        done, cpu, estimate = 0, 0.0, 0.0
         for j in todo:
             r = read_result(args.store, j.key) or {"stages": {}}
             left = j.todo(r)
             done += sum(s not in left for s in j.stages)
             cpu += sum(r["stages"][s]["provenance"]["cpu_seconds"] for s in j.stages
                        if s in r["stages"] and s not in left)
-        print(f"{phase}: {done}/{stages} stages of {len(todo)} jobs done, {cpu / 3600:.2f} CPU-hours spent")
+            for s in left:
+                a, b = fits.get("faq" if s.startswith("faq_") else s, (0.0, 0.0))
+                estimate += a + b * stage_work(s, j.arch["macs"], BUDGETS[j.budget])
+        print(f"{phase}: {done}/{stages} stages of {len(todo)} jobs done, {cpu / 3600:.2f} CPU-hours spent, "
+              f"~{estimate / 3600:.1f} CPU-hours left (one thread; a linear fit on the committed stages)")
     return 0
 
 

@@ -198,3 +198,18 @@ def test_cached_weights_are_checked_against_the_recorded_net(tmp_path: Path) -> 
     assert gt.cached_weights_match(tmp_path / "fp32.pt", {})  # rows from before the fingerprint
     assert not gt.cached_weights_match(tmp_path / "missing.pt", {})
     assert not gt.stale("unknown") and not gt.stale("0" * 40)  # commits git cannot resolve count as current
+
+
+def test_status_estimates_what_is_left_from_the_committed_stages(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    store = _tiny_store(tmp_path)
+    (store / "results").mkdir()
+    for i, macs in enumerate((1e6, 2e6, 4e6)):  # fp32 CPU seconds exactly 10 + 1e-9 x MACs x passes
+        budget = gt.BUDGETS["s63"]
+        row = {"key": f"x-{i}", "budget": "s63", "macs": macs,
+               "stages": {"fp32": {"provenance": {"cpu_seconds": 10 + 1e-9 * macs * budget.passes}}}}
+        (store / "results" / f"x-{i}.json").write_text(json.dumps(row))
+    a, b = gt.cost_model(store)["fp32"]
+    assert a == pytest.approx(10) and b == pytest.approx(1e-9)
+    assert gt.main(["status", "--store", str(store), "--budget", "s63"]) == 0
+    assert "CPU-hours left" in capsys.readouterr().out
