@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Ground truth on a lent GPU machine (the `device` tool): many small nets trained at once, rows back here.
 #
-#   here, once:   echo /.device/ >> .git/info/exclude && mkdir -p .device/fashion-mnist &&
-#                 cp /usr/share/datasets/fashion-mnist/*.gz .device/fashion-mnist/
+#   here, once:   echo /.device/ >> .git/info/exclude && mkdir -p .device/fashion-mnist .device/wheels &&
+#                 cp /usr/share/datasets/fashion-mnist/*.gz .device/fashion-mnist/ &&
+#                 pip download --no-deps --only-binary=:all: -d .device/wheels platformdirs
+#                 (the device image has torch, numpy, networkx and tqdm; platformdirs travels as a wheel)
 #   device run:   command "QNAS_GIT_COMMIT=<git rev-parse HEAD here> bash benchmarks/device_ground_truth.sh
 #                 truth k20e2 8 16", carry [".device"], timeout_s 600 (the copy there has no git history:
 #                 the commit names the code in each row's provenance; the workers stop after MINUTES)
@@ -21,6 +23,11 @@ workers=${4:-16}
 out=${OUT:-/tmp/gt-out}
 mkdir -p "$out"
 export QNAS_DATA_DIR="$PWD/.device" PYTHONUNBUFFERED=1
+if compgen -G ".device/wheels/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl || exit 2
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -c "import qnas.data, qnas.train, qnas.finetune" || exit 2
 python3 -c "import torch; assert torch.cuda.is_available(), 'no GPU'" || exit 2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 timeout --signal=TERM --kill-after=30 "$((minutes * 60))" \
