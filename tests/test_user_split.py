@@ -43,6 +43,16 @@ def test_every_network_is_read_by_the_ghn_and_run_quantized(name: str) -> None:
         torch.testing.assert_close(prepare(module)(x), module(x), atol=1e-4, rtol=1e-3)
 
 
+def test_other_input_shapes_leave_out_only_what_cannot_take_them() -> None:
+    cifar = (3, 32, 32)
+    assert user_split.names(cifar) == [n for n in user_split.names() if n != "lenet5"]
+    assert user_split.names([1, 28, 28]) == user_split.names()  # type: ignore[arg-type]  # a list, as JSON gives
+    with pytest.raises(QnasError, match="28x28"):
+        user_split.build("lenet5", cifar, 10)
+    module = user_split.build("densenet-bc", cifar, 10)
+    assert module(torch.zeros(2, *cifar)).shape == (2, 10)
+
+
 def test_unknown_names_are_one_line_errors() -> None:
     with pytest.raises(QnasError, match="unknown user-split network"):
         user_split.build("nope", SHAPE, 10)
