@@ -128,11 +128,7 @@ def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[
                   "GHN": np.array([r[f"ghn_top1_{target}"] for r in rows]),
                   "params": np.array([r["log_params"] for r in rows]),
                   "MACs": np.array([r["log_macs"] for r in rows])}
-        out[target] = {}
-        for label, pred in scores.items():
-            lo, hi = tau_interval(y, pred)
-            out[target][label] = {"tau": tau(y, pred), "rho": float(stats.spearmanr(y, pred).statistic),
-                                  "top10": top_k(y, pred, 10), "lo": lo, "hi": hi, "n": len(archs)}
+        out[target] = {label: figure(y, pred) for label, pred in scores.items()}
     return out
 
 
@@ -148,6 +144,21 @@ def tau_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def top_k(truth: np.ndarray, pred: np.ndarray, k: int) -> int:
     return len(set(np.argsort(-truth, kind="stable")[:k]) & set(np.argsort(-pred, kind="stable")[:k]))
+
+
+def figure(truth: np.ndarray, pred: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Every figure of one scorer on one target: tau with its bootstrap interval, rho, top-k overlap, n."""
+    lo, hi = tau_interval(truth, pred)
+    return {"tau": tau(truth, pred), "rho": float(stats.spearmanr(truth, pred).statistic),
+            "top10": top_k(truth, pred, k), "lo": lo, "hi": hi, "n": len(truth)}
+
+
+def print_rows(title: str, rows: dict[str, dict[str, float]]) -> None:
+    print(f"\n{title}  (n={next(iter(rows.values()))['n']})")
+    print(f"  {'scorer':28s} {'tau':>7s} {'95% CI':>16s} {'rho':>7s} {'top-10':>7s}")
+    for label, f in rows.items():
+        print(f"  {label:28s} {f['tau']:+7.3f} [{f['lo']:+.2f}, {f['hi']:+.2f}] {f['rho']:+7.3f} "
+              f"{f['top10']:>4d}/10" + (f"  (n={f['n']})" if "ceiling" in label else ""))
 
 
 def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: dict[str, dict[str, float]],
@@ -230,30 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         scores["NASWOT"] = np.array([r["naswot"] for r in rows])
         figures[target] = {}
         all_scores[target] = {k: dict(zip(archs, v.tolist())) for k, v in scores.items()}
-        for label, pred in scores.items():
-            lo, hi = tau_interval(y, pred)
-            figures[target][label] = {"tau": tau(y, pred), "rho": float(stats.spearmanr(y, pred).statistic),
-                                      "top10": top_k(y, pred, 10), "lo": lo, "hi": hi, "n": len(archs)}
+        figures[target].update({label: figure(y, pred) for label, pred in scores.items()})
         rep = [a for a in archs if a in seed1.get(target, {})]
         if len(rep) >= 5:
             yr, pr = np.array([by_arch[a] for a in rep]), np.array([seed1[target][a] for a in rep])
-            lo, hi = tau_interval(yr, pr)
-            figures[target]["seed-1 retrain (ceiling)"] = {
-                "tau": tau(yr, pr), "rho": float(stats.spearmanr(yr, pr).statistic),
-                "top10": top_k(yr, pr, min(10, len(rep))), "lo": lo, "hi": hi, "n": len(rep)}
+            figures[target]["seed-1 retrain (ceiling)"] = figure(yr, pr, min(10, len(rep)))
 
     for target, rows in figures.items():
-        print(f"\n{target}  (n={next(iter(rows.values()))['n']})")
-        print(f"  {'scorer':28s} {'tau':>7s} {'95% CI':>16s} {'rho':>7s} {'top-10':>7s}")
-        for label, f in rows.items():
-            print(f"  {label:28s} {f['tau']:+7.3f} [{f['lo']:+.2f}, {f['hi']:+.2f}] {f['rho']:+7.3f} "
-                  f"{f['top10']:>4d}/10" + (f"  (n={f['n']})" if "ceiling" in label else ""))
+        print_rows(target, rows)
     user_figures = user_split_figures(truth, user, feats)
     for target, rows in user_figures.items():
-        print(f"\nuser split, {target}  (n={next(iter(rows.values()))['n']} hand-written nets)")
-        for label, f in rows.items():
-            print(f"  {label:28s} {f['tau']:+7.3f} [{f['lo']:+.2f}, {f['hi']:+.2f}] {f['rho']:+7.3f} "
-                  f"{f['top10']:>4d}/10")
+        print_rows(f"user split, {target} (hand-written nets)", rows)
     if args.json is not None:
         args.json.write_text(json.dumps({"figures": figures, "user_split": user_figures, "scores": all_scores},
                                         indent=1) + "\n")
