@@ -90,10 +90,9 @@ def _eval_predictor(args: argparse.Namespace) -> int:
         raise QnasError("--record writes into a checkpoint's header; --predictor random has none")
     ds = load_dataset(args.dataset, data_dir=args.data_dir)
     space = get_space(predictor.header.search_space)
-    from qnas import user_split
+    from qnas.predictors.evaluation import split_networks
 
-    total = sum(len((user_split.names(info.input_shape) if s == "user" else space.load_split(s))[: args.n or None])
-                for s in args.splits)
+    total = sum(len(split_networks(space, s, args.n or None, info)) for s in args.splits)
     progress = Progress(TextColumn("[bold]eval-predictor[/] {task.fields[split]}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
     with progress:

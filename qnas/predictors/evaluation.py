@@ -32,6 +32,7 @@ __all__ = [
     "evaluate_predictor",
     "format_cell",
     "record_eval_table",
+    "split_networks",
     "test_subset",
 ]
 
@@ -63,8 +64,8 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "sem": sem, "max": max(values), "n": n}
 
 
-def _split_modules(space: Any, split: str, n: int | None, info: Any) -> list[tuple[str, str, Callable[[], Any]]]:
-    """(architecture name, family, builder) of a split's first ``n`` networks."""
+def split_networks(space: Any, split: str, n: int | None, info: Any) -> list[tuple[str, str, Callable[[], Any]]]:
+    """(architecture name, family, builder) of a split's first ``n`` networks (nothing is built yet)."""
     from qnas import user_split
 
     if split == USER_SPLIT:
@@ -116,7 +117,7 @@ def evaluate_predictor(
     records: list[dict[str, Any]] = []
     with torch.no_grad():
         for split in splits:
-            for i, (arch, family, make) in enumerate(_split_modules(space, split, n, info)):
+            for i, (arch, family, make) in enumerate(split_networks(space, split, n, info)):
                 with torch.random.fork_rng(devices=[]):  # the random floor: default init, seeded per arch
                     torch.manual_seed(seed * 1_000_003 + i)
                     module = make()
