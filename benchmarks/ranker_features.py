@@ -54,8 +54,7 @@ def features(scorer: Any, space: Any, arch: str) -> dict[str, float]:
         return candidate_features(scorer, space.from_string(arch))
     module = user_split.build(arch, scorer.input_shape, scorer.num_classes)
     graph = scorer.graph(module)
-    scores = scorer.evaluate(module, scorer.predict_params(module, graph))
-    return candidate_features(scorer, None, scores=scores, module=module, graph=graph)
+    return candidate_features(scorer, None, scores=scorer.score_module(module, graph), module=module, graph=graph)
 
 
 def main(argv: list[str] | None = None) -> int:

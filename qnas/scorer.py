@@ -96,10 +96,15 @@ class GHNScorer:
             out[f"loss_{s}"] = acc[self.spec_name(s)]["loss"]
         return out
 
+    def score_module(self, module: Any, graph: Any = None) -> dict[str, float]:
+        """The GHN-parameter scores (:meth:`evaluate`) of any traceable ``module``, without the ranker."""
+        graph = self.graph(module) if graph is None else graph
+        return self.evaluate(module, self.predict_params(module, graph))
+
     def score(self, genome) -> dict[str, float]:
         module = self.space.build(genome, self.input_shape, self.num_classes)
         graph = self.graph(module)
-        out = self.evaluate(module, self.predict_params(module, graph))
+        out = self.score_module(module, graph)
         if self.ranker is not None:
             from qnas.ranker import candidate_features
 
