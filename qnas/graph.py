@@ -38,6 +38,7 @@ __all__ = [
     "ArchGraph",
     "GraphBatch",
     "GraphCache",
+    "Layout",
     "LevelStep",
     "batch_graphs",
     "to_graph",
@@ -60,7 +61,9 @@ OPS: tuple[str, ...] = (
 )
 OP_INDEX: dict[str, int] = {name: i for i, name in enumerate(OPS)}
 WEIGHT_OPS = frozenset({"conv", "group_conv", "dil_conv", "linear"})
+POOL_OPS = frozenset({"max_pool", "avg_pool", "glob_avg"})
 DEFAULT_S_MAX = 10  # GHN-Q's choice; GHN-2 used 50 on much deeper DARTS-like graphs
+Layout = tuple[tuple[int, int], ...]  # input-channel segments (channels, repeat); see ArchGraph.in_layouts
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors; graphs compare by identity
@@ -89,6 +92,10 @@ class ArchGraph:
     bwd_level: tuple[int, ...]
     s_max: int
     input_shape: tuple[int, ...]
+    # Per node: the input-channel layout of a weight whose input is a concatenation or a flatten, as
+    # segments (channels, repeat) in input order (channel j of a segment repeated ``repeat`` times in a
+    # row); None for a plain input. The GHN tiles such a weight per segment (see qnas.ghn).
+    in_layouts: tuple[Layout | None, ...] = ()
 
     @property
     def num_nodes(self) -> int:
@@ -167,9 +174,12 @@ class _Builder:
     params: list[tuple[str, ...]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     edges: list[tuple[int, int]] = field(default_factory=list)
+    in_layouts: list[Layout | None] = field(default_factory=list)
 
-    def add(self, op: str, preds: set[int], label: str, shape=(), groups=1, params=()) -> int:
+    def add(self, op: str, preds: set[int], label: str, shape=(), groups=1, params=(),
+            in_layout: Layout | None = None) -> int:
         v = len(self.ops)
+        self.in_layouts.append(in_layout)
         self.ops.append(op)
         self.shapes.append(tuple(int(s) for s in shape))
         self.groups.append(int(groups))
@@ -197,6 +207,7 @@ def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchG
     modules = dict(gm.named_modules())
     b = _Builder()
     frontier: dict[fx.Node, set[int]] = {}  # fx node -> graph nodes whose values it carries
+    layouts: dict[fx.Node, Layout | None] = {}  # fx node -> its channel segments (None: unknown)
     module_of: dict[int, str] = {}  # graph node -> module path, for finding the classifier
     used: set[str] = set()
     outputs: set[int] = set()
@@ -211,6 +222,7 @@ def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchG
             carried = frontier.get(a, set())
             preds |= carried
             n_tensors += bool(carried)
+        layouts[node] = _layout_of(node, layouts, modules, input_shape)
         if node.op == "placeholder":
             frontier[node] = {b.add("input", set(), node.name)}
         elif node.op == "get_attr":
@@ -227,7 +239,8 @@ def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchG
             if target in used and any(True for _ in mod.parameters()):
                 raise QnasError(f"layer {target!r} is called more than once; shared parameters are not supported")
             used.add(target)
-            frontier[node] = _module_nodes(b, node, mod, preds, module_of, ops.find(node, modules))
+            frontier[node] = _module_nodes(b, node, mod, preds, module_of, ops.find(node, modules),
+                                           _input_layout(node, layouts, mod))
         elif node.op in ("call_function", "call_method"):
             op = ops.find(node, modules)
             if op is not None and op.ghn == ops.SCALAR:  # `x.view(x.size(0), -1)` must not wire x twice
@@ -257,15 +270,15 @@ def _build(module: nn.Module, input_shape: tuple[int, ...], s_max: int) -> ArchG
 
 
 def _module_nodes(b: _Builder, node: fx.Node, mod: nn.Module, preds: set[int], module_of: dict[int, str],
-                  op: ops.Op | None) -> set[int]:
+                  op: ops.Op | None, in_layout: Layout | None) -> set[int]:
     """Add the nodes for one call of a leaf module (``op``: its op-table entry); returns the node(s)
     carrying its output."""
     target = str(node.target)
     ghn = op.ghn_node(node, mod) if op is not None else None
     if ghn is not None and ghn.op in WEIGHT_OPS:
-        v = b.add(ghn.op, preds, target, ghn.shape, ghn.groups, (f"{target}.weight",))
+        v = b.add(ghn.op, preds, target, ghn.shape, ghn.groups, (f"{target}.weight",), in_layout)
     elif ghn is not None and ghn.op == "bn":
-        v = b.add("bn", preds, target, ghn.shape, 1, (f"{target}.weight", f"{target}.bias"))
+        v = b.add("bn", preds, target, ghn.shape, 1, (f"{target}.weight", f"{target}.bias"), in_layout)
         module_of[v] = target
         return {v}
     elif any(True for _ in mod.parameters()):
@@ -283,9 +296,57 @@ def _module_nodes(b: _Builder, node: fx.Node, mod: nn.Module, preds: set[int], m
     return {v}
 
 
+def _layout_of(node: fx.Node, layouts: dict[fx.Node, Layout | None], modules: dict[str, nn.Module],
+               input_shape: tuple[int, ...]) -> Layout | None:
+    """The channel segments of ``node``'s output: a weight layer starts one segment, a concatenation
+    along channels joins its inputs' segments, everything else keeps its first input's."""
+    if node.op == "placeholder":
+        return ((input_shape[0], 1),)
+    if node.op == "call_module":
+        mod = modules[str(node.target)]
+        if isinstance(mod, nn.Conv2d):
+            return ((mod.out_channels, 1),)
+        if isinstance(mod, nn.Linear):
+            return ((mod.out_features, 1),)
+    if node.op == "call_function" and node.target in (torch.cat, torch.concat):
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        parts = [layouts.get(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
+        if dim in (1, -3) and parts and all(p is not None for p in parts):
+            return tuple(seg for p in parts for seg in p)
+        return None
+    args = [a for a in _node_args(node) if a in layouts]
+    return layouts[args[0]] if args else None
+
+
+def _input_layout(node: fx.Node, layouts: dict[fx.Node, Layout | None], mod: nn.Module) -> Layout | None:
+    """The layout of a dense conv, linear or BatchNorm layer's input where it is not one plain segment:
+    a concatenation, or a flatten (each channel's positions in a row: its repeat scaled to the width)."""
+    if isinstance(mod, nn.Conv2d):
+        width = mod.in_channels if mod.groups == 1 else None
+    else:
+        width = getattr(mod, "in_features", getattr(mod, "num_features", None))
+    layout = layouts.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    if width is None or layout is None:
+        return None
+    total = sum(c * r for c, r in layout)
+    if total == 0 or width % total:
+        return None
+    layout = tuple((c, r * (width // total)) for c, r in layout)
+    return None if len(layout) == 1 and layout[0][1] == 1 else layout
+
+
 def _classifier_nodes(b: _Builder, outputs: set[int], module_of: dict[int, str]) -> set[int]:
-    """The weight (and bias) of the conv/linear layer(s) whose output is the module's output."""
-    layers = {module_of[v] for v in outputs if b.ops[v] in WEIGHT_OPS | {"bias"}}
+    """The weight (and bias) of the conv/linear layer(s) whose output is the module's output, through
+    pooling after it (SqueezeNet's 1x1-conv classifier is pooled to the logits)."""
+    preds: dict[int, list[int]] = {}
+    for u, v in b.edges:
+        preds.setdefault(v, []).append(u)
+    ends, seen = set(outputs), set()
+    while pooled := {v for v in ends if b.ops[v] in POOL_OPS and v not in seen}:
+        seen |= pooled
+        ends = (ends - pooled) | {u for v in pooled for u in preds.get(v, ())}
+    layers = {module_of[v] for v in ends if b.ops[v] in WEIGHT_OPS | {"bias"}}
     return {v for v, m in module_of.items() if m in layers and b.ops[v] in WEIGHT_OPS | {"bias"}}
 
 
@@ -327,6 +388,7 @@ def _freeze(b: _Builder, classifier: set[int], s_max: int, input_shape: tuple[in
         bwd_level=tuple(bwd),
         s_max=s_max,
         input_shape=input_shape,
+        in_layouts=tuple(b.in_layouts),
     )
 
 

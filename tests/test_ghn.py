@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_graph import AllOps, Diamond, MobileNetV2, ResNet18
+from test_graph import AllOps, ConcatFlatten, Diamond, MobileNetV2, ResNet18
 from torch import nn
 
 from qnas.errors import QnasError
@@ -62,6 +62,23 @@ def test_tile_repeats_channels_modulo_the_block() -> None:
         for j in range(5):
             assert tiled[c, j, 0, 0] == block[c % 3, j % 2, 0, 0]
     assert _tile(torch.arange(4.0), (2,)).tolist() == [0.0, 1.0]
+
+
+def test_tile_follows_input_segments() -> None:
+    block = torch.arange(3 * 4, dtype=torch.float32).view(3, 4, 1, 1)
+    cols = _tile(block, (5, 8, 1, 1), ((2, 1), (6, 1)))[:, :, 0, 0]  # concat of 2 and 6 channels
+    assert torch.equal(cols, block[torch.arange(5) % 3][:, [0, 1, 0, 1, 2, 3, 0, 1], 0, 0])
+    flat = _tile(block[:, :2, 0, 0], (3, 6), ((2, 3),))  # 2 channels flattened over 3 positions each
+    assert torch.equal(flat, block[:, [0, 0, 0, 1, 1, 1], 0, 0])
+    assert _tile(torch.arange(4.0), (5,), ((2, 1), (3, 1))).tolist() == [0.0, 1.0, 0.0, 1.0, 2.0]
+
+
+def test_consumers_of_a_concatenation_read_each_branch_like_a_plain_consumer() -> None:
+    with torch.no_grad():
+        p = predict(_ghn(), ConcatFlatten(), "fp32", input_shape=(1, 8, 8))
+    mix, gamma, fc = p["mix.weight"], p["bn.weight"], p["fc.weight"]
+    assert torch.equal(mix[:, 8:], mix[:, :4]) and torch.equal(gamma[8:], gamma[:4])
+    assert torch.equal(fc[:, 16:32], fc[:, 16:17].expand(-1, 16)) and not torch.equal(fc[:, 0], fc[:, 16])
 
 
 def test_wide_tensors_are_tiled_by_period_max_channels() -> None:

@@ -193,6 +193,44 @@ def test_convnets250k_graphs_map_every_parameter() -> None:
         assert g.ops.count("bias") == (g.ops.count("linear") if genome.bn else n_weights)
 
 
+class ConcatFlatten(nn.Module):
+    """Two branches concatenated (8 + 4 channels) into BN and a 1x1 conv, then a flatten into a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 4, 1)
+        self.bn, self.mix = nn.BatchNorm2d(12), nn.Conv2d(12, 6, 1)
+        self.fc = nn.Linear(6 * 4 * 4, 10)
+
+    def forward(self, x):
+        y = self.mix(F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1))))
+        return self.fc(torch.flatten(F.max_pool2d(y, 2), 1))
+
+
+class PooledConvHead(nn.Module):
+    """SqueezeNet's head: the logits are a 1x1 conv's output, rectified and pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features, self.head = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 10, 1)
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(F.relu(self.head(F.relu(self.features(x)))), 1).flatten(1)
+
+
+def test_concatenated_and_flattened_inputs_record_their_channel_segments() -> None:
+    g = to_graph(ConcatFlatten(), (1, 8, 8))
+    layout = {g.labels[v]: g.in_layouts[v] for v in range(g.num_nodes) if g.ops[v] in WEIGHT_OPS | {"bn"}}
+    assert layout == {"a": None, "b": None, "bn": ((8, 1), (4, 1)), "mix": ((8, 1), (4, 1)), "fc": ((6, 16),)}
+    for genome in [convnets250k.sample(random.Random(s), max_params=300_000) for s in range(3)]:
+        assert not any(to_graph(convnets250k.build(genome, (1, 28, 28), 10), (1, 28, 28)).in_layouts)
+
+
+def test_a_pooled_conv_head_is_the_classifier() -> None:
+    g = to_graph(PooledConvHead(), (1, 8, 8))
+    assert [g.labels[v] for v in range(g.num_nodes) if g.is_classifier[v]] == ["head", "head"]
+
+
 def _chain_graph(n_convs: int, s_max: int):
     m = nn.Sequential(*[nn.Conv2d(1, 1, 1, bias=False) for _ in range(n_convs)])
     return to_graph(m, (1, 4, 4), s_max)
