@@ -301,15 +301,13 @@ class GHN(nn.Module):
         out = []
         for gi, (g, off) in enumerate(zip(batch.graphs, batch.offsets)):
             for v, names in enumerate(g.param_names):
-                op, shape, cls = g.ops[v], g.shapes[v], g.is_classifier[v]
+                op, shape, cls, layout = g.ops[v], g.shapes[v], g.is_classifier[v], g.in_layouts[v]
                 if op in WEIGHT_OPS:
                     is_cls = cls and (len(shape) == 2 or shape[2:] == (1, 1))
                     depthwise = len(shape) == 4 and g.groups[v] > 1 and shape[1] == 1
                     kind = "cls_weight" if is_cls else "weight"
-                    layout = g.in_layouts[v] if g.in_layouts else None
                     out.append(_Target(gi, off + v, names[0], shape, kind, 1.0 if depthwise else 2.0, layout))
                 elif op == "bn":
-                    layout = g.in_layouts[v] if g.in_layouts else None
                     out.append(_Target(gi, off + v, names[0], shape, "bn_weight", in_layout=layout))
                     out.append(_Target(gi, off + v, names[1], shape, "bn_bias", in_layout=layout))
                 elif op == "bias":

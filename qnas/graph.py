@@ -95,7 +95,7 @@ class ArchGraph:
     # Per node: the input-channel layout of a weight whose input is a concatenation or a flatten, as
     # segments (channels, repeat) in input order (channel j of a segment repeated ``repeat`` times in a
     # row); None for a plain input. The GHN tiles such a weight per segment (see qnas.ghn).
-    in_layouts: tuple[Layout | None, ...] = ()
+    in_layouts: tuple[Layout | None, ...]
 
     @property
     def num_nodes(self) -> int:
@@ -308,7 +308,8 @@ def _layout_of(node: fx.Node, layouts: dict[fx.Node, Layout | None], modules: di
             return ((mod.out_channels, 1),)
         if isinstance(mod, nn.Linear):
             return ((mod.out_features, 1),)
-    if node.op == "call_function" and node.target in (torch.cat, torch.concat):
+    table = ops.find(node, modules)
+    if table is not None and table.ghn == "concat":  # what a concatenation is: the op table's entry
         tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         parts = [layouts.get(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
