@@ -15,12 +15,15 @@ budget, ranks the architectures finished at both it and the longest budget:
 
 The truth budget is the cheapest whose tau to the longest is >= ``--threshold`` at FP32 and at W4A4
 (the longest budget qualifies trivially), decided once all the agreement architectures are finished. The last line is
-``budget_tau_<budget>=<min of FP32 and W4A4 tau> ... chosen=<budget> n=<architectures>``.
+``budget_tau_<budget>=<min of FP32 and W4A4 tau> ... chosen=<budget> n=<architectures>``. With ``--write``,
+a decided choice is written to the store's ``budget.json`` (what ``ground_truth.py`` and ``ranking.py`` read);
+a different choice already there is never replaced.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", type=Path, default=STORE, help=f"ground-truth store (default {STORE})")
     ap.add_argument("--threshold", type=float, default=0.85, help="tau to the longest budget (default 0.85)")
+    ap.add_argument("--write", action="store_true", help="write a decided choice to the store's budget.json")
     args = ap.parse_args(argv)
 
     plan = load_plan(args.store)
@@ -106,8 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     planned = len(plan["agreement"])
     status = "" if len(ref) == planned else f" (undecided: {len(ref)} of {planned} finished)"
     print(f"chosen: the cheapest budget with tau >= {args.threshold} at FP32 and W4A4: {chosen}{status}")
+    if args.write and chosen is not None:
+        write_choice(args.store / "budget.json", {
+            "budget": chosen, "threshold": args.threshold, "n": n_common,
+            "tau_min_fp32_w4a4": {b: round(t, 4) for b, t in figures.items()},
+            "command": "python benchmarks/budget_agreement.py --write"})
     print(" ".join(f"budget_tau_{b}={t:.3f}" for b, t in figures.items()) + f" chosen={chosen} n={n_common}")
     return 0
+
+
+def write_choice(path: Path, choice: dict[str, object]) -> None:
+    """Write the decided budget; an existing different decision stays (the truth phase may already use it)."""
+    if path.exists():
+        old = json.loads(path.read_text()).get("budget")
+        if old != choice["budget"]:
+            print(f"error: {path} already chose {old!r}, not {choice['budget']!r}; remove it to re-decide",
+                  file=sys.stderr)
+            raise SystemExit(2)
+    path.write_text(json.dumps(choice, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
