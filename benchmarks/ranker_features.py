@@ -6,7 +6,7 @@ For each architecture of ground truth v1 (``benchmarks/ground_truth/v1``), v2 (`
 hand-written ``user`` split (``user:<name>``, ``qnas.user_split``), the
 features of ``qnas.ranker.candidate_features`` as the search computes them (the scorer on 1,000
 validation images, the scorer's protocol), written to ``benchmarks/ground_truth/features.json`` keyed
-by architecture string, with the predictor's sha256, the feature version and the scoring protocol.
+by architecture string, with the predictor's weights digest, the feature version and the scoring protocol.
 Resumable: architectures already in the file for the same predictor, feature version and protocol are
 skipped (any change starts the table over); the file is rewritten
 atomically after each one. Last line: ``archs=<n> seconds=<this run>``.
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qnas import user_split  # noqa: E402
-from qnas.ranker import FEATURE_VERSION, candidate_features, file_sha256  # noqa: E402
+from qnas.ranker import FEATURE_VERSION, candidate_features  # noqa: E402
 from qnas.scorer import make_scorer  # noqa: E402
 from search_spaces import get_space  # noqa: E402
 
@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     space = get_space("convnets250k")
     scorer = make_scorer(space=space, predictor=args.predictor, val_size=args.val_size)
-    sha = file_sha256(scorer.predictor.path) if scorer.predictor.path is not None else "random"
+    digest = scorer.predictor.digest
     table = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if (table.get("predictor_sha256"), table.get("feature_version"), table.get("protocol"),
-            table.get("val_size")) != (sha, FEATURE_VERSION, scorer.protocol, args.val_size):
-        table = {"predictor_sha256": sha, "predictor": scorer.name, "feature_version": FEATURE_VERSION,
+    if (table.get("predictor_digest"), table.get("feature_version"), table.get("protocol"),
+            table.get("val_size")) != (digest, FEATURE_VERSION, scorer.protocol, args.val_size):
+        table = {"predictor_digest": digest, "predictor": scorer.name, "feature_version": FEATURE_VERSION,
                  "val_size": args.val_size, "protocol": scorer.protocol, "features": {}}
     todo = [a for a in truth_archs() if a not in table["features"]]
     print(f"{len(table['features'])} architectures done, {len(todo)} to go", flush=True)

@@ -179,7 +179,7 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
     metrics = {t: {k: v for k, v in figures[t].get(f"ranker ({SHIPPED_KIND}) [shipped]", {}).items()}
                for t in targets if t in figures}
     ranker = fit([feats[a] for a in common], {t: [v[a] for a in common] for t, v in targets.items()},
-                 kind=SHIPPED_KIND, predictor_sha256=table["predictor_sha256"], provenance=provenance,
+                 kind=SHIPPED_KIND, predictor_digest=table["predictor_digest"], provenance=provenance,
                  metrics={"out_of_fold": metrics})
     ranker.save(args.ship)
     print(f"shipped ranker ({SHIPPED_KIND}, targets {', '.join(targets)}, {len(common)} architectures) -> {args.ship}")
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     feats = table["features"]
     kinds = [k for k in args.kinds.split(",") if k]
     print(f"ground truth {what}; features of predictor {table['predictor']} "
-          f"(sha256 {table['predictor_sha256'][:12]}), {table['val_size']} validation images")
+          f"(weights sha256 {table['predictor_digest'][:12]}), {table['val_size']} validation images")
 
     figures: dict[str, dict[str, dict[str, float]]] = {}
     all_scores: dict[str, dict[str, dict[str, float]]] = {}

@@ -19,14 +19,13 @@ learned model over several cheap signals fitted on a few dozen trained architect
 
 A :class:`Ranker` holds one model per target setting, each either a ridge regression on standardized
 features (stored as its coefficients) or a LightGBM booster (stored as LightGBM's own text model), with
-the feature list, the projection, the predictor it was fitted with (its sha256: features depend on it),
+the feature list, the projection, the predictor it was fitted with (its weights digest: features depend on it),
 the training table's provenance and its cross-validated metrics. :func:`fit` and
-:func:`cross_val_predict` are what ``benchmarks/ranking.py`` and ``qnas fit-ranker`` use.
+:func:`cross_val_predict` are what ``benchmarks/ranking.py`` uses.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -55,7 +54,7 @@ __all__ = [
 ]
 
 FORMAT = "qnas-ranker"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tied to the predictor's weights digest, not its file's sha256
 FEATURE_VERSION = 1  # bump when a feature's definition changes: stored tables and rankers are then stale
 TARGETS = ("fp32", "w4a4", "w2a2")
 MODEL_KINDS = ("ridge", "lgbm", "lgbm-rank")
@@ -303,7 +302,7 @@ class Ranker:
 
     models: dict[str, _Model]
     projection: _Projection
-    predictor_sha256: str
+    predictor_digest: str
     feature_version: int = FEATURE_VERSION
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -326,7 +325,7 @@ class Ranker:
     def to_json(self) -> str:
         return json.dumps({
             "format": FORMAT, "format_version": FORMAT_VERSION, "feature_version": self.feature_version,
-            "predictor_sha256": self.predictor_sha256,
+            "predictor_digest": self.predictor_digest,
             "projection": {"columns": list(self.projection.columns), "mean": list(self.projection.mean),
                            "components": [list(c) for c in self.projection.components]},
             "models": {t: m.to_dict() for t, m in self.models.items()},
@@ -351,7 +350,7 @@ class Ranker:
             projection = _Projection(tuple(p["columns"]), tuple(map(float, p["mean"])),
                                      tuple(tuple(map(float, c)) for c in p["components"]))
             models = {str(t): _Model.from_dict(m) for t, m in d["models"].items()}
-            return cls(models, projection, str(d["predictor_sha256"]), int(d["feature_version"]),
+            return cls(models, projection, str(d["predictor_digest"]), int(d["feature_version"]),
                        dict(d.get("provenance", {})), dict(d.get("metrics", {})))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise QnasError(f"{source} is a damaged qnas ranker ({exc.__class__.__name__}: {exc})") from None
@@ -370,7 +369,7 @@ def fit(
     *,
     kind: str = "ridge",
     features: Sequence[str] | None = None,
-    predictor_sha256: str = "",
+    predictor_digest: str = "",
     components: int = EMBED_COMPONENTS,
     seed: int = 0,
     provenance: Mapping[str, Any] | None = None,
@@ -391,7 +390,7 @@ def fit(
     for target, y in targets.items():
         x, names = _design(rows, projection, features)
         models[target] = _fit_model(x, np.asarray(y, dtype=np.float64), names, kind, seed)
-    return Ranker(models, projection, predictor_sha256, FEATURE_VERSION, dict(provenance or {}), dict(metrics or {}))
+    return Ranker(models, projection, predictor_digest, FEATURE_VERSION, dict(provenance or {}), dict(metrics or {}))
 
 
 def cross_val_predict(
@@ -423,13 +422,9 @@ def ranker_path(predictor_path: str | Path) -> Path:
     return p.with_name(p.stem + ".ranker.json")
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def load_ranker(path: str | Path, *, predictor_sha256: str | None = None) -> Ranker:
+def load_ranker(path: str | Path, *, predictor_digest: str | None = None) -> Ranker:
     """Read a ranker JSON file; refuse anything else (a pickle is never unpickled) and, given the
-    predictor's sha256, a ranker fitted on another predictor's features."""
+    predictor's weights digest (``Predictor.digest``), a ranker fitted on another predictor's features."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -440,7 +435,7 @@ def load_ranker(path: str | Path, *, predictor_sha256: str | None = None) -> Ran
     except UnicodeDecodeError:
         raise QnasError(f"{path} is not a qnas ranker (not UTF-8 JSON); refusing it") from None
     ranker = Ranker.from_json(text, source=str(path))
-    if predictor_sha256 is not None and ranker.predictor_sha256 != predictor_sha256:
-        raise QnasError(f"{path} was fitted on another predictor's features (sha256 "
-                        f"{ranker.predictor_sha256[:12]} vs {predictor_sha256[:12]}): refit it")
+    if predictor_digest is not None and ranker.predictor_digest != predictor_digest:
+        raise QnasError(f"{path} was fitted on another predictor's features (weights sha256 "
+                        f"{ranker.predictor_digest[:12]} vs {predictor_digest[:12]}): refit it")
     return ranker

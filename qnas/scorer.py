@@ -164,11 +164,10 @@ def make_scorer(
 
     fitted = None
     if pred.path is not None:
-        sha = hashlib.sha256(pred.path.read_bytes()).hexdigest()
-        version = f"{pred.header.train_steps} steps, sha256 {sha[:12]}"
+        version = f"{pred.header.train_steps} steps, weights sha256 {pred.digest[:12]}"
         path = ranker_path(pred.path) if ranker == "auto" else None if ranker in (None, "none") else ranker
         if path is not None and (ranker != "auto" or path.exists()):
-            fitted = load_ranker(path, predictor_sha256=sha)
+            fitted = load_ranker(path, predictor_digest=pred.digest)
             version += f", ranker {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
     else:
         version = pred.header.notes or "untrained"

@@ -44,9 +44,9 @@ def _rows(n: int = 40, seed: int = 0) -> tuple[list[dict[str, float]], np.ndarra
 @pytest.mark.parametrize("kind", ["ridge", "lgbm", "lgbm-rank"])
 def test_json_round_trip_predicts_the_same(kind: str, tmp_path: Path) -> None:
     rows, y = _rows()
-    ranker = fit(rows, {"w4a4": y}, kind=kind, predictor_sha256="abc", provenance={"truth": "synthetic"})
+    ranker = fit(rows, {"w4a4": y}, kind=kind, predictor_digest="abc", provenance={"truth": "synthetic"})
     path = ranker.save(tmp_path / "r.ranker.json")
-    again = load_ranker(path, predictor_sha256="abc")
+    again = load_ranker(path, predictor_digest="abc")
     assert np.allclose(ranker.predict_many(rows)["w4a4"], again.predict_many(rows)["w4a4"])
     assert again.provenance == {"truth": "synthetic"} and again.targets == ("w4a4",)
 
@@ -78,9 +78,9 @@ def test_a_pickle_in_place_of_the_ranker_is_refused_without_running_it(tmp_path:
 
 def test_a_ranker_of_another_predictor_or_feature_version_is_refused(tmp_path: Path) -> None:
     rows, y = _rows()
-    path = fit(rows, {"fp32": y}, predictor_sha256="abc").save(tmp_path / "r.json")
+    path = fit(rows, {"fp32": y}, predictor_digest="abc").save(tmp_path / "r.json")
     with pytest.raises(QnasError, match="another predictor"):
-        load_ranker(path, predictor_sha256="def")
+        load_ranker(path, predictor_digest="def")
     text = path.read_text().replace('"feature_version": 1', '"feature_version": 999')
     with pytest.raises(QnasError, match="refit"):
         Ranker.from_json(text)
@@ -120,12 +120,35 @@ def test_candidate_features_are_finite_and_complete() -> None:
 @pytest.mark.skipif(not ranker_path(Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt").exists(),
                     reason="no shipped ranker yet")
 def test_the_shipped_ranker_matches_the_shipped_predictor() -> None:
-    from qnas.ranker import file_sha256
+    from qnas.predictors import load_predictor
 
     assert "fashion-mnist" in available_predictors()
     pt = Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt"
-    ranker = load_ranker(ranker_path(pt), predictor_sha256=file_sha256(pt))
+    ranker = load_ranker(ranker_path(pt), predictor_digest=load_predictor(pt).digest)
     assert set(ranker.targets) >= {"fp32", "w4a4"} and ranker.provenance and ranker.metrics
+
+
+def test_a_header_edit_keeps_the_ranker_but_new_weights_do_not(tmp_path: Path) -> None:
+    """Recording an eval table rewrites the checkpoint file; its ranker must still load. Other weights must not."""
+    import shutil
+
+    from qnas.predictors import load_predictor, save_predictor, update_header
+    from qnas.scorer import make_scorer
+
+    shipped = Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt"
+    pt = tmp_path / "mine.pt"
+    shutil.copy(shipped, pt)
+    shutil.copy(ranker_path(shipped), ranker_path(pt))
+    before = load_predictor(pt).digest
+    update_header(pt, eval_table={"rows": {}}, notes="edited")
+    assert pt.read_bytes() != shipped.read_bytes() and load_predictor(pt).digest == before
+    assert make_scorer(space=convnets250k, predictor=str(pt), val_size=16).ranker is not None
+    pred = load_predictor(pt)
+    with torch.no_grad():
+        next(pred.ghn.parameters()).add_(1e-3)
+    save_predictor(pt, pred.ghn, pred.header)
+    with pytest.raises(QnasError, match="another predictor's features"):
+        make_scorer(space=convnets250k, predictor=str(pt), val_size=16)
 
 
 def test_a_checkpoint_whose_ranker_was_replaced_by_a_pickle_is_refused(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def _store(tmp_path: Path, *, user: bool = True) -> tuple[Path, Path]:
         write(a, BUDGET, 0, *_truth(log_params[a["arch"]]))
     for a in archs[:N_SEED1]:
         write(a, BUDGET, 1, *(np.array(_truth(log_params[a["arch"]])) + rng.normal(0, 0.005, 2)))
-    table = {"predictor_sha256": "0" * 64, "predictor": "synthetic", "feature_version": 1, "val_size": 1000,
+    table = {"predictor_digest": "0" * 64, "predictor": "synthetic", "feature_version": 1, "val_size": 1000,
              "protocol": "calibrated/channel/a2p99.5/fl8/w8sym",
              "features": {arch: _features(rng, lp) for arch, lp in log_params.items()}}
     features = tmp_path / "features.json"

@@ -14,6 +14,7 @@ trained, training steps, evaluation table). ``save_predictor`` writes the same h
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -44,6 +45,7 @@ __all__ = [
     "resolve_predictor_name",
     "save_predictor",
     "update_header",
+    "weights_digest",
 ]
 
 FORMAT = "qnas-ghn"
@@ -129,6 +131,11 @@ class Predictor:
     header: PredictorHeader
     path: Path | None = None
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the GHN's weights (what rankers and feature tables are tied to), see :func:`weights_digest`."""
+        return weights_digest(self.ghn.state_dict())
+
     def predict(self, target: nn.Module | ArchGraph, bits: str | Bits = "fp32", *, cache: GraphCache | None = None,
                 key: str | None = None) -> dict[str, torch.Tensor]:
         return predict(self.ghn, target, bits, input_shape=self.header.input_shape, cache=cache, key=key)
@@ -184,6 +191,17 @@ def random_predictor(
         num_classes=config.num_classes, ghn_config=config.to_dict(), notes=f"untrained, seed {seed}",
     )
     return Predictor(ghn.eval(), header)
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a GHN's weights (names, dtypes, shapes, values), not over the file: recording an eval
+    table or renaming rewrites the header, and must not orphan the ranker fitted on these weights."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_predictor(path: str | Path, ghn: GHN, header: PredictorHeader) -> Path:
