@@ -150,3 +150,17 @@ def test_budget_agreement_chooses_the_copy_of_the_longest_budget(tmp_path, capsy
     assert figures["budget_tau_k20e2"] == "nan"  # not run
     assert float(figures["budget_tau_s63"]) < 0.85 and float(figures["budget_tau_k10e1"]) < 0.85
     assert figures["chosen"] == BUDGET and figures["n"] == str(N_AGREEMENT)
+
+
+def test_budget_agreement_writes_its_choice_and_never_replaces_another(tmp_path, capsys):
+    store, _ = _store(tmp_path)
+    (store / "budget.json").unlink()
+    assert budget_agreement.main(["--store", str(store), "--write"]) == 0
+    written = json.loads((store / "budget.json").read_text())
+    assert written["budget"] == BUDGET and written["n"] == N_AGREEMENT and written["threshold"] == 0.85
+    assert budget_agreement.main(["--store", str(store), "--write"]) == 0  # the same choice again: fine
+    (store / "budget.json").write_text(json.dumps({"budget": "k20e5"}))
+    with pytest.raises(SystemExit) as exc:
+        budget_agreement.main(["--store", str(store), "--write"])
+    assert exc.value.code == 2 and "already chose 'k20e5'" in capsys.readouterr().err
+    assert json.loads((store / "budget.json").read_text()) == {"budget": "k20e5"}
