@@ -14,7 +14,9 @@ budget, ranks the architectures finished at both it and the longest budget:
 * over all rows whose net learned (FP32 >= 15%): how often FAQ beats PTQ at W4A4 (why the truth is FAQ).
 
 The truth budget is the cheapest whose tau to the longest is >= ``--threshold`` at FP32 and at W4A4
-(the longest budget qualifies trivially), decided once all the agreement architectures are finished. The last line is
+(the longest budget qualifies trivially), decided once all the agreement architectures are finished, or
+earlier when no cheaper budget can reach the threshold whatever the unfinished ones give: its tau with
+every pair they add concordant and untied (:func:`best_case_tau`) is still below it. The last line is
 ``budget_tau_<budget>=<min of FP32 and W4A4 tau> ... chosen=<budget> n=<architectures>``. With ``--write``,
 a decided choice is written to the store's ``budget.json`` (what ``ground_truth.py`` and ``ranking.py`` read);
 a different choice already there is never replaced.
@@ -44,6 +46,16 @@ TARGETS = {  # column -> where it is in a result file
 
 def tau(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.kendalltau(x, y).statistic)
+
+
+def best_case_tau(x: np.ndarray, y: np.ndarray, n_total: int) -> float:
+    """The largest tau-b the ``n_total`` architectures can reach given the finished ``len(x)``: every pair
+    an unfinished one adds concordant and untied (a tied or discordant pair lowers tau-b when tau < 1)."""
+    i, j = np.triu_indices(len(x), 1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    pairs = n_total * (n_total - 1) // 2
+    added = pairs - len(i)
+    return float((np.sum(sx * sy) + added) / np.sqrt((pairs - np.sum(sx == 0)) * (pairs - np.sum(sy == 0))))
 
 
 def interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
           + f" {'CPU-h':>6s}")
     figures, chosen = {}, None
     n_common = 0
+    planned = len(plan["agreement"])
+    reachable = {}  # budget -> can it still reach the threshold at FP32 and W4A4?
     for name, budget in BUDGETS.items():
         common = sorted(set(table[name]) & set(ref))
         cells, taus = [], {}
@@ -92,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             lo, hi = interval(x, y) if name != longest else (t, t)
             taus[col] = t
             cells.append(f"{t:+.3f} [{lo:+.2f}, {hi:+.2f}]")
+            if col in ("fp32", "w4a4") and len(common) >= 2:
+                reachable[name] = reachable.get(name, True) and best_case_tau(x, y, planned) >= args.threshold
         print(f"{name:8s} {budget.passes:>7,d} {len(common):>3d} " + " ".join(f"{c:>24s}" for c in cells)
               + f" {cpu[name]:6.2f}")
         figures[name] = min(taus["fp32"], taus["w4a4"])
@@ -107,8 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAQ above PTQ (w4a4-channel-fl8) in {int((gains > 0).sum())} of {len(gains)} rows; "
               f"median {100 * np.median(gains):+.1f} points, min {100 * gains.min():+.1f}, "
               f"max {100 * gains.max():+.1f}")
-    planned = len(plan["agreement"])
-    status = "" if len(ref) == planned else f" (undecided: {len(ref)} of {planned} finished)"
+    status = ""
+    if len(ref) < planned:
+        cheaper = [b for b in BUDGETS if b != longest]
+        if chosen is None and all(b in reachable and not reachable[b] for b in cheaper):
+            chosen = longest
+            status = (f" (decided with {len(ref)} of {planned} finished: no cheaper budget reaches the threshold "
+                      "even if every unfinished pair agrees)")
+        else:
+            status = f" (undecided: {len(ref)} of {planned} finished)"
     print(f"chosen: the cheapest budget with tau >= {args.threshold} at FP32 and W4A4: {chosen}{status}")
     if args.write and chosen is not None:
         write_choice(args.store / "budget.json", {

@@ -164,3 +164,31 @@ def test_budget_agreement_writes_its_choice_and_never_replaces_another(tmp_path,
         budget_agreement.main(["--store", str(store), "--write"])
     assert exc.value.code == 2 and "already chose 'k20e5'" in capsys.readouterr().err
     assert json.loads((store / "budget.json").read_text()) == {"budget": "k20e5"}
+
+
+def test_budget_agreement_decides_early_only_when_no_cheaper_budget_can_qualify(tmp_path, capsys):
+    store, _ = _store(tmp_path)
+    rows = store / "results"
+    (rows / "id-000_k20e5_s0.json").unlink()  # one architecture unfinished at the longest budget
+    assert budget_agreement.main(["--store", str(store)]) == 0
+    assert _figures(capsys.readouterr().out.strip().splitlines()[-1])["chosen"] == "None"  # k10e2 may still qualify
+    for budget in ("k10e2", "k20e2"):  # now both disagree with the longest budget: reversed rankings
+        for src in rows.glob("*_k20e5_s0.json"):
+            row = json.loads(src.read_text())
+            ptq, faq = row["stages"]["ptq"], row["stages"]["faq_w4a4"]
+            ptq["test_top1_fp32"], faq["test_top1"] = 2 - ptq["test_top1_fp32"], 2 - faq["test_top1"]
+            row.update(key=row["key"].replace("k20e5", budget), budget=budget)
+            (rows / f"{row['key']}.json").write_text(json.dumps(row))
+    assert budget_agreement.main(["--store", str(store)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert _figures(out[-1])["chosen"] == "k20e5" and "decided with 9 of 10 finished" in out[-2]
+
+
+def test_best_case_tau_bounds_every_completion():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=6), rng.normal(size=6)
+    bound = budget_agreement.best_case_tau(x, y, 8)
+    for _ in range(200):  # any two more architectures give at most the bound
+        xs, ys = np.append(x, rng.normal(size=2)), np.append(y, rng.normal(size=2))
+        assert budget_agreement.tau(xs, ys) <= bound + 1e-12
+    assert budget_agreement.best_case_tau(x, y, 6) == pytest.approx(budget_agreement.tau(x, y))
