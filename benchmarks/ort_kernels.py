@@ -1,13 +1,13 @@
 """Which convolutions does onnxruntime run faster in int8 than in float on this CPU?
 
-    OMP_NUM_THREADS=1 python benchmarks/ort_kernels.py [--runs 2000]
+    OMP_NUM_THREADS=1 python benchmarks/ort_kernels.py [--rounds 40]
 
 Why small exports gain little from int8 (docs/quantization.md): each case is one convolution written
 as qnas exports it, float (``model.onnx``) and QDQ with symmetric per-channel int8 weights and uint8
 activations (``model_int8_qdq.onnx``, which onnxruntime fuses into QLinearConv), and, for comparison,
-int8 activations. Batch 1, one thread, default optimizations, best of 5 blocks of ``--runs / 5``
-inferences after a warm-up; the int8 timing includes quantizing the float input and dequantizing the
-output, as inside an exported graph around a float neighbour. Last line:
+int8 activations. Timed by the exporter's own ``qnas.export.measure_latency`` (batch 1, one thread,
+default optimizations, the three variants interleaved, medians); the int8 timing includes quantizing
+the float input and dequantizing the output, as inside an exported graph around a float neighbour. Last line:
 ``depthwise_int8_ratio=<geometric mean of int8 u8 / float over the depthwise cases>
 dense_int8_ratio=<the same over the dense cases>``.
 """
@@ -15,9 +15,15 @@ dense_int8_ratio=<the same over the dense cases>``.
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qnas.export import measure_latency  # noqa: E402
 
 # (label, channels out, kernel, spatial size, groups, channels in): the layers of the search space's nets.
 CASES = [
@@ -34,7 +40,7 @@ CASES = [
 ]
 
 
-def conv_model(cout: int, k: int, size: int, groups: int, cin: int, act: str | None, seed: int = 0) -> bytes:
+def conv_model(cout: int, k: int, size: int, groups: int, cin: int, act: str | None, seed: int = 0) -> Any:
     """One convolution as an ONNX model: float (``act`` None) or QDQ with ``act`` = 'u8' / 's8' activations."""
     from onnx import TensorProto, helper
     from onnx import numpy_helper as nh
@@ -42,11 +48,11 @@ def conv_model(cout: int, k: int, size: int, groups: int, cin: int, act: str | N
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((cout, cin // groups, k, k)) * 0.1).astype(np.float32)
     inits = [nh.from_array(np.zeros(cout, np.float32), "b")]
-    nodes, x = [], "x"
+    nodes, x = [], "input"
     if act is not None:
         adt, zp = (np.int8, 0) if act == "s8" else (np.uint8, 128)
         inits += [nh.from_array(np.array(0.02, np.float32), "s"), nh.from_array(np.array(zp, adt), "z")]
-        nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        nodes += [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]),
                   helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
         x = "xd"
         scale = (np.abs(w).reshape(cout, -1).max(1) / 127).astype(np.float32)
@@ -56,46 +62,30 @@ def conv_model(cout: int, k: int, size: int, groups: int, cin: int, act: str | N
     else:
         inits.append(nh.from_array(w, "w"))
     nodes.append(helper.make_node("Conv", [x, "w", "b"], ["y"], group=groups, pads=[k // 2] * 4))
-    out = "y"
     if act is not None:
         nodes += [helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"]),
-                  helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["yd"])]
-        out = "yd"
+                  helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["logits"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["y"], ["logits"]))
     graph = helper.make_graph(nodes, "conv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, size, size])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, cout, size, size])], inits)
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, cin, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, cout, size, size])],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return model.SerializeToString()
-
-
-def latency_us(model: bytes, cin: int, size: int, runs: int) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    x = {"x": np.random.default_rng(0).random((1, cin, size, size), dtype=np.float32)}
-    for _ in range(max(10, runs // 20)):
-        session.run(None, x)
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(runs // 5):
-            session.run(None, x)
-        best = min(best, (time.perf_counter() - t0) / (runs // 5))
-    return best * 1e6
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=2000, help="inferences per timing (default 2000)")
+    ap.add_argument("--rounds", type=int, default=40, help="interleaved rounds of 10 inferences (default 40)")
     args = ap.parse_args(argv)
     print(f"{'case':26s} {'float us':>9s} {'int8 u8 us':>11s} {'int8 s8 us':>11s} {'u8/float':>9s}")
     ratios: dict[str, list[float]] = {"depthwise": [], "dense": []}
     for label, cout, k, size, groups, cin in CASES:
-        f, u, s = (latency_us(conv_model(cout, k, size, groups, cin, act), cin, size, args.runs)
-                   for act in (None, "u8", "s8"))
+        ms = measure_latency({act: conv_model(cout, k, size, groups, cin, None if act == "float" else act)
+                              for act in ("float", "u8", "s8")}, rounds=args.rounds, input_shape=(cin, size, size))
+        f, u, s = (1000 * ms[act] for act in ("float", "u8", "s8"))
         ratios["depthwise" if groups > 1 else "dense"].append(u / f)
         print(f"{label:26s} {f:9.0f} {u:11.0f} {s:11.0f} {u / f:9.2f}")
     print(" ".join(f"{kind}_int8_ratio={float(np.exp(np.mean(np.log(r)))):.3f}" for kind, r in ratios.items()))
