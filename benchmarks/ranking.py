@@ -8,9 +8,12 @@ Reads a committed ground truth (``benchmarks/ground_truth.py``) and the ranker's
 architectures (``benchmarks/ranker_features.py``: the shipped GHN's accuracy and loss at every setting,
 size, shape, proxies, embedding; computed as the search computes them) and ranks the architectures by:
 
-* ``ranker (<kind>)``: ``qnas.ranker`` fitted on the other architectures and predicting this one
-  (leave-one-out over architectures by default: out-of-fold predictions from models fitted on n-1, so
-  their offsets agree; ``--folds K`` for K-fold; the shipped kind is marked);
+* ``ranker (<kind>)``: ``qnas.ranker`` fitted on the other architectures and scoring this one
+  (leave-one-out over architectures by default; ``--folds K`` for K-fold; the shipped kind is marked).
+  Each out-of-fold score is relative to its fold model's mean prediction on its own training rows
+  (``cross_val_predict(relative=True)``): pooling absolute predictions would also pool each fold's label
+  mean, which anti-correlates with the held-out label and belongs to no single model's ranking. The
+  pooled absolute figures are kept in ``--json`` (``absolute_out_of_fold``);
 * ``size-only ranker``: the same model fitted on log parameters and log MACs only, the fair baseline
   that shows what the GHN adds;
 * ``GHN``: the raw GHN-predicted parameters' accuracy at the setting (the old score);
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(weights sha256 {table['predictor_digest'][:12]}), {table['val_size']} validation images")
 
     figures: dict[str, dict[str, dict[str, float]]] = {}
+    absolute: dict[str, dict[str, dict[str, float]]] = {t: {} for t in truth}  # pooled absolute OOF, for the record
     all_scores: dict[str, dict[str, dict[str, float]]] = {}
     for target, by_arch in truth.items():
         archs = sorted(a for a in by_arch if a in feats)
@@ -228,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         scores: dict[str, np.ndarray] = {}
         for kind in kinds:
             label = f"ranker ({kind})" + (" [shipped]" if kind == SHIPPED_KIND else "")
-            scores[label] = cross_val_predict(rows, y, kind=kind, folds=folds)
+            scores[label] = cross_val_predict(rows, y, kind=kind, folds=folds, relative=True)
+            absolute[target][label] = figure(y, cross_val_predict(rows, y, kind=kind, folds=folds))
         scores["size-only ranker"] = cross_val_predict(rows, y, kind=SHIPPED_KIND, features=SIZE_FEATURES,
-                                                       folds=folds)
+                                                       folds=folds, relative=True)
         ghn = np.array([r[f"ghn_top1_{setting}"] for r in rows])
         if target.startswith("drop_"):
             ghn = np.array([r["ghn_top1_fp32"] for r in rows]) - ghn
@@ -253,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     for target, rows in user_figures.items():
         print_rows(f"user split, {target} (hand-written nets)", rows)
     if args.json is not None:
-        args.json.write_text(json.dumps({"figures": figures, "user_split": user_figures, "scores": all_scores},
+        args.json.write_text(json.dumps({"figures": figures, "absolute_out_of_fold": absolute,
+                                         "user_split": user_figures, "scores": all_scores},
                                         indent=1) + "\n")
 
     if args.ship is not None:

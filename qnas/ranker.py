@@ -401,8 +401,16 @@ def cross_val_predict(
     features: Sequence[str] | None = None,
     folds: int = 10,
     seed: int = 0,
+    relative: bool = False,
 ) -> np.ndarray:
-    """Out-of-fold predictions: each architecture predicted by a model fitted without it (K-fold)."""
+    """Out-of-fold predictions: each architecture predicted by a model fitted without it (K-fold).
+
+    ``relative``: each prediction minus its fold model's mean prediction on that model's own training
+    rows, i.e. the ranking score the model gives the held-out architecture against the ones it was fitted
+    on. Pooling absolute predictions across folds also pools each fold's label mean, and with few
+    architectures that mean anti-correlates with the held-out label (leave-one-out: it moves by
+    -(y_i - mean y) / (n - 1)); no single fitted model ranks with that offset.
+    """
     from sklearn.model_selection import KFold
 
     y = np.asarray(y, dtype=np.float64)
@@ -410,6 +418,8 @@ def cross_val_predict(
     for train_idx, test_idx in KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=seed).split(y):
         ranker = fit([rows[i] for i in train_idx], {"t": y[train_idx]}, kind=kind, features=features, seed=seed)
         out[test_idx] = ranker.predict_many([rows[i] for i in test_idx])["t"]
+        if relative:
+            out[test_idx] -= ranker.predict_many([rows[i] for i in train_idx])["t"].mean()
     return out
 
 

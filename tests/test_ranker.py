@@ -59,6 +59,21 @@ def test_out_of_fold_predictions_rank_a_learnable_target() -> None:
     assert stats.kendalltau(y, size_only).statistic < stats.kendalltau(y, oof).statistic
 
 
+def test_relative_out_of_fold_scores_drop_the_fold_label_mean() -> None:
+    """Leave-one-out on a target the features cannot predict: pooled absolute predictions anti-rank it
+    (each fold's intercept is the mean of the other labels); the relative scores do not carry that offset."""
+    rows, _ = _rows(20)
+    y = np.random.default_rng(100).normal(size=20)
+    absolute = cross_val_predict(rows, y, kind="ridge", folds=20)
+    relative = cross_val_predict(rows, y, kind="ridge", folds=20, relative=True)
+    assert stats.kendalltau(y, absolute).statistic < -0.6
+    assert stats.kendalltau(y, relative).statistic > stats.kendalltau(y, absolute).statistic + 0.4
+    # on a learnable target the two rank alike
+    rows, y = _rows(40)
+    a, r = (cross_val_predict(rows, y, kind="ridge", folds=40, relative=rel) for rel in (False, True))
+    assert stats.kendalltau(a, r).statistic > 0.9
+
+
 def test_a_pickle_in_place_of_the_ranker_is_refused_without_running_it(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
 
