@@ -172,16 +172,17 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
     from qnas.ranker import fit
 
     targets = {t: v for t, v in truth.items() if not t.startswith("drop_") and len(v) >= 8}
-    common = sorted(set.intersection(*(set(v) for v in targets.values())) & set(feats))
+    common = sorted(set().union(*(set(v) for v in targets.values())) & set(feats))  # each target: its own rows
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
-    provenance = {"ground_truth": what, "architectures": len(common), "git_commit": commit,
+    provenance = {"ground_truth": what, "architectures": {t: sum(a in v for a in common) for t, v in targets.items()},
+                  "git_commit": commit,
                   "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:]),
                   "features": {"predictor": table["predictor"], "val_size": table["val_size"],
                                "protocol": table["protocol"]}}
     metrics = {t: {k: v for k, v in figures[t].get(f"ranker ({SHIPPED_KIND}) [shipped]", {}).items()}
                for t in targets if t in figures}
-    ranker = fit([feats[a] for a in common], {t: [v[a] for a in common] for t, v in targets.items()},
+    ranker = fit([feats[a] for a in common], {t: [v.get(a, math.nan) for a in common] for t, v in targets.items()},
                  kind=SHIPPED_KIND, predictor_digest=table["predictor_digest"], provenance=provenance,
                  metrics={"out_of_fold": metrics})
     ranker.save(args.ship)

@@ -377,19 +377,26 @@ def fit(
 ) -> Ranker:
     """Fit one model per target on ``rows`` (feature dicts from :func:`candidate_features`).
 
+    ``targets``: per target, one label per row, NaN where that row was not measured at that target (its
+    model is fitted on the others; the embedding's projection, which needs no labels, on every row).
     ``features``: the columns to use (default all, the embedding as its principal components);
     e.g. ``["log_params", "log_macs"]`` is the size-only baseline.
     """
     if kind not in MODEL_KINDS:
         raise QnasError(f"ranker model must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
-    if len(rows) < 5:
-        raise QnasError(f"fitting a ranker needs at least 5 trained architectures, got {len(rows)}")
     use_emb = features is None or any(f.startswith("emb_pc") for f in features)
     projection = _Projection.fit(rows, components if use_emb else 0)
+    x, names = _design(rows, projection, features)
     models = {}
-    for target, y in targets.items():
-        x, names = _design(rows, projection, features)
-        models[target] = _fit_model(x, np.asarray(y, dtype=np.float64), names, kind, seed)
+    for target, labels in targets.items():
+        y = np.asarray(labels, dtype=np.float64)
+        if len(y) != len(rows):
+            raise QnasError(f"target {target!r} has {len(y)} labels for {len(rows)} architectures")
+        have = np.isfinite(y)
+        if have.sum() < 5:
+            raise QnasError(f"fitting a ranker needs at least 5 trained architectures, got {int(have.sum())} "
+                            f"for {target!r}")
+        models[target] = _fit_model(x[have], y[have], names, kind, seed)
     return Ranker(models, projection, predictor_digest, FEATURE_VERSION, dict(provenance or {}), dict(metrics or {}))
 
 

@@ -59,6 +59,20 @@ def test_out_of_fold_predictions_rank_a_learnable_target() -> None:
     assert stats.kendalltau(y, size_only).statistic < stats.kendalltau(y, oof).statistic
 
 
+def test_each_target_is_fitted_on_the_rows_measured_at_it() -> None:
+    rows, y = _rows(30)
+    partial = y.copy()
+    partial[10:] = np.nan  # W2A2 measured on the first 10 only
+    ranker = fit(rows, {"w4a4": y, "w2a2": partial})
+    alone = fit(rows[:10], {"w2a2": y[:10]}, components=0, features=["log_params", "ghn_top1_w4a4", "noise"])
+    both = fit(rows, {"w4a4": y, "w2a2": partial}, components=0, features=["log_params", "ghn_top1_w4a4", "noise"])
+    assert np.allclose(alone.predict_many(rows)["w2a2"], both.predict_many(rows)["w2a2"])
+    assert np.isfinite(ranker.predict_many(rows)["w2a2"]).all()
+    partial[4:] = np.nan
+    with pytest.raises(QnasError, match="at least 5 trained architectures, got 4 for 'w2a2'"):
+        fit(rows, {"w4a4": y, "w2a2": partial})
+
+
 def test_relative_out_of_fold_scores_drop_the_fold_label_mean() -> None:
     """Leave-one-out on a target the features cannot predict: pooled absolute predictions anti-rank it
     (each fold's intercept is the mean of the other labels); the relative scores do not carry that offset."""
