@@ -51,12 +51,16 @@ first 200 per class), BatchNorm statistics and activation ranges calibrated on 2
 
 **Workers.** ``--workers N`` runs N processes with one torch thread each (``--device cuda`` trains,
 finetunes and measures on a GPU: many small nets share it, one process each). They share the store: a
-worker takes a job by an exclusive ``flock`` on its lock file, which the kernel releases when the
-process dies, so ``kill -9`` leaves nothing stale; a restarted run skips finished stages and resumes
-an interrupted training from its checkpoint (in ``--cache``, outside the work tree). Trained FP32
-weights are kept there too, so a later stage (W2A2 in the truth phase) reuses them; if they are gone
-the deterministic training is repeated. Every stage records its provenance: command, git commit,
-hashes of the engine files, torch and Python versions, device, threads, CPU and wall seconds.
+worker takes a job by an exclusive ``flock`` on its lock file (``STORE/.locks``, ignored by git), which
+the kernel releases when the process dies, so ``kill -9`` leaves nothing stale; a restarted run skips
+finished stages and resumes an interrupted training from its checkpoint (in ``--cache``, outside the
+work tree). Trained FP32 weights are kept there too, so a later stage (W2A2 in the truth phase) reuses
+them; if they are gone the deterministic training is repeated, and a re-measured ``ptq`` stage must
+reproduce the row's FP32 accuracy (another net is refused). Jobs with a trained net and stages left go
+first. A job that raises (a diverged finetuning, a damaged checkpoint) is recorded in
+``STORE/failed/<key>.json`` and skipped, also by later runs until ``--retry-failed``; the others go on.
+Every stage records its provenance: command, git commit, hashes of the engine files, torch and Python
+versions, device, threads, CPU and wall seconds.
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ FAQ_LR = {"w4a4": 0.002, "w2a2": 0.01}
 # The quantizer the truth phase measures with: ptq/faq stages measured by an older engine (the agreement
 # phase ran before this commit: asymmetric 8-bit weights) are measured again there, the old stage kept under
 # "superseded" in the row. FP32 training did not change, so the trained nets are reused.
-QUANT_ENGINE_SINCE = "cd48ba4"
+QUANT_ENGINE_SINCE = "cd48ba41ac675f6fc53c4b7133142f7377fd169f"
 # The code a row's numbers depend on; hashed into every stage's provenance.
 # The quantization engine is a package: every module in it (found, so a new one is hashed too) and the op table.
 ENGINE_FILES = (*sorted(p.relative_to(REPO).as_posix() for p in (REPO / "qnas" / "quant").glob("*.py")),
@@ -300,6 +304,10 @@ def stale(commit: str) -> bool:
     and that does not contain it. One git cannot resolve (a copy without history) counts as current."""
     commit = commit.removesuffix("+dirty")
     try:
+        if subprocess.run(["git", "cat-file", "-e", f"{QUANT_ENGINE_SINCE}^{{commit}}"], cwd=REPO,
+                          capture_output=True, timeout=10).returncode != 0:
+            raise QnasError(f"this git history lacks commit {QUANT_ENGINE_SINCE[:12]} (a shallow clone?): cannot "
+                            "tell stale quantizer stages from current ones")
         known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True,
                                timeout=10).returncode == 0
         newer = subprocess.run(["git", "merge-base", "--is-ancestor", QUANT_ENGINE_SINCE, commit], cwd=REPO,
@@ -307,6 +315,10 @@ def stale(commit: str) -> bool:
     except OSError:
         return False
     return known and not newer
+
+
+def commit_of(stage: dict[str, Any]) -> str:
+    return stage.get("provenance", {}).get("git_commit", "")
 
 
 def git_commit() -> str:
@@ -382,6 +394,9 @@ class Worker:
             "budget": job.budget, "budget_definition": dataclasses.asdict(BUDGETS[job.budget]),
             "steps": BUDGETS[job.budget].steps, "seed": job.seed, "test_images": self.args.test_images,
             "calib_images": CALIB_IMAGES, "stages": {}}
+        if any(k in result and result[k] != job.arch[k] for k in ("arch", "params", "macs")):
+            raise QnasError(f"{job.key}: the stored row describes another net ({result['params']:,} params) than "
+                            f"{job.arch['arch']} ({job.arch['params']:,}): move the row away to measure it again")
         todo = job.todo(result)
         if not todo:
             return
@@ -409,12 +424,17 @@ class Worker:
                     self.log(f"{job.key}: trained weights not in the cache; training again (deterministic)")
                     self.train_fp32(job, budget, ds, module, cache)
                 module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-                out = self.ptq(module, ds) if stage == "ptq" else self.faq(job, stage[4:], ds, module, cache)
+                start = result["stages"].get("fp32", {}).get("weights_sha256") or weights_sha256(module.state_dict())
+                out = self.ptq(module, ds) if stage == "ptq" else self.faq(job, stage[4:], ds, module, cache, start)
             out["provenance"] = {**self.provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                  "wall_seconds": round(time.perf_counter() - t0, 1),
                                  "cpu_seconds": round(time.process_time() - c0, 1)}
-            if stage in result["stages"]:  # a stale measurement, kept for provenance (the first one, if several)
-                result.setdefault("superseded", {}).setdefault(stage, result["stages"][stage])
+            old = result["stages"].get(stage)
+            if stage == "ptq" and old is not None and old["test_top1_fp32"] != out["test_top1_fp32"]:
+                raise QnasError(f"{job.key}: the cached trained weights score {out['test_top1_fp32']:.4f} at FP32, "
+                                f"the row's net {old['test_top1_fp32']:.4f}: another net, not re-measuring it")
+            if old is not None:  # a stale measurement, kept for provenance (the first one, if several)
+                result.setdefault("superseded", {}).setdefault(stage, old)
             result["stages"][stage] = out
             atomic_write(store / "results" / f"{job.key}.json", json.dumps(result, indent=1) + "\n")
             acc = {k: v for k, v in out.items() if k.startswith("test_top1")}
@@ -456,12 +476,12 @@ class Worker:
         return {f"test_top1_{s}": acc[s]["top1"] for s in PTQ_SETTINGS} | {"settings": list(PTQ_SETTINGS)}
 
     def faq(self, job: Job, setting: str, ds: data.Dataset, module: torch.nn.Module,
-            cache: Path) -> dict[str, Any]:
+            cache: Path, start: str) -> dict[str, Any]:
         budget = BUDGETS[job.budget]
         cfg = FAQConfig(setting=setting, epochs=1, train_size=None, lr=FAQ_LR[setting], seed=job.seed)
         self.log(f"{job.key}: FAQ {setting}, 1 epoch over {len(ds.train_labels):,} images")
         res = finetune(module, ds, cfg, eval_data=self.test, checkpoint=cache / f"faq_{setting}.pt",
-                       identity=f"{job.key} from trained fp32", device=self.args.device)
+                       identity=f"{job.key} from trained fp32 {start}", device=self.args.device)
         (cache / f"faq_{setting}.pt").unlink(missing_ok=True)
         name = res.setting
         return {"test_top1": res.after[name], "test_top1_fp32_after": res.after["fp32"],
@@ -479,19 +499,42 @@ def load_plan(store: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def claims_dir(store: Path) -> Path:
+    """Where job claims live: in the store, so every run on it (any --cache) takes the same locks."""
+    return store / ".locks"
+
+
+def failed_path(store: Path, key: str) -> Path:
+    return store / "failed" / f"{key}.json"
+
+
 def worker_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     worker = Worker(args)
     todo = jobs(load_plan(args.store), args.phase, args.budget)
+    # Jobs whose net is trained already (ptq/faq left, e.g. a re-measurement) first: minutes, not hours.
+    todo.sort(key=lambda j: "fp32" in j.todo(read_result(args.store, j.key)))
     done = 0
     for job in todo:
         result = read_result(args.store, job.key)
-        if not job.todo(result):
+        if not job.todo(result) or (failed_path(args.store, job.key).exists() and not args.retry_failed):
             continue
-        with claimed(args.cache / "locks", job.key) as mine:
+        with claimed(claims_dir(args.store), job.key) as mine:
             if not mine:
                 continue
-            worker.run(job)
+            try:
+                worker.run(job)
+            except Exception as exc:  # one broken job (a diverged FAQ, a damaged checkpoint) must not stop the run
+                import traceback
+
+                worker.log(f"{job.key} FAILED: {exc.__class__.__name__}: {exc} (recorded; --retry-failed to retry)")
+                failed_path(args.store, job.key).parent.mkdir(exist_ok=True)
+                atomic_write(failed_path(args.store, job.key), json.dumps({
+                    "key": job.key, "error": f"{exc.__class__.__name__}: {exc}",
+                    "traceback": traceback.format_exc().splitlines()[-12:], "git_commit": git_commit(),
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")
+                continue
+            failed_path(args.store, job.key).unlink(missing_ok=True)
             done += 1
             if args.limit is not None and done >= args.limit:
                 break
@@ -513,6 +556,8 @@ def run_main(args: argparse.Namespace) -> int:
             cmd += ["--budget", args.budget]
         if args.limit is not None:
             cmd += ["--limit", str(args.limit)]
+        if args.retry_failed:
+            cmd += ["--retry-failed"]
         procs.append(subprocess.Popen(cmd, env=env))
         time.sleep(2)  # stagger: each takes the next free job
 
@@ -577,8 +622,10 @@ def status_main(args: argparse.Namespace) -> int:
             for s in left:
                 a, b = fits.get("faq" if s.startswith("faq_") else s, (0.0, 0.0))
                 estimate += a + b * stage_work(s, j.arch["macs"], BUDGETS[j.budget])
+        failed = sum(failed_path(args.store, j.key).exists() for j in todo)
         print(f"{phase}: {done}/{stages} stages of {len(todo)} jobs done, {cpu / 3600:.2f} CPU-hours spent, "
-              f"~{estimate / 3600:.1f} CPU-hours left (one thread; a linear fit on the committed stages)")
+              f"~{estimate / 3600:.1f} CPU-hours left (one thread; a linear fit on the committed stages)"
+              + (f"; {failed} jobs failed (STORE/failed/, skipped until --retry-failed)" if failed else ""))
     return 0
 
 
@@ -602,7 +649,7 @@ def merge_main(args: argparse.Namespace) -> int:
     added, conflicts, busy = 0, [], []
     for path in sorted(args.source.glob("*.json")):
         remote = json.loads(path.read_text())
-        with claimed(args.cache / "locks", path.stem) as mine:
+        with claimed(claims_dir(args.store), path.stem) as mine:
             if not mine:
                 busy.append(path.stem)
                 continue
@@ -616,7 +663,13 @@ def merge_main(args: argparse.Namespace) -> int:
                 merged = {**local, "stages": {**remote["stages"], **local["stages"]}}
                 if remote.get("superseded") or local.get("superseded"):
                     merged["superseded"] = {**remote.get("superseded", {}), **local.get("superseded", {})}
-            new = len(merged["stages"]) - (0 if local is None else len(local["stages"]))
+                for stage, theirs in remote["stages"].items():  # a current measurement beats a stale one
+                    ours = local["stages"].get(stage)
+                    if stage != "fp32" and ours is not None and stale(commit_of(ours)) \
+                            and not stale(commit_of(theirs)):
+                        merged.setdefault("superseded", {}).setdefault(stage, ours)
+                        merged["stages"][stage] = theirs
+            new = sum(local is None or merged["stages"][k] is not local["stages"].get(k) for k in merged["stages"])
             if new > 0:
                 atomic_write(args.store / "results" / path.name, json.dumps(merged, indent=1) + "\n")
                 added += new
@@ -635,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--store", type=Path, default=STORE, help=f"results store (default {STORE})")
         p.add_argument("--cache", type=Path, default=CACHE,
-                       help=f"checkpoints, trained weights and locks (default {CACHE})")
+                       help=f"checkpoints and trained weights (default {CACHE})")
         p.add_argument("--budget", choices=list(BUDGETS), default=None, help="truth phase: the budget")
         if name == "merge":
             p.add_argument("--from", dest="source", type=Path, default=None,
@@ -647,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="training device (default cuda when present)")
             p.add_argument("--test-images", type=int, default=2000, help="class-balanced test images (2000)")
             p.add_argument("--limit", type=int, default=None, help="stop each worker after this many jobs")
+            p.add_argument("--retry-failed", action="store_true",
+                           help="retry jobs that failed before (recorded in STORE/failed/)")
             p.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:

@@ -48,6 +48,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ground_truth import stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
 from qnas import user_split  # noqa: E402
@@ -91,14 +92,17 @@ def read_v2(entries: list[dict], budget: str, seed: int, store: Path = STORE) ->
         st = json.loads(path.read_text())["stages"]
         if "ptq" in st:
             p = st["ptq"]
-            out["fp32"][a["arch"]] = p["test_top1_fp32"]
+            out["fp32"][a["arch"]] = p["test_top1_fp32"]  # no quantizer involved: any engine's measurement
+        # Quantized accuracies only from the current engine (older stages wait for ground_truth.py's re-measurement).
+        if "ptq" in st and not stale(st["ptq"]["provenance"]["git_commit"]):
+            p = st["ptq"]
             out["w8a8"][a["arch"]] = p["test_top1_w8a8-channel"]  # 8 bits: post-training quantization
             out["w4a8"][a["arch"]] = p["test_top1_w4a8-channel-fl8"] if "test_top1_w4a8-channel-fl8" in p \
                 else p["test_top1_w4a8-channel"]
             out["drop_w4a4"][a["arch"]] = p["test_top1_fp32"] - p["test_top1_w4a4-channel"]
             out["drop_w2a2"][a["arch"]] = p["test_top1_fp32"] - p["test_top1_w2a2-channel"]
         for s in ("w4a4", "w2a2"):
-            if f"faq_{s}" in st:
+            if f"faq_{s}" in st and not stale(st[f"faq_{s}"]["provenance"]["git_commit"]):
                 out[s][a["arch"]] = st[f"faq_{s}"]["test_top1"]
     return out
 
