@@ -52,7 +52,7 @@ from ground_truth import stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
 from qnas import user_split  # noqa: E402
-from qnas.ranker import MODEL_KINDS, cross_val_predict  # noqa: E402
+from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_predict  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
 STORE = HERE / "v2"  # the committed v2 store (benchmarks/ground_truth.py's STORE)
@@ -179,7 +179,8 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
     common = sorted(set().union(*(set(v) for v in targets.values())) & set(feats))  # each target: its own rows
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
-    provenance = {"ground_truth": what, "architectures": {t: sum(a in v for a in common) for t, v in targets.items()},
+    provenance = {"ground_truth": what, "targets": {t: TARGETS.get(t, "?") for t in targets},
+                  "architectures": {t: sum(a in v for a in common) for t, v in targets.items()},
                   "git_commit": commit,
                   "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:]),
                   "features": {"predictor": table["predictor"], "val_size": table["val_size"],

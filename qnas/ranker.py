@@ -56,7 +56,10 @@ __all__ = [
 FORMAT = "qnas-ranker"
 FORMAT_VERSION = 2  # 2: tied to the predictor's weights digest, not its file's sha256
 FEATURE_VERSION = 1  # bump when a feature's definition changes: stored tables and rankers are then stale
-TARGETS = ("fp32", "w4a4", "w2a2")
+# What each shipped target predicts (benchmarks/ground_truth.py): the trained net at FP32, post-training
+# quantized at 8-bit activations (as `qnas export` ships them), FAQ-finetuned at 4 and 2 bits.
+TARGETS = {"fp32": "trained", "w8a8": "trained, post-training quantized", "w4a8": "trained, post-training quantized",
+           "w4a4": "trained, FAQ-finetuned", "w2a2": "trained, FAQ-finetuned"}
 MODEL_KINDS = ("ridge", "lgbm", "lgbm-rank")
 EMBED_COMPONENTS = 4
 LOSS_CAP = 20.0  # cross-entropy of a net whose logits blew up: capped so one broken net cannot dominate a fit
