@@ -52,7 +52,7 @@ from ground_truth import stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
 from qnas import user_split  # noqa: E402
-from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_predict  # noqa: E402
+from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_predict, load_ranker  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
 STORE = HERE / "v2"  # the committed v2 store (benchmarks/ground_truth.py's STORE)
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="cross-validation folds (default 0: leave-one-out, one model per architecture)")
     ap.add_argument("--kinds", default=",".join(MODEL_KINDS), help=f"ranker models to compare ({MODEL_KINDS})")
     ap.add_argument("--json", type=Path, default=None, help="also write every score and figure here")
+    ap.add_argument("--compare", type=Path, default=None,
+                    help="also rank with this fitted ranker JSON as it is (e.g. an earlier shipped one, from git show)")
     ap.add_argument("--ship", type=Path, default=None,
                     help="also fit the shipped ranker on all architectures and write it here "
                          "(e.g. qnas/predictors/fashion-mnist.ranker.json)")
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             label = f"ranker ({kind})" + (" [shipped]" if kind == SHIPPED_KIND else "")
             scores[label] = cross_val_predict(rows, y, kind=kind, folds=folds, relative=True)
             absolute[target][label] = figure(y, cross_val_predict(rows, y, kind=kind, folds=folds))
+        if args.compare is not None and target in (compared := load_ranker(args.compare)).targets:
+            scores[f"{args.compare.name} (as fitted)"] = compared.predict_many(rows)[target]
         scores["size-only ranker"] = cross_val_predict(rows, y, kind=SHIPPED_KIND, features=SIZE_FEATURES,
                                                        folds=folds, relative=True)
         ghn = np.array([r[f"ghn_top1_{setting}"] for r in rows])

@@ -141,6 +141,16 @@ def test_ranking_without_the_user_split(tmp_path, capsys):
     assert "user split" not in out and "tau_user" not in out and "tau_score_w4a4=" in out
 
 
+def test_a_shipped_ranker_can_be_compared_as_fitted(tmp_path, capsys):
+    store, features = _store(tmp_path, user=False)
+    shipped = tmp_path / "old.ranker.json"
+    base = ["--store", str(store), "--features", str(features), "--kinds", "ridge"]
+    assert ranking.main([*base, "--ship", str(shipped)]) == 0
+    assert "shipped ranker (ridge" in capsys.readouterr().out and shipped.exists()
+    assert ranking.main([*base, "--compare", str(shipped)]) == 0
+    assert "old.ranker.json (as fitted)" in capsys.readouterr().out
+
+
 def test_budget_agreement_chooses_the_copy_of_the_longest_budget(tmp_path, capsys):
     store, _ = _store(tmp_path)
     assert budget_agreement.main(["--store", str(store)]) == 0
