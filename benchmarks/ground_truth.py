@@ -79,6 +79,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -299,13 +300,18 @@ def engine_hashes() -> dict[str, str]:
 
 
 @functools.cache
+def _engine_commit_known() -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{QUANT_ENGINE_SINCE}^{{commit}}"], cwd=REPO,
+                          capture_output=True, timeout=10).returncode == 0
+
+
+@functools.cache
 def stale(commit: str) -> bool:
     """Whether a stage measured at ``commit`` predates the quantizer of QUANT_ENGINE_SINCE: a commit git knows
     and that does not contain it. One git cannot resolve (a copy without history) counts as current."""
     commit = commit.removesuffix("+dirty")
     try:
-        if subprocess.run(["git", "cat-file", "-e", f"{QUANT_ENGINE_SINCE}^{{commit}}"], cwd=REPO,
-                          capture_output=True, timeout=10).returncode != 0:
+        if not _engine_commit_known():
             raise QnasError(f"this git history lacks commit {QUANT_ENGINE_SINCE[:12]} (a shallow clone?): cannot "
                             "tell stale quantizer stages from current ones")
         known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True,
@@ -424,8 +430,12 @@ class Worker:
                     self.log(f"{job.key}: trained weights not in the cache; training again (deterministic)")
                     self.train_fp32(job, budget, ds, module, cache)
                 module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-                start = result["stages"].get("fp32", {}).get("weights_sha256") or weights_sha256(module.state_dict())
-                out = self.ptq(module, ds) if stage == "ptq" else self.faq(job, stage[4:], ds, module, cache, start)
+                if stage == "ptq":
+                    out = self.ptq(module, ds)
+                else:  # the FAQ checkpoint names the weights it starts from
+                    start = (result["stages"].get("fp32", {}).get("weights_sha256")
+                             or weights_sha256(module.state_dict()))
+                    out = self.faq(job, stage[4:], ds, module, cache, start)
             out["provenance"] = {**self.provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                  "wall_seconds": round(time.perf_counter() - t0, 1),
                                  "cpu_seconds": round(time.process_time() - c0, 1)}
@@ -525,8 +535,6 @@ def worker_main(args: argparse.Namespace) -> int:
             try:
                 worker.run(job)
             except Exception as exc:  # one broken job (a diverged FAQ, a damaged checkpoint) must not stop the run
-                import traceback
-
                 worker.log(f"{job.key} FAILED: {exc.__class__.__name__}: {exc} (recorded; --retry-failed to retry)")
                 failed_path(args.store, job.key).parent.mkdir(exist_ok=True)
                 atomic_write(failed_path(args.store, job.key), json.dumps({

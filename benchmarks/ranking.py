@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ground truth {what}; features of predictor {table['predictor']} "
           f"(weights sha256 {table['predictor_digest'][:12]}), {table['val_size']} validation images")
 
+    compared = None if args.compare is None else load_ranker(args.compare)
     figures: dict[str, dict[str, dict[str, float]]] = {}
     absolute: dict[str, dict[str, dict[str, float]]] = {t: {} for t in truth}  # pooled absolute OOF, for the record
     all_scores: dict[str, dict[str, dict[str, float]]] = {}
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"ranker ({kind})" + (" [shipped]" if kind == SHIPPED_KIND else "")
             scores[label] = cross_val_predict(rows, y, kind=kind, folds=folds, relative=True)
             absolute[target][label] = figure(y, cross_val_predict(rows, y, kind=kind, folds=folds))
-        if args.compare is not None and target in (compared := load_ranker(args.compare)).targets:
+        if compared is not None and target in compared.targets:
             scores[f"{args.compare.name} (as fitted)"] = compared.predict_many(rows)[target]
         scores["size-only ranker"] = cross_val_predict(rows, y, kind=SHIPPED_KIND, features=SIZE_FEATURES,
                                                        folds=folds, relative=True)
