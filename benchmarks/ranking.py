@@ -56,7 +56,7 @@ from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_predict, load_ranker  # 
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
 STORE = HERE / "v2"  # the committed v2 store (benchmarks/ground_truth.py's STORE)
-SHIPPED_KIND = "ridge"
+SHIPPED_KIND = "ridge-select"
 SIZE_FEATURES = ("log_params", "log_macs")
 N_BOOT = 2000
 
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
     ap.add_argument("--folds", type=int, default=0,
                     help="cross-validation folds (default 0: leave-one-out, one model per architecture)")
-    ap.add_argument("--kinds", default=",".join(MODEL_KINDS), help=f"ranker models to compare ({MODEL_KINDS})")
+    ap.add_argument("--kinds", default=",".join(MODEL_KINDS),
+                    help=f"ranker models to compare ({', '.join(MODEL_KINDS)}; the shipped {SHIPPED_KIND} always)")
     ap.add_argument("--json", type=Path, default=None, help="also write every score and figure here")
     ap.add_argument("--compare", type=Path, default=None,
                     help="also rank with this fitted ranker JSON as it is (e.g. an earlier shipped one, from git show)")
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     table = json.loads(args.features.read_text())
     feats = table["features"]
     kinds = [k for k in args.kinds.split(",") if k]
+    kinds += [SHIPPED_KIND] * (SHIPPED_KIND not in kinds)  # the last line reports the shipped kind
     print(f"ground truth {what}; features of predictor {table['predictor']} "
           f"(weights sha256 {table['predictor_digest'][:12]}), {table['val_size']} validation images")
 
@@ -241,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         scores: dict[str, np.ndarray] = {}
         for kind in kinds:
             label = f"ranker ({kind})" + (" [shipped]" if kind == SHIPPED_KIND else "")
-            scores[label] = cross_val_predict(rows, y, kind=kind, folds=folds, relative=True)
-            absolute[target][label] = figure(y, cross_val_predict(rows, y, kind=kind, folds=folds))
+            scores[label] = cross_val_predict(rows, y, kind=kind, folds=folds, relative=True, target=target)
+            absolute[target][label] = figure(y, cross_val_predict(rows, y, kind=kind, folds=folds, target=target))
         if compared is not None and target in compared.targets:
             scores[f"{args.compare.name} (as fitted)"] = compared.predict_many(rows)[target]
         scores["size-only ranker"] = cross_val_predict(rows, y, kind=SHIPPED_KIND, features=SIZE_FEATURES,

@@ -20,7 +20,10 @@ learned model over several cheap signals fitted on a few dozen trained architect
 A :class:`Ranker` holds one model per target setting, each either a ridge regression on standardized
 features (stored as its coefficients) or a LightGBM booster (stored as LightGBM's own text model), with
 the feature list, the projection, the predictor it was fitted with (its weights digest: features depend on it),
-the training table's provenance and its cross-validated metrics. :func:`fit` and
+the training table's provenance and its cross-validated metrics. A ``ridge-select`` fit (the shipped
+kind) first picks, per target, at most three of :func:`feature_groups` (size, proxies, the GHN at FP32,
+the GHN at the target's setting, shape) by leave-one-out tau on its own rows, then stores the ridge on
+those features. :func:`fit` and
 :func:`cross_val_predict` are what ``benchmarks/ranking.py`` uses.
 """
 
@@ -46,6 +49,7 @@ __all__ = [
     "Ranker",
     "candidate_features",
     "cross_val_predict",
+    "feature_groups",
     "fit",
     "graph_features",
     "load_ranker",
@@ -60,7 +64,12 @@ FEATURE_VERSION = 1  # bump when a feature's definition changes: stored tables a
 # quantized at 8-bit activations (as `qnas export` ships them), FAQ-finetuned at 4 and 2 bits.
 TARGETS = {"fp32": "trained", "w8a8": "trained, post-training quantized", "w4a8": "trained, post-training quantized",
            "w4a4": "trained, FAQ-finetuned", "w2a2": "trained, FAQ-finetuned"}
-MODEL_KINDS = ("ridge", "lgbm", "lgbm-rank")
+MODEL_KINDS = ("ridge", "ridge-select", "lgbm", "lgbm-rank")
+_STORED_KINDS = ("ridge", "lgbm", "lgbm-rank")  # a ridge-select fit is stored as the ridge it selected
+# ridge-select: a few dozen trained architectures cannot carry a ridge over every feature, so each target's
+# fit picks at most this many of FEATURE_GROUPS by leave-one-out tau on its own rows (docs/ranking.md).
+SELECT_MAX_GROUPS = 3
+_RIDGE_ALPHAS = tuple(np.logspace(-2, 3, 21).tolist())
 EMBED_COMPONENTS = 4
 LOSS_CAP = 20.0  # cross-entropy of a net whose logits blew up: capped so one broken net cannot dominate a fit
 PROXY_IMAGES = 128
@@ -256,7 +265,7 @@ class _Model:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> _Model:
         kind = d.get("kind")
-        if kind not in MODEL_KINDS:
+        if kind not in _STORED_KINDS:
             raise QnasError(f"unknown ranker model kind {kind!r}")
         feats = tuple(str(f) for f in d["features"])
         if kind == "ridge":
@@ -270,13 +279,61 @@ class _Model:
         return cls(kind, feats, booster=d["booster"])
 
 
-def _fit_model(x: np.ndarray, y: np.ndarray, names: list[str], kind: str, seed: int) -> _Model:
+def feature_groups(target: str) -> dict[str, tuple[str, ...]]:
+    """The feature groups a ``ridge-select`` fit of ``target`` chooses among (``drop_<s>`` reads setting s)."""
+    setting = target.removeprefix("drop_")
+    groups = {"size": ("log_params", "log_macs"), "proxies": ("naswot", "log_synflow"),
+              "ghn_fp32": ("ghn_top1_fp32", "ghn_loss_fp32"),
+              "shape": ("depth", "weight_layers", "has_bn", "log_ch_mean", "log_ch_max")}
+    if setting != "fp32":
+        groups["ghn_setting"] = (f"ghn_top1_{setting}", f"ghn_loss_{setting}")
+    return groups
+
+
+def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale == 0] = 1.0
+    return (x - mean) / scale, mean, scale
+
+
+def _select_features(x: np.ndarray, y: np.ndarray, names: list[str], target: str) -> list[str]:
+    """The feature groups (at most SELECT_MAX_GROUPS) whose ridge ranks ``y`` best out of fold.
+
+    Scored by Kendall tau of exact leave-one-out ridge predictions (RidgeCV's closed form) relative to
+    each fold's label mean, as ``benchmarks/ranking.py`` scores a ranker; ties go to fewer groups.
+    """
+    from itertools import combinations
+
+    from scipy.stats import kendalltau
+    from sklearn.linear_model import RidgeCV
+
+    col = {n: i for i, n in enumerate(names)}
+    groups = {g: f for g, f in feature_groups(target).items() if all(c in col for c in f)}
+    if not groups:
+        return names
+    fold_mean = (y.sum() - y) / (len(y) - 1)  # each leave-one-out model's training label mean
+    best, best_tau = names, -math.inf
+    for k in range(1, SELECT_MAX_GROUPS + 1):
+        for combo in combinations(groups, k):
+            chosen = [c for g in combo for c in groups[g]]
+            z, _, _ = _standardize(x[:, [col[c] for c in chosen]])
+            model = RidgeCV(alphas=_RIDGE_ALPHAS, store_cv_results=True, scoring="neg_mean_squared_error").fit(z, y)
+            loo = model.cv_results_[:, _RIDGE_ALPHAS.index(model.alpha_)]
+            t = kendalltau(y, loo - fold_mean).statistic
+            if math.isfinite(t) and t > best_tau:
+                best, best_tau = chosen, t
+    return best
+
+
+def _fit_model(x: np.ndarray, y: np.ndarray, names: list[str], kind: str, seed: int, target: str) -> _Model:
+    if kind == "ridge-select":
+        chosen = _select_features(x, y, names, target)
+        x, names, kind = x[:, [names.index(c) for c in chosen]], chosen, "ridge"
     if kind == "ridge":
         from sklearn.linear_model import RidgeCV
 
-        mean, scale = x.mean(0), x.std(0)
-        scale[scale == 0] = 1.0
-        model = RidgeCV(alphas=np.logspace(-2, 3, 21)).fit((x - mean) / scale, y)
+        z, mean, scale = _standardize(x)
+        model = RidgeCV(alphas=_RIDGE_ALPHAS).fit(z, y)
         return _Model(kind, tuple(names), tuple(mean.tolist()), tuple(scale.tolist()),
                       tuple(model.coef_.tolist()), float(model.intercept_))
     import lightgbm as lgb
@@ -399,7 +456,7 @@ def fit(
         if have.sum() < 5:
             raise QnasError(f"fitting a ranker needs at least 5 trained architectures, got {int(have.sum())} "
                             f"for {target!r}")
-        models[target] = _fit_model(x[have], y[have], names, kind, seed)
+        models[target] = _fit_model(x[have], y[have], names, kind, seed, target)
     return Ranker(models, projection, predictor_digest, FEATURE_VERSION, dict(provenance or {}), dict(metrics or {}))
 
 
@@ -412,8 +469,11 @@ def cross_val_predict(
     folds: int = 10,
     seed: int = 0,
     relative: bool = False,
+    target: str = "t",
 ) -> np.ndarray:
     """Out-of-fold predictions: each architecture predicted by a model fitted without it (K-fold).
+
+    ``target``: the setting ``y`` was measured at (``ridge-select`` chooses its feature groups by it).
 
     ``relative``: each prediction minus its fold model's mean prediction on that model's own training
     rows, i.e. the ranking score the model gives the held-out architecture against the ones it was fitted
@@ -426,10 +486,10 @@ def cross_val_predict(
     y = np.asarray(y, dtype=np.float64)
     out = np.empty(len(y))
     for train_idx, test_idx in KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=seed).split(y):
-        ranker = fit([rows[i] for i in train_idx], {"t": y[train_idx]}, kind=kind, features=features, seed=seed)
-        out[test_idx] = ranker.predict_many([rows[i] for i in test_idx])["t"]
+        ranker = fit([rows[i] for i in train_idx], {target: y[train_idx]}, kind=kind, features=features, seed=seed)
+        out[test_idx] = ranker.predict_many([rows[i] for i in test_idx])[target]
         if relative:
-            out[test_idx] -= ranker.predict_many([rows[i] for i in train_idx])["t"].mean()
+            out[test_idx] -= ranker.predict_many([rows[i] for i in train_idx])[target].mean()
     return out
 
 

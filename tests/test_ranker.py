@@ -19,6 +19,7 @@ from qnas.ranker import (
     Ranker,
     candidate_features,
     cross_val_predict,
+    feature_groups,
     fit,
     graph_features,
     load_ranker,
@@ -41,7 +42,7 @@ def _rows(n: int = 40, seed: int = 0) -> tuple[list[dict[str, float]], np.ndarra
     return rows, y
 
 
-@pytest.mark.parametrize("kind", ["ridge", "lgbm", "lgbm-rank"])
+@pytest.mark.parametrize("kind", ["ridge", "ridge-select", "lgbm", "lgbm-rank"])
 def test_json_round_trip_predicts_the_same(kind: str, tmp_path: Path) -> None:
     rows, y = _rows()
     ranker = fit(rows, {"w4a4": y}, kind=kind, predictor_digest="abc", provenance={"truth": "synthetic"})
@@ -57,6 +58,23 @@ def test_out_of_fold_predictions_rank_a_learnable_target() -> None:
     assert stats.kendalltau(y, oof).statistic > 0.6
     size_only = cross_val_predict(rows, y, kind="ridge", features=["log_params", "log_macs"], folds=5)
     assert stats.kendalltau(y, size_only).statistic < stats.kendalltau(y, oof).statistic
+
+
+def test_ridge_select_keeps_the_groups_that_carry_the_target() -> None:
+    """A target made of NASWOT and size: the selected ridge uses those groups, not the GHN's or the shape's,
+    is stored as a plain ridge on them, and ranks the target out of fold (the selection nested in each fold)."""
+    rng = np.random.default_rng(1)
+    cols = [c for g in feature_groups("w4a4").values() for c in g]
+    rows = [{c: float(rng.normal()) for c in cols} for _ in range(30)]
+    y = np.array([r["naswot"] + 0.7 * r["log_params"] + 0.3 * rng.normal() for r in rows])
+    model = fit(rows, {"w4a4": y}, kind="ridge-select", components=0).models["w4a4"]
+    assert model.kind == "ridge"
+    assert {"naswot", "log_params"} <= set(model.features) <= {"naswot", "log_synflow", "log_params", "log_macs"}
+    select = cross_val_predict(rows, y, kind="ridge-select", folds=30, relative=True, target="w4a4")
+    assert stats.kendalltau(y, select).statistic > 0.6
+    # a drop target reads its setting's GHN columns; fp32 has no separate setting group
+    assert feature_groups("drop_w2a2")["ghn_setting"] == ("ghn_top1_w2a2", "ghn_loss_w2a2")
+    assert "ghn_setting" not in feature_groups("fp32")
 
 
 def test_each_target_is_fitted_on_the_rows_measured_at_it() -> None:

@@ -118,7 +118,7 @@ def _few_resamples(monkeypatch):
 def test_ranking_on_a_synthetic_store(tmp_path, capsys):
     store, features = _store(tmp_path)
     out_json = tmp_path / "ranking.json"
-    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
+    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge-select",
                          "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     figures = _figures(out.strip().splitlines()[-1])
@@ -129,13 +129,13 @@ def test_ranking_on_a_synthetic_store(tmp_path, capsys):
     assert float(figures["tau_score_w4a4"]) > 0.6 and float(figures["tau_user_params_w4a4"]) == 1.0
     assert "seed-1 retrain (ceiling)" in out and "user split, w4a4" in out
     written = json.loads(out_json.read_text())
-    assert written["figures"]["w4a4"]["ranker (ridge) [shipped]"]["n"] == N_ARCHS
+    assert written["figures"]["w4a4"]["ranker (ridge-select) [shipped]"]["n"] == N_ARCHS
     assert written["user_split"]["w4a4"]["params"]["n"] == len(user_split.names())
 
 
 def test_ranking_without_the_user_split(tmp_path, capsys):
     store, features = _store(tmp_path, user=False)
-    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
+    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge-select",
                          "--budget", BUDGET]) == 0
     out = capsys.readouterr().out
     assert "user split" not in out and "tau_user" not in out and "tau_score_w4a4=" in out
@@ -144,9 +144,9 @@ def test_ranking_without_the_user_split(tmp_path, capsys):
 def test_a_shipped_ranker_can_be_compared_as_fitted(tmp_path, capsys):
     store, features = _store(tmp_path, user=False)
     shipped = tmp_path / "old.ranker.json"
-    base = ["--store", str(store), "--features", str(features), "--kinds", "ridge"]
+    base = ["--store", str(store), "--features", str(features), "--kinds", "ridge-select"]
     assert ranking.main([*base, "--ship", str(shipped)]) == 0
-    assert "shipped ranker (ridge" in capsys.readouterr().out and shipped.exists()
+    assert "shipped ranker (ridge-select" in capsys.readouterr().out and shipped.exists()
     assert ranking.main([*base, "--compare", str(shipped)]) == 0
     assert "old.ranker.json (as fitted)" in capsys.readouterr().out
 
