@@ -19,9 +19,12 @@ weight, so pooling needs no special case.
 
 NASWOT. For a mini-batch of N images, every ReLU unit gives each image a binary code (active or
 not); K_H[i, j] = number of units where images i and j agree (N_A minus the Hamming distance of
-their codes, summed over all ReLU layers); the score is log|det K_H|. Networks whose units separate
-the images well get a kernel close to diagonal and a high score. BatchNorm uses batch statistics
-(training mode, as in the paper's code) on the copy, so no running statistics are touched. A net
+their codes, summed over all ReLU layers); the score is log|det K_H|. The codes are read from every
+ReLU-like call of the forward pass, module (``nn.ReLU``) or functional (``F.relu``, ``x.relu()``), through a
+``TorchFunctionMode``, so a user's net with functional activations is scored like one with modules.
+Networks whose units separate the images well get a kernel close to diagonal and a high score.
+BatchNorm uses batch statistics (training mode, as in the paper's code) on the copy, so no running
+statistics are touched. A net
 whose codes cannot tell two images apart has a singular kernel: its score is -inf, the honest
 bottom of the ranking.
 """
@@ -33,13 +36,18 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from qnas.errors import QnasError
 
 __all__ = ["naswot", "synflow"]
 
-_RELUS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU)  # each is > 0 exactly where its input is
+# ReLU-like calls, each > 0 exactly where its input is (nn.ReLU, nn.Hardswish, nn.SiLU call these; nn.ReLU6
+# calls F.hardtanh with min_val 0).
+_RELU_CALLS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6,
+                         F.hardswish, F.silu})
 _SCORED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # layers whose weights SynFlow sums
 
 
@@ -76,24 +84,38 @@ def synflow(module: nn.Module, input_shape: Sequence[int]) -> float:
         return sum(float((w * w.grad).abs().sum()) for w in weights if w.grad is not None)
 
 
+class _ReluCodes(TorchFunctionMode):
+    """Passes the output of every ReLU-like call of a forward pass to ``record`` (nested calls are not seen:
+    a mode is off while its own handler runs, so ``nn.ReLU`` -> ``F.relu`` -> ``torch.relu`` counts once)."""
+
+    def __init__(self, record) -> None:
+        super().__init__()
+        self.record = record
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        relu6 = func is F.hardtanh and (args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)) == 0.0
+        if (func in _RELU_CALLS or relu6) and isinstance(out, torch.Tensor):
+            self.record(out)
+        return out
+
+
 def naswot(module: nn.Module, images: torch.Tensor) -> float:
     """NASWOT score log|K_H| of ``module`` on a mini-batch ``images`` (N, C, H, W), higher is better.
 
-    Hooks every ``nn.ReLU``/``nn.ReLU6``/``nn.Hardswish``/``nn.SiLU`` module (each positive exactly where
-    its input is, so the code is the ReLU's); a module with none (functional activations only) is an
-    error rather than a meaningless score. Returns ``-inf`` when K_H is singular.
+    Reads every ReLU-like activation (ReLU, ReLU6, Hardswish, SiLU: each positive exactly where its input
+    is, so the code is the ReLU's), as a module or a function; a net with none is an error rather than a
+    meaningless score. Returns ``-inf`` when K_H is singular.
     """
     if images.dim() != 4 or len(images) < 2:
         raise QnasError(f"naswot needs a batch of at least 2 images (N, C, H, W), got {tuple(images.shape)}")
     net = copy.deepcopy(module).train()
-    relus = [m for m in net.modules() if isinstance(m, _RELUS)]
-    if not relus:
-        raise QnasError("naswot needs activation modules (nn.ReLU, ...) to read binary codes from; this module "
-                        "has none")
     n = len(images)
     kernel = torch.zeros(n, n, dtype=torch.float64)
+    layers = [0]
 
-    def _hook(_mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+    def _record(out: torch.Tensor) -> None:
         # Output > 0 equals input > 0 for ReLU, and stays right for in-place ReLUs.
         code = (out.detach().reshape(n, -1) > 0).to(torch.float32)
         # Agreements c c^T + (1-c)(1-c)^T = units - s_i - s_j + 2 c c^T (s: active units per image), one
@@ -104,15 +126,14 @@ def naswot(module: nn.Module, images: torch.Tensor) -> float:
         both_on = (code @ code.T).double()
         active = code.sum(1).double()
         kernel.add_(units - active[:, None] - active[None, :] + 2.0 * both_on)
+        layers[0] += 1
 
     params = list(net.parameters())
-    handles = [m.register_forward_hook(_hook) for m in relus]
-    try:
-        with torch.no_grad():
-            net(images.to(params[0].dtype if params else images.dtype))
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), _ReluCodes(_record):
+        net(images.to(params[0].dtype if params else images.dtype))
+    if not layers[0]:
+        raise QnasError("naswot reads binary codes from ReLU-like activations (ReLU, ReLU6, Hardswish, SiLU); "
+                        "this net has none")
     sign, logdet = torch.linalg.slogdet(kernel)
     if sign <= 0:  # singular (or numerically so): no images told apart
         return -math.inf

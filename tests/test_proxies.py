@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qnas.errors import QnasError
@@ -85,7 +86,7 @@ def test_naswot_ranks_dead_and_constant_nets_last() -> None:
     with torch.no_grad():
         dead[0].bias.fill_(-1e3)  # every first-layer unit off for every image -> constant downstream
     assert naswot(dead, x) == -math.inf < naswot(good, x)
-    with pytest.raises(QnasError, match="nn.ReLU"):
+    with pytest.raises(QnasError, match="has none"):
         naswot(nn.Sequential(nn.Flatten(), nn.Linear(144, 10)), x)
     with pytest.raises(QnasError, match="at least 2"):
         naswot(good, x[:1])
@@ -109,3 +110,25 @@ def test_naswot_reads_hardswish_and_silu_as_their_relu_codes() -> None:
     scores = [naswot(nn.Sequential(conv, act(), nn.Flatten(), nn.Linear(400, 3)), x)
               for act in (nn.ReLU, nn.Hardswish, nn.SiLU)]
     assert scores[0] == scores[1] == scores[2] and math.isfinite(scores[0])
+
+
+def test_naswot_reads_functional_activations_as_their_modules() -> None:
+    """A user's net calling F.relu / x.relu() / F.relu6 scores exactly as the same net with modules."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 12, 12)
+    conv, lin = nn.Conv2d(1, 4, 3), nn.Linear(400, 16)
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.lin = conv, lin
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return F.relu6(self.lin(torch.flatten(F.relu(self.conv(t)), 1))).relu()
+
+    modules = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Flatten(), lin, nn.ReLU6(), nn.ReLU())
+    assert naswot(Functional(), x) == naswot(modules, x)
+    assert math.isfinite(naswot(Functional(), x))
+    # F.hardtanh is ReLU-like only as ReLU6 (min 0): a tanh-like clamp alone gives no codes
+    with pytest.raises(QnasError, match="has none"):
+        naswot(nn.Sequential(nn.Flatten(), nn.Linear(144, 10), nn.Hardtanh()), x)
