@@ -36,6 +36,7 @@ def _module(name: str):
 
 ranking = _module("ranking")
 budget_agreement = _module("budget_agreement")
+ranker_combinations = _module("ranker_combinations")
 
 
 def _truth(log_params: float) -> tuple[float, float]:
@@ -131,6 +132,17 @@ def test_ranking_on_a_synthetic_store(tmp_path, capsys):
     written = json.loads(out_json.read_text())
     assert written["figures"]["w4a4"]["ranker (ridge-select) [shipped]"]["n"] == N_ARCHS
     assert written["user_split"]["w4a4"]["params"]["n"] == len(user_split.names())
+
+
+def test_ranker_combinations_on_a_synthetic_store(tmp_path, capsys, monkeypatch):
+    store, features = _store(tmp_path)
+    monkeypatch.setattr(ranker_combinations, "BAGS", 3)
+    assert ranker_combinations.main(["--store", str(store), "--features", str(features), "--targets", "w4a4"]) == 0
+    figures = _figures(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(figures) == {f"tau_{p.replace('-', '_')}_w4a4" for p in ranker_combinations.PROCEDURES} | {"n"}
+    assert figures["n"] == str(N_ARCHS)
+    # The truth is monotone in log parameters, which the size group carries: every combination ranks it.
+    assert all(float(v) > 0.6 for k, v in figures.items() if k != "n")
 
 
 def test_ranking_without_the_user_split(tmp_path, capsys):
