@@ -30,48 +30,29 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ranking import FEATURES, STORE, load_v2, tau  # noqa: E402
 
-from qnas.ranker import cross_val_predict, feature_groups  # noqa: E402
+from qnas.ranker import SELECT_MAX_GROUPS, cross_val_predict, feature_groups, fit, loo_tau  # noqa: E402
 
-ALPHAS = np.logspace(-2, 3, 21)  # the shipped ridge's grid (qnas.ranker)
 PROCEDURES = ("select", "avg-all", "avg-top3", "bag-select")
 BAGS = 15
 
 
-def _fit_relative(x: np.ndarray, y: np.ndarray, x_new: np.ndarray) -> np.ndarray:
-    """A standardized RidgeCV fitted on (x, y), predicting x_new relative to its training mean."""
-    from sklearn.linear_model import RidgeCV
-
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale == 0] = 1.0
-    model = RidgeCV(alphas=ALPHAS).fit((x - mean) / scale, y)
-    return model.predict((x_new - mean) / scale) - y.mean()
-
-
-def _loo_tau(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall tau of exact leave-one-out ridge predictions, relative to each fold's label mean."""
-    from sklearn.linear_model import RidgeCV
-
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale == 0] = 1.0
-    model = RidgeCV(alphas=ALPHAS, store_cv_results=True, scoring="neg_mean_squared_error")
-    model.fit((x - mean) / scale, y)
-    loo = model.cv_results_[:, list(ALPHAS).index(model.alpha_)]
-    t = tau(y, loo - (y.sum() - y) / (len(y) - 1))
-    return t if np.isfinite(t) else -np.inf
-
-
-def _subsets(target: str, feats: dict[str, dict[str, float]], archs: list[str]) -> dict[str, np.ndarray]:
+def _subsets(target: str) -> dict[str, list[str]]:
+    """The columns of every subset of feature groups ``ridge-select`` chooses among."""
     groups = feature_groups(target)
-    out = {}
-    for k in range(1, 4):
-        for combo in itertools.combinations(groups, k):
-            cols = [c for g in combo for c in groups[g]]
-            out["+".join(combo)] = np.array([[feats[a][c] for c in cols] for a in archs])
-    return out
+    return {"+".join(combo): [c for g in combo for c in groups[g]]
+            for k in range(1, SELECT_MAX_GROUPS + 1) for combo in itertools.combinations(groups, k)}
 
 
-def _average(xs: dict[str, np.ndarray], keys: list[str], y: np.ndarray, train: np.ndarray, i: int) -> float:
-    return float(np.mean([_fit_relative(xs[k][train], y[train], xs[k][[i]])[0] for k in keys]))
+def _relative(rows: list[dict[str, float]], y: np.ndarray, new: list[dict[str, float]], target: str,
+              **kind: object) -> np.ndarray:
+    """A ranker fitted on (rows, y) at ``target``, scoring ``new`` relative to its training label mean."""
+    return fit(rows, {target: y}, **kind).predict_many(new)[target] - y.mean()
+
+
+def _average(subsets: dict[str, list[str]], keys: list[str], rows: list[dict[str, float]], y: np.ndarray,
+             train: np.ndarray, i: int, target: str) -> float:
+    return float(np.mean([_relative([rows[j] for j in train], y[train], [rows[i]], target, kind="ridge",
+                                    features=subsets[k])[0] for k in keys]))
 
 
 def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]], archs: list[str],
@@ -79,23 +60,24 @@ def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]],
     if procedure == "select":
         return cross_val_predict([feats[a] for a in archs], y, kind="ridge-select", folds=len(y),
                                  relative=True, target=target)
-    xs = _subsets(target, feats, archs)
+    rows = [feats[a] for a in archs]
+    subsets = _subsets(target)
+    columns = {k: np.array([[r[c] for c in cols] for r in rows]) for k, cols in subsets.items()}
     rng = np.random.default_rng(seed)
     pred = np.empty(len(y))
     for i in range(len(y)):
         train = np.flatnonzero(np.arange(len(y)) != i)
         if procedure == "avg-all":
-            pred[i] = _average(xs, list(xs), y, train, i)
+            pred[i] = _average(subsets, list(subsets), rows, y, train, i, target)
         elif procedure == "avg-top3":
-            inner = {k: _loo_tau(x[train], y[train]) for k, x in xs.items()}
-            pred[i] = _average(xs, sorted(inner, key=lambda k: -inner[k])[:3], y, train, i)
-        else:  # bag-select
+            inner = {k: loo_tau(x[train], y[train]) for k, x in columns.items()}
+            pred[i] = _average(subsets, sorted(inner, key=lambda k: -inner[k])[:3], rows, y, train, i, target)
+        else:  # bag-select: the shipped procedure itself on each resample
             bags = []
             for _ in range(BAGS):
-                rows = np.unique(rng.choice(train, len(train)))
-                inner = {k: _loo_tau(x[rows], y[rows]) for k, x in xs.items()}
-                best = max(inner, key=inner.get)
-                p = _fit_relative(xs[best][rows], y[rows], np.vstack([xs[best][[i]], xs[best][train]]))
+                bag = np.unique(rng.choice(train, len(train)))
+                p = _relative([rows[j] for j in bag], y[bag], [rows[i]] + [rows[j] for j in train], target,
+                              kind="ridge-select")
                 bags.append(p[0] - p[1:].mean())  # relative to the bag model's mean over all training rows
             pred[i] = float(np.mean(bags))
     return pred

@@ -296,31 +296,36 @@ def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (x - mean) / scale, mean, scale
 
 
-def _select_features(x: np.ndarray, y: np.ndarray, names: list[str], target: str) -> list[str]:
-    """The feature groups (at most SELECT_MAX_GROUPS) whose ridge ranks ``y`` best out of fold.
-
-    Scored by Kendall tau of exact leave-one-out ridge predictions (RidgeCV's closed form) relative to
-    each fold's label mean, as ``benchmarks/ranking.py`` scores a ranker; ties go to fewer groups.
-    """
-    from itertools import combinations
-
+def loo_tau(x: np.ndarray, y: np.ndarray) -> float:
+    """How ``ridge-select`` scores a feature subset: Kendall tau of exact leave-one-out predictions of a
+    ridge on standardized ``x`` (RidgeCV's closed form), each relative to its fold's label mean as
+    ``benchmarks/ranking.py`` scores a ranker; -inf where tau is undefined."""
     from scipy.stats import kendalltau
     from sklearn.linear_model import RidgeCV
+
+    z, _, _ = _standardize(x)
+    model = RidgeCV(alphas=_RIDGE_ALPHAS, store_cv_results=True, scoring="neg_mean_squared_error").fit(z, y)
+    loo = model.cv_results_[:, _RIDGE_ALPHAS.index(model.alpha_)]
+    fold_mean = (y.sum() - y) / (len(y) - 1)  # each leave-one-out model's training label mean
+    t = kendalltau(y, loo - fold_mean).statistic
+    return t if math.isfinite(t) else -math.inf
+
+
+def _select_features(x: np.ndarray, y: np.ndarray, names: list[str], target: str) -> list[str]:
+    """The feature groups (at most SELECT_MAX_GROUPS) whose ridge ranks ``y`` best out of fold
+    (:func:`loo_tau`); ties go to fewer groups."""
+    from itertools import combinations
 
     col = {n: i for i, n in enumerate(names)}
     groups = {g: f for g, f in feature_groups(target).items() if all(c in col for c in f)}
     if not groups:
         return names
-    fold_mean = (y.sum() - y) / (len(y) - 1)  # each leave-one-out model's training label mean
     best, best_tau = names, -math.inf
     for k in range(1, SELECT_MAX_GROUPS + 1):
         for combo in combinations(groups, k):
             chosen = [c for g in combo for c in groups[g]]
-            z, _, _ = _standardize(x[:, [col[c] for c in chosen]])
-            model = RidgeCV(alphas=_RIDGE_ALPHAS, store_cv_results=True, scoring="neg_mean_squared_error").fit(z, y)
-            loo = model.cv_results_[:, _RIDGE_ALPHAS.index(model.alpha_)]
-            t = kendalltau(y, loo - fold_mean).statistic
-            if math.isfinite(t) and t > best_tau:
+            t = loo_tau(x[:, [col[c] for c in chosen]], y)
+            if t > best_tau:
                 best, best_tau = chosen, t
     return best
 
