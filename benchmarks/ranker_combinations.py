@@ -96,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     feats = json.loads(args.features.read_text())["features"]
     print(f"ground truth {what}; nested leave-one-out Kendall tau", flush=True)
     figures, n = [], 0
-    for target in args.targets.split(","):
+    targets = args.targets.split(",")
+    short = [t for t in targets if len([a for a in truth.get(t, {}) if a in feats]) < 8]
+    if short:
+        parser.error(f"--targets: fewer than 8 trained architectures with features at {', '.join(short)} "
+                     f"(settings with rows: {', '.join(sorted(truth))})")
+    for target in targets:
         archs = sorted(a for a in truth.get(target, {}) if a in feats)
         y = np.array([truth[target][a] for a in archs])
         n = max(n, len(archs))

@@ -143,6 +143,9 @@ def test_ranker_combinations_on_a_synthetic_store(tmp_path, capsys, monkeypatch)
     assert figures["n"] == str(N_ARCHS)
     # The truth is monotone in log parameters, which the size group carries: every combination ranks it.
     assert all(float(v) > 0.6 for k, v in figures.items() if k != "n")
+    with pytest.raises(SystemExit) as exc:  # a setting without rows: one line, exit 2
+        ranker_combinations.main(["--store", str(store), "--features", str(features), "--targets", "w3a3"])
+    assert exc.value.code == 2 and "w3a3" in capsys.readouterr().err
 
 
 def test_ranking_without_the_user_split(tmp_path, capsys):
