@@ -47,14 +47,14 @@ def test_visit_order_is_a_permutation_that_spreads_prefixes() -> None:
     assert sorted(order) == list(range(16)) and order[:4] == [0, 8, 4, 12]
 
 
-def test_truth_jobs_cover_every_architecture_once_and_retrain_seed1_right_after() -> None:
+def test_truth_jobs_cover_every_architecture_once_and_retrain_seed1_after_every_seed0() -> None:
     archs = {"architectures": [{"id": f"id-{i:03d}"} for i in range(8)], "agreement": [],
              "seed1": ["id-002", "id-005"]}
     keys = [j.key for j in gt.jobs(archs, "truth", "k20e5")]
     assert sorted(k for k in keys if k.endswith("_s0")) == sorted(f"id-{i:03d}_k20e5_s0" for i in range(8))
     assert len(keys) == 10 and {k for k in keys if k.endswith("_s1")} == {"id-002_k20e5_s1", "id-005_k20e5_s1"}
-    for a in ("id-002", "id-005"):
-        assert keys.index(f"{a}_k20e5_s1") == keys.index(f"{a}_k20e5_s0") + 1
+    assert all(k.endswith("_s0") for k in keys[:8])  # every ranking row before any noise-ceiling retrain
+    assert keys[8:] == sorted(keys[8:], key=lambda k: keys.index(k.replace("_s1", "_s0")))  # in seed-0 order
 
 
 def test_a_claim_is_released_when_its_process_is_killed(tmp_path: Path) -> None:
