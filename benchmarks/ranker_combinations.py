@@ -12,6 +12,11 @@ unstable, so this study compares it with three lower-variance combinations of th
 Every prediction is out of fold (the held-out net in no fit and no choice) and relative to its model's
 training mean, as ``benchmarks/ranking.py`` scores rankers. A study, not a shipped path (docs/ranking.md).
 
+**The rule** (``benchmarks/ground_truth/ranker_rule.json``, fixed before the rows it reads were seen):
+once enough nets trained after the table that chose the shipped kind are in, the candidate procedure
+replaces the shipped one only if its out-of-fold tau over those new nets alone is higher at every rule
+target. This script reads the rule and prints its verdict (before then: how many new nets are in).
+
     OMP_NUM_THREADS=1 python benchmarks/ranker_combinations.py
 
 Last line: ``tau_<procedure>_<target>=<v> ... n=<archs>``.
@@ -34,6 +39,7 @@ from qnas.ranker import SELECT_MAX_GROUPS, cross_val_predict, feature_groups, fi
 
 PROCEDURES = ("select", "avg-all", "avg-top3", "bag-select")
 BAGS = 15
+RULE = Path(__file__).resolve().parent / "ground_truth" / "ranker_rule.json"
 
 
 def _subsets(target: str) -> dict[str, list[str]]:
@@ -90,13 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
     parser.add_argument("--targets", default="fp32,w4a4,w2a2", help="settings (default fp32,w4a4,w2a2)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed of bag-select (default 0)")
+    parser.add_argument("--rule", type=Path, default=RULE, help=f"the pre-registered rule (default {RULE})")
     args = parser.parse_args(argv)
+    rule = _read_rule(args.rule, parser)
     budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
     truth, _, _, what = load_v2(budget, args.store)
     feats = json.loads(args.features.read_text())["features"]
     print(f"ground truth {what}; nested leave-one-out Kendall tau", flush=True)
     figures, n = [], 0
     targets = args.targets.split(",")
+    seen = {a["arch"] for a in json.loads((args.store / "architectures.json").read_text())["architectures"]
+            if a["id"] in set(rule["seen"])}
+    new_preds: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     short = [t for t in targets if len([a for a in truth.get(t, {}) if a in feats]) < 8]
     if short:
         parser.error(f"--targets: fewer than 8 trained architectures with features at {', '.join(short)} "
@@ -106,13 +117,46 @@ def main(argv: list[str] | None = None) -> int:
         y = np.array([truth[target][a] for a in archs])
         n = max(n, len(archs))
         line = []
+        new = np.array([a not in seen for a in archs])
         for procedure in PROCEDURES:
-            t = tau(y, out_of_fold(procedure, target, feats, archs, y, args.seed))
+            pred = out_of_fold(procedure, target, feats, archs, y, args.seed)
+            t = tau(y, pred)
+            new_preds.setdefault(target, {})[procedure] = (y[new], pred[new])
             line.append(f"{procedure} {t:+.3f}")
             figures.append(f"tau_{procedure.replace('-', '_')}_{target}={t:.3f}")
         print(f"{target:5s} (n={len(archs)}): " + ", ".join(line), flush=True)
+    figures += verdict(rule, new_preds)
     print(" ".join(figures) + f" n={n}")
     return 0
+
+
+def _read_rule(path: Path, parser: argparse.ArgumentParser) -> dict:
+    try:
+        rule = json.loads(path.read_text())
+        if {rule["incumbent"], rule["candidate"]} - set(PROCEDURES) or not rule["targets"] or not rule["seen"]:
+            raise ValueError("an unknown procedure or an empty list")
+        int(rule["min_new_nets"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        parser.error(f"--rule {path}: not a readable rule ({exc})")
+    return rule
+
+
+def verdict(rule: dict, new_preds: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> list[str]:
+    """Print the rule's verdict on the nets it has not seen (only once enough are in); its figures."""
+    inc, cand, targets = rule["incumbent"], rule["candidate"], rule["targets"]
+    counts = {t: len(new_preds[t][inc][0]) if t in new_preds else 0 for t in targets}
+    if min(counts.values()) < rule["min_new_nets"]:
+        print(f"rule ({cand} vs the shipped {inc}): "
+              + ", ".join(f"{t} {c} of {rule['min_new_nets']} new nets" for t, c in counts.items())
+              + " trained; not read yet", flush=True)
+        return []
+    taus = {t: {p: tau(*new_preds[t][p]) for p in (inc, cand)} for t in targets}
+    wins = all(taus[t][cand] > taus[t][inc] for t in targets)
+    print("rule on the new nets only: " + ", ".join(
+        f"{t} (n={counts[t]}) {inc} {taus[t][inc]:+.3f}, {cand} {taus[t][cand]:+.3f}" for t in targets)
+        + f" -> ship {cand if wins else inc}", flush=True)
+    return [f"tau_new_{p.replace('-', '_')}_{t}={taus[t][p]:.3f}" for t in targets for p in (inc, cand)] + [
+        f"rule_ships={cand if wins else inc}"]
 
 
 if __name__ == "__main__":

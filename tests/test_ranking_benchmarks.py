@@ -148,6 +148,33 @@ def test_ranker_combinations_on_a_synthetic_store(tmp_path, capsys, monkeypatch)
     assert exc.value.code == 2 and "w3a3" in capsys.readouterr().err
 
 
+def _rule(path: Path, store: Path, n_seen: int, min_new: int) -> Path:
+    ids = [a["id"] for a in json.loads((store / "architectures.json").read_text())["architectures"]]
+    path.write_text(json.dumps({"incumbent": "select", "candidate": "avg-all", "targets": ["w4a4"],
+                                "min_new_nets": min_new, "seen": ids[:n_seen]}))
+    return path
+
+
+def test_the_preregistered_rule_is_read_only_on_enough_unseen_nets(tmp_path, capsys, monkeypatch):
+    store, features = _store(tmp_path)
+    monkeypatch.setattr(ranker_combinations, "PROCEDURES", ("select", "avg-all"))  # the rule's two, fast
+    args = ["--store", str(store), "--features", str(features), "--targets", "w4a4"]
+    # 4 new nets of the 6 the rule asks for: counted, not read
+    assert ranker_combinations.main(args + ["--rule", str(_rule(tmp_path / "r.json", store, 8, 6))]) == 0
+    out = capsys.readouterr().out
+    assert "w4a4 4 of 6 new nets trained; not read yet" in out and "rule_ships" not in out
+    assert ranker_combinations.main(args + ["--rule", str(_rule(tmp_path / "r.json", store, 6, 6))]) == 0
+    figures = _figures(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["rule_ships"] in {"select", "avg-all"}
+    # the verdict follows the taus on the new nets: the candidate must beat the incumbent
+    new = {p: float(figures[f"tau_new_{p.replace('-', '_')}_w4a4"]) for p in ("select", "avg-all")}
+    assert figures["rule_ships"] == ("avg-all" if new["avg-all"] > new["select"] else "select")
+    (tmp_path / "bad.json").write_text(json.dumps({"incumbent": "select", "candidate": "magic"}))
+    with pytest.raises(SystemExit) as exc:
+        ranker_combinations.main(args + ["--rule", str(tmp_path / "bad.json")])
+    assert exc.value.code == 2 and "bad.json" in capsys.readouterr().err
+
+
 def test_ranking_without_the_user_split(tmp_path, capsys):
     store, features = _store(tmp_path, user=False)
     assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge-select",
