@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -61,3 +62,15 @@ def run_workers(*args: str, seeds: Iterable[int], timeout: float,
         assert w.returncode == 0, err
         errs.append(err)
     return errs
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as module ``name``, importing its sibling scripts as the scripts themselves do."""
+    root = Path(__file__).resolve().parents[1]
+    if str(root / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(root / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, root / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -3,7 +3,6 @@ process, stage-level resume, and the committed plan."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,19 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("ground_truth", ROOT / "benchmarks" / "ground_truth.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["ground_truth"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gt = _module()
+gt = load_benchmark("ground_truth")
 
 
 def test_committed_plan_follows_the_rule() -> None:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fakes import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("head_probe", ROOT / "benchmarks" / "head_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["head_probe"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-head_probe = _module()
+head_probe = load_benchmark("head_probe")
 
 
 def test_the_probe_separates_separable_features_and_not_noise() -> None:

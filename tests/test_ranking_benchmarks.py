@@ -4,13 +4,12 @@ parameters, every budget of the agreement study, the hand-written user split, an
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import load_benchmark
 
 from qnas import user_split
 from qnas.defaults import SETTINGS
@@ -25,18 +24,9 @@ GRAPH_FEATURES = ("weight_layers", "depth", "has_bn", "frac_k1", "frac_k3", "fra
                                          "add", "concat")))
 
 
-def _module(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # as the scripts do for their siblings
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ranking = _module("ranking")
-budget_agreement = _module("budget_agreement")
-ranker_combinations = _module("ranker_combinations")
+ranking = load_benchmark("ranking")
+budget_agreement = load_benchmark("budget_agreement")
+ranker_combinations = load_benchmark("ranker_combinations")
 
 
 def _truth(log_params: float) -> tuple[float, float]:
