@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qnas import user_split  # noqa: E402
+from qnas.defaults import DEFAULT_HEAD, HEADS  # noqa: E402
 from qnas.ranker import FEATURE_VERSION, candidate_features  # noqa: E402
 from qnas.scorer import make_scorer  # noqa: E402
 from search_spaces import get_space  # noqa: E402
@@ -36,15 +37,19 @@ FEATURES = HERE / "features.json"
 
 
 def truth_archs() -> list[str]:
-    """Every architecture string of the ground-truth tables (v1's 40 small ones first: quick to score)."""
-    archs: list[str] = []
+    """Every architecture string of the ground-truth tables: v2's with result rows first (what the ranker
+    is fitted on), then the user split, v1's 40 small ones and v2's still untrained."""
+    plan = HERE / "v2" / "architectures.json"
+    v2 = json.loads(plan.read_text())["architectures"] if plan.exists() else []
+    budget_file = HERE / "v2" / "budget.json"
+    budget = json.loads(budget_file.read_text())["budget"] if budget_file.exists() else ""
+    trained = {p.name.rsplit("_", 2)[0] for p in (HERE / "v2" / "results").glob(f"*_{budget}_s0.json")}
+    archs = [a["arch"] for a in v2 if a["id"] in trained]
+    archs += [user_split.PREFIX + name for name in user_split.names()]
     v1 = HERE / "v1" / "architectures.json"
     if v1.exists():
         archs += json.loads(v1.read_text())["architectures"]
-    plan = HERE / "v2" / "architectures.json"
-    if plan.exists():
-        archs += [a["arch"] for a in json.loads(plan.read_text())["architectures"]]
-    archs += [user_split.PREFIX + name for name in user_split.names()]
+    archs += [a["arch"] for a in v2]
     return list(dict.fromkeys(archs))
 
 
@@ -62,10 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predictor", default=None, help="predictor name or checkpoint (default: the shipped one)")
     ap.add_argument("--out", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
     ap.add_argument("--val-size", type=int, default=1000, help="validation images (default 1000, the search's)")
+    ap.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
+                    help=f"the classifier scores are measured with (default {DEFAULT_HEAD}, the search's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     space = get_space("convnets250k")
-    scorer = make_scorer(space=space, predictor=args.predictor, val_size=args.val_size)
+    scorer = make_scorer(space=space, predictor=args.predictor, val_size=args.val_size, ranker="none",
+                         head=args.head)
     digest = scorer.predictor.digest
     table = json.loads(args.out.read_text()) if args.out.exists() else {}
     if (table.get("predictor_digest"), table.get("feature_version"), table.get("protocol"),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qnas.defaults import DEFAULT_DATASET, DEFAULT_SPACE, SETTINGS
+from qnas.defaults import DEFAULT_DATASET, DEFAULT_HEAD, DEFAULT_SPACE, SETTINGS
 from qnas.errors import QnasError
 
 if TYPE_CHECKING:
@@ -77,14 +77,16 @@ def _settings(bits: Bits) -> tuple[str, ...]:
 
 def _scorer(*, settings: Sequence[str], space: str, dataset: str, data_dir: str | os.PathLike[str] | None,
             predictor: str | None, val_size: int, bn_stats: str | None, granularity: str, act_ranges: str,
-            first_last_bits: int | str | None, seed: int, ranker: str | None) -> Any:
+            first_last_bits: int | str | None, seed: int, ranker: str | None, head: str = DEFAULT_HEAD,
+            fit_size: int | None = None) -> Any:
     from qnas.quant import parse_specs
     from qnas.scorer import make_scorer
     from search_spaces import get_space
 
     scorer = make_scorer(space=get_space(space), dataset=dataset, data_dir=None if data_dir is None else str(data_dir),
                          predictor=predictor, val_size=val_size, bn_stats=bn_stats, granularity=granularity,
-                         act_ranges=act_ranges, seed=seed, ranker=ranker, first_last_bits=first_last_bits)
+                         act_ranges=act_ranges, seed=seed, ranker=ranker, first_last_bits=first_last_bits,
+                         head=head, fit_size=fit_size)
     scorer = replace(scorer, settings=tuple(settings))
     parse_specs([scorer.spec_name(s) for s in settings])  # a bad setting fails before any GHN pass
     return scorer
@@ -105,13 +107,17 @@ def score(
     granularity: str = "channel",
     act_ranges: str = "auto",
     first_last_bits: int | str | None = 8,
+    head: str = DEFAULT_HEAD,
+    fit_size: int | None = None,
     strict: bool = False,
     max_params: int | None = None,
     max_macs: int | None = None,
 ) -> Score:
     """Accuracy of ``model`` at each setting of ``bits`` with GHN-predicted parameters, as ``qnas search``
     scores candidates (``w4a4`` means per-channel weight scales and the 8-bit first/last-layer rule; the
-    other protocols through ``granularity``, ``act_ranges``, ``first_last_bits``, ``bn_stats``).
+    other protocols through ``granularity``, ``act_ranges``, ``first_last_bits``, ``bn_stats``). ``head="fit"``
+    (default) solves the last layer on ``fit_size`` (default ``val_size``) labelled training images on the features
+    (``qnas.readout``); ``"keep"`` keeps the GHN's predicted classifier.
 
     ``model``: any traceable ``nn.Module`` taking the dataset's images (e.g. 1x28x28 for Fashion-MNIST) and
     returning its class logits, or an architecture string (or genome JSON) of ``space``. For architectures
@@ -132,7 +138,7 @@ def score(
     wanted = tuple(dict.fromkeys([*names, *SETTINGS])) if is_arch and ranker not in (None, "none") else names
     scorer = _scorer(settings=wanted, space=space, dataset=dataset, data_dir=data_dir, predictor=predictor,
                      val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
-                     first_last_bits=first_last_bits, seed=seed, ranker=ranker)
+                     first_last_bits=first_last_bits, seed=seed, ranker=ranker, head=head, fit_size=fit_size)
     notes: list[str] = []
     if is_arch:
         from qnas import limits
@@ -341,6 +347,8 @@ def make_search(
     act_ranges: str = "auto",
     first_last_bits: int | str | None = 8,
     ranker: str | None = "auto",
+    head: str = DEFAULT_HEAD,
+    fit_size: int | None = None,
 ) -> Search:
     """A :class:`Search` with ``qnas search``'s options (``trials`` defaults to 50 when neither ``timeout`` nor
     ``total_trials`` is given)."""
@@ -351,7 +359,7 @@ def make_search(
     check_study_name(study)
     scorer = _scorer(settings=SETTINGS, space=space, dataset=dataset, data_dir=data_dir, predictor=predictor,
                      val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
-                     first_last_bits=first_last_bits, seed=0, ranker=ranker)
+                     first_last_bits=first_last_bits, seed=0, ranker=ranker, head=head, fit_size=fit_size)
     runs = trials if trials or timeout or total_trials else 50
     config = SearchConfig(
         study=study, target=target, max_params=int(max_params), trials=runs, total_trials=total_trials,

@@ -53,6 +53,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "normalize",
+    "train_subset",
     "val_subset",
 ]
 
@@ -522,6 +523,16 @@ def val_subset(ds: Dataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.
         raise QnasError(f"validation subset size must be between 1 and {total}, got {n}")
     idx = torch.tensor(sorted(_stable_permutation(total, seed)[:n]), dtype=torch.int64)
     return normalize(ds.val_images[idx], ds.info), ds.val_labels[idx].clone()
+
+
+def train_subset(ds: Dataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` training images (normalized) and labels, the same for the same (n, seed): labelled images
+    that are never scored (the readout head is fitted on them, ``qnas.readout``)."""
+    total = len(ds.train_labels)
+    if not 0 < n <= total:
+        raise QnasError(f"training subset size must be between 1 and {total}, got {n}")
+    idx = torch.tensor(sorted(_stable_permutation(total, seed)[:n]), dtype=torch.int64)
+    return normalize(ds.train_images[idx], ds.info), ds.train_labels[idx].clone()
 
 
 def _augment(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:

@@ -15,11 +15,13 @@ __all__ = [
     "DEFAULT_CALIB_SIZE",
     "DEFAULT_DATASET",
     "DEFAULT_GRANULARITY",
+    "DEFAULT_HEAD",
     "DEFAULT_POPULATION",
     "DEFAULT_SAMPLER",
     "DEFAULT_SPACE",
     "FAQ",
     "GRANULARITIES",
+    "HEADS",
     "SAMPLERS",
     "SETTINGS",
     "FAQDefaults",
@@ -43,6 +45,10 @@ ACT_RANGES: tuple[str, ...] = ("auto", "minmax")
 BN_MODES: tuple[str, ...] = ("batch", "calibrated")
 DEFAULT_BN_STATS = "calibrated"
 DEFAULT_CALIB_SIZE = 64  # calibration images for bn_stats="calibrated": one batch, as GHN-Q's statistics
+# The classifier a candidate is scored with: "fit" solves the last layer on the GHN's features (qnas.readout;
+# the GHN's own head fails on users' families, docs/predictor.md), "keep" keeps the predicted one (faster).
+HEADS: tuple[str, ...] = ("fit", "keep")
+DEFAULT_HEAD = "fit"  # on as many labelled training images as there are scored images, unless told otherwise
 
 # Optuna samplers; the default is chosen by benchmarks/search_efficiency.py (README, "Sampler").
 SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "random")

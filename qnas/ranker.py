@@ -507,9 +507,10 @@ def ranker_path(predictor_path: str | Path) -> Path:
     return p.with_name(p.stem + ".ranker.json")
 
 
-def load_ranker(path: str | Path, *, predictor_digest: str | None = None) -> Ranker:
+def load_ranker(path: str | Path, *, predictor_digest: str | None = None, protocol: str | None = None) -> Ranker:
     """Read a ranker JSON file; refuse anything else (a pickle is never unpickled) and, given the
-    predictor's weights digest (``Predictor.digest``), a ranker fitted on another predictor's features."""
+    predictor's weights digest (``Predictor.digest``) or the scorer's protocol (``GHNScorer.protocol``), a
+    ranker fitted on features of another predictor or measured another way."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -523,4 +524,8 @@ def load_ranker(path: str | Path, *, predictor_digest: str | None = None) -> Ran
     if predictor_digest is not None and ranker.predictor_digest != predictor_digest:
         raise QnasError(f"{path} was fitted on another predictor's features (weights sha256 "
                         f"{ranker.predictor_digest[:12]} vs {predictor_digest[:12]}): refit it")
+    fitted_with = ranker.provenance.get("features", {}).get("protocol")
+    if protocol is not None and fitted_with is not None and fitted_with != protocol:
+        raise QnasError(f"{path} was fitted on features scored as {fitted_with}, not {protocol}: score with that "
+                        "protocol (e.g. --head) or refit the ranker")
     return ranker

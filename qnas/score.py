@@ -35,6 +35,7 @@ from qnas.callable_module import make_callable
 from qnas.defaults import BN_MODES, DEFAULT_BN_STATS, DEFAULT_CALIB_SIZE
 from qnas.errors import QnasError
 from qnas.quant import DEFAULT_SETTINGS, QuantModel, QuantSpec, calibrate_with_logits, parse_specs, prepare
+from qnas.readout import Readout, fit_head
 
 __all__ = ["BN_MODES", "DEFAULT_BN_STATS", "DEFAULT_CALIB_SIZE", "Params", "evaluate"]
 
@@ -55,6 +56,7 @@ def evaluate(
     calib_size: int = DEFAULT_CALIB_SIZE,
     channels_last: bool = True,
     seed: int = 0,
+    readout: Readout | None = None,
 ) -> dict[str, dict[str, float]]:
     """Top-1 and top-5 accuracy (fractions) and mean cross-entropy of ``module`` on normalized ``images``
     for each setting: ``{setting: {"top1", "top5", "loss"}}``.
@@ -63,6 +65,8 @@ def evaluate(
     ``calibrated`` mode the statistics come from ``calib_images`` (all of them), by default the first
     ``calib_size`` of ``images`` (a held-out subset, so this uses no more test information than batch
     statistics do). ``seed`` drives the noise of ``-noise`` settings. Runs under ``torch.inference_mode``.
+    ``readout``: replace the last layer's parameters by a head solved per setting on its labelled images
+    (``qnas.readout``; the other parameters stay as given).
     """
     if bn_stats not in BN_MODES:
         raise QnasError(f"bn_stats must be one of {', '.join(BN_MODES)}, got {bn_stats!r}")
@@ -89,8 +93,13 @@ def evaluate(
             if bn_stats == "calibrated":
                 calibration, calib_logits = calibrate_with_logits(model, cx, spec, p, batch_size, channels_last,
                                                                   generator)
-                if reuse:
-                    done = calib_logits
+            if readout is not None:
+                p = fit_head(model, p, spec, calibration, readout, generator=generator, channels_last=channels_last)
+                if calibration is not None:  # ranges after the head (a pooled conv head's) were the GHN head's
+                    calibration, calib_logits = calibrate_with_logits(model, cx, spec, p, batch_size,
+                                                                      channels_last, generator)
+            if calibration is not None and reuse:
+                done = calib_logits
             cache: dict[Any, Any] = {}
             top1 = top5 = 0
             loss = 0.0

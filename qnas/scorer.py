@@ -10,13 +10,20 @@ same graph once per setting); an unconditioned GHN predicts one set shared by al
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
 import torch
 
-from qnas.defaults import ACT_RANGES, DEFAULT_DATASET, DEFAULT_GRANULARITY, SETTINGS
+from qnas.defaults import (
+    ACT_RANGES,
+    DEFAULT_DATASET,
+    DEFAULT_GRANULARITY,
+    DEFAULT_HEAD,
+    HEADS,
+    SETTINGS,
+)
 from qnas.errors import QnasError
 
 __all__ = ["GHNScorer", "make_scorer"]
@@ -38,15 +45,19 @@ class GHNScorer:
     act_ranges: str = "auto"  # activation range rule (see ACT_RANGES)
     first_last_bits: int | None = 8  # qnas.quant.first_last_rule: the rule search, finetune and export share
     ranker: Any = None  # qnas.ranker.Ranker: predicted trained accuracy from the scores and cheap features
+    readout: Any = None  # qnas.readout.Readout: the last layer solved on these images; None: the GHN's head
 
     @property
     def protocol(self) -> str:
-        """How scores are measured: BN statistics / weight scales / activation ranges."""
+        """How scores are measured: BN statistics / weight scales / activation ranges / first-last rule /
+        8-bit grid, then ``/fit`` when the head is solved (qnas.readout; nothing: the GHN's head). Image
+        counts are not part of it: like ``val_size``, the fit size moves scores by noise, not by method."""
         from qnas.quant import LOW_BIT_ACT_PERCENTILE, LOW_BITS
 
         act = "minmax" if self.act_ranges == "minmax" else f"a{LOW_BITS}p{LOW_BIT_ACT_PERCENTILE:g}"
         first_last = "same" if self.first_last_bits is None else f"fl{self.first_last_bits}"
-        return f"{self.bn_stats}/{self.granularity}/{act}/{first_last}/w8sym"
+        head = "" if self.readout is None else "/fit"
+        return f"{self.bn_stats}/{self.granularity}/{act}/{first_last}/w8sym{head}"
 
     def spec_name(self, setting: str) -> str:
         """The engine's setting for a reported one: ``w4a4`` -> ``w4a4-channel-fl8`` under per-channel scales
@@ -88,7 +99,7 @@ class GHNScorer:
 
         by_spec = {self.spec_name(s): params[s] for s in self.settings}
         acc = evaluate(module, lambda spec: by_spec[spec.name], self.images, self.labels,
-                       [self.spec_name(s) for s in self.settings], bn_stats=self.bn_stats)
+                       [self.spec_name(s) for s in self.settings], bn_stats=self.bn_stats, readout=self.readout)
         out: dict[str, float] = {}
         for s in self.settings:
             out[f"top1_{s}"] = acc[self.spec_name(s)]["top1"]
@@ -132,12 +143,16 @@ def make_scorer(
     seed: int = 0,
     ranker: str | None = "auto",
     first_last_bits: int | str | None = 8,
+    head: str = DEFAULT_HEAD,
+    fit_size: int | None = None,
 ) -> GHNScorer:
     """Load the dataset's validation subset, the predictor and its ranker; errors are one-line QnasErrors.
 
     ``ranker``: ``"auto"`` uses the ranker shipped beside the predictor checkpoint when there is one
     (``qnas.ranker.ranker_path``), ``"none"`` scores with the GHN alone, a path loads that file. A
-    ranker that is not a valid ranker JSON, or was fitted on another predictor, is refused.
+    ranker that is not a valid ranker JSON, or was fitted on another predictor or protocol, is refused.
+    ``head``: ``"fit"`` solves each candidate's last layer on ``fit_size`` (default: ``val_size``) labelled
+    training images (``qnas.readout``), ``"keep"`` scores with the GHN's predicted classifier.
     """
     from qnas.data import dataset_info, load_dataset, val_subset
     from qnas.defaults import DEFAULT_BN_STATS
@@ -148,6 +163,8 @@ def make_scorer(
 
     if granularity not in ("tensor", "channel"):
         raise QnasError(f"granularity must be tensor or channel, got {granularity!r}")
+    if head not in HEADS:
+        raise QnasError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     if act_ranges not in ACT_RANGES:
         raise QnasError(f"activation ranges must be one of {', '.join(ACT_RANGES)}, got {act_ranges!r}")
 
@@ -160,20 +177,25 @@ def make_scorer(
                           seed=seed)
     ds = load_dataset(dataset, data_dir)
     x, y = val_subset(ds, val_size, seed=seed)
+    readout = None
+    if head == "fit":
+        from qnas.readout import Readout
+
+        readout = Readout.from_dataset(ds, fit_size or val_size, seed=seed)
     from qnas.ranker import load_ranker, ranker_path
 
-    fitted = None
-    if pred.path is not None:
-        version = f"{pred.header.train_steps} steps, weights sha256 {pred.digest[:12]}"
-        path = ranker_path(pred.path) if ranker == "auto" else None if ranker in (None, "none") else ranker
-        if path is not None and (ranker != "auto" or path.exists()):
-            fitted = load_ranker(path, predictor_digest=pred.digest)
-            version += f", ranker {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
-    else:
-        version = pred.header.notes or "untrained"
+    scorer = GHNScorer(space=space, predictor=pred, images=x, labels=y, input_shape=tuple(info.input_shape),
+                       num_classes=info.num_classes, bn_stats=bn_stats or DEFAULT_BN_STATS, name=pred.header.name,
+                       version=pred.header.notes or "untrained", granularity=granularity, act_ranges=act_ranges,
+                       first_last_bits=first_last, readout=readout)
+    if pred.path is None:
         if ranker not in (None, "none", "auto"):
             raise QnasError("a ranker needs a trained predictor checkpoint, not the random GHN")
-    return GHNScorer(space=space, predictor=pred, images=x, labels=y, input_shape=tuple(info.input_shape),
-                     num_classes=info.num_classes, bn_stats=bn_stats or DEFAULT_BN_STATS, name=pred.header.name,
-                     version=version, granularity=granularity, act_ranges=act_ranges, first_last_bits=first_last,
-                     ranker=fitted)
+        return scorer
+    version = f"{pred.header.train_steps} steps, weights sha256 {pred.digest[:12]}"
+    path = ranker_path(pred.path) if ranker == "auto" else None if ranker in (None, "none") else ranker
+    fitted = None
+    if path is not None and (ranker != "auto" or path.exists()):
+        fitted = load_ranker(path, predictor_digest=pred.digest, protocol=scorer.protocol)
+        version += f", ranker {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+    return replace(scorer, version=version, ranker=fitted)

@@ -394,6 +394,7 @@ def test_eval_predictor_json_matches_a_direct_evaluation(capsys: pytest.CaptureF
     from qnas.cli import main
     from qnas.data import load_dataset
     from qnas.predictors.evaluation import test_subset
+    from qnas.readout import Readout
     from qnas.score import evaluate
 
     rc = main(["eval-predictor", "--predictor", "random", "--splits", "id,bn_free", "--n", "1", "--images", "64",
@@ -401,6 +402,7 @@ def test_eval_predictor_json_matches_a_direct_evaluation(capsys: pytest.CaptureF
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["settings"] == ["fp32", "w4a4"] and out["test_images"] == 64 and out["bn_stats"] == "batch"
+    assert out["head"] == "fit64"  # the scoring default: the head fitted on as many training images as test ones
     assert [r["arch"] for r in out["architectures"]] == [
         convnets250k.to_string(convnets250k.load_split(s)[0]) for s in ("id", "bn_free")]
     cell = out["table"]["w4a4"]["id"]["top1"]
@@ -411,7 +413,7 @@ def test_eval_predictor_json_matches_a_direct_evaluation(capsys: pytest.CaptureF
     x, y = test_subset(ds, 64)
     module = convnets250k.build(convnets250k.load_split("id")[0])
     params = predict(random_predictor(seed=0).ghn, module, "w4a4", input_shape=(1, 28, 28))
-    direct = evaluate(module, params, x, y, ["w4a4"], bn_stats="batch")
+    direct = evaluate(module, params, x, y, ["w4a4"], bn_stats="batch", readout=Readout.from_dataset(ds, 64))
     assert direct["w4a4"]["top1"] == cell["mean"]
 
 

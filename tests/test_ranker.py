@@ -133,6 +133,16 @@ def test_a_ranker_of_another_predictor_or_feature_version_is_refused(tmp_path: P
         Ranker.from_json(text)
 
 
+def test_a_ranker_fitted_on_another_scoring_protocol_is_refused(tmp_path: Path) -> None:
+    rows, y = _rows()
+    fitted_with = "calibrated/channel/a2p99.5/fl8/w8sym/fit"
+    ranker = fit(rows, {"fp32": y}, predictor_digest="abc", provenance={"features": {"protocol": fitted_with}})
+    path = ranker.save(tmp_path / "r.json")
+    assert load_ranker(path, predictor_digest="abc", protocol=fitted_with)
+    with pytest.raises(QnasError, match="scored as .*/fit, not .*w8sym: .*--head"):
+        load_ranker(path, predictor_digest="abc", protocol=fitted_with.removesuffix("/fit"))
+
+
 def test_graph_features_count_depth_and_ops() -> None:
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
@@ -168,10 +178,13 @@ def test_candidate_features_are_finite_and_complete() -> None:
                     reason="no shipped ranker yet")
 def test_the_shipped_ranker_matches_the_shipped_predictor() -> None:
     from qnas.predictors import load_predictor
+    from qnas.scorer import make_scorer
 
     assert "fashion-mnist" in available_predictors()
     pt = Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt"
     ranker = load_ranker(ranker_path(pt), predictor_digest=load_predictor(pt).digest)
+    scorer = make_scorer(space=convnets250k, predictor=str(pt), val_size=16, ranker="none")
+    assert ranker.provenance["features"]["protocol"] == scorer.protocol  # the search's default protocol
     assert set(ranker.targets) >= {"fp32", "w4a4"} and ranker.provenance and ranker.metrics
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qnas.commands._args import non_negative_int, seed
-from qnas.defaults import DEFAULT_DATASET, SETTINGS
+from qnas.commands._args import non_negative_int, positive_int, seed
+from qnas.defaults import DEFAULT_DATASET, DEFAULT_HEAD, HEADS, SETTINGS
 from qnas.errors import QnasError
 
 __all__ = ["add_parser"]
@@ -57,6 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-stats", choices=("batch", "calibrated"),
                    help="BatchNorm statistics: per test batch of 64 (GHN-Q) or calibrated once "
                    "(default: the scoring default)")
+    p.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
+                   help="the classifier: 'fit' solves each network's last layer on --fit-size labelled training "
+                   f"images on its predicted features, as scoring does; 'keep' the GHN's own (default {DEFAULT_HEAD})")
+    p.add_argument("--fit-size", type=positive_int, default=None, metavar="N",
+                   help="labelled training images the head is fitted on with --head fit (default: as many as "
+                   "test images)")
     p.add_argument("--images", type=non_negative_int, default=1000,
                    help="test images, a fixed subset (default 1000; 0: the full test set, as GHN-Q)")
     p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
@@ -99,7 +105,7 @@ def _eval_predictor(args: argparse.Namespace) -> int:
         task = progress.add_task("eval", total=total, split="")
         result = evaluate_predictor(
             predictor, ds, splits=args.splits, n=args.n or None, settings=settings, bn_stats=args.bn_stats,
-            images=args.images or None, floor=args.floor, seed=args.seed,
+            images=args.images or None, floor=args.floor, seed=args.seed, head=args.head, fit_size=args.fit_size,
             on_arch=lambda split, arch: progress.update(task, advance=1, split=split),
         )
     if args.record:
@@ -107,7 +113,9 @@ def _eval_predictor(args: argparse.Namespace) -> int:
 
         command = (f"qnas eval-predictor --predictor {name} --dataset {args.dataset} --splits {','.join(args.splits)} "
                    f"--n {args.n} --bits {','.join(settings)} --images {args.images} --seed {args.seed}"
-                   + (f" --bn-stats {args.bn_stats}" if args.bn_stats else ""))
+                   + (f" --bn-stats {args.bn_stats}" if args.bn_stats else "")
+                   + f" --head {args.head}"
+                   + (f" --fit-size {args.fit_size}" if args.head == "fit" and args.fit_size else ""))
         record_eval_table(predictor.path, result, command)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
@@ -133,7 +141,7 @@ def _table(result: dict[str, Any]):
         columns.append(RANDOM_COLUMN)
     counts = {c: next(iter(result["table"].values()))[c]["top1"]["n"] for c in columns}
     title = (f"predictor {pred['name']} ({pred['train_steps']} training steps) on {result['dataset']}: "
-             f"{result['test_images']} test images, BN {result['bn_stats']}")
+             f"{result['test_images']} test images, BN {result['bn_stats']}, head {result['head']}")
     table = Table(title=title, caption="mean ± standard error; max, accuracy in % over architectures")
     table.add_column("setting", no_wrap=True)
     table.add_column("metric", no_wrap=True)

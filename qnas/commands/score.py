@@ -29,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         DEFAULT_GRANULARITY,
         DEFAULT_SPACE,
         GRANULARITIES,
+        HEADS,
     )
     from qnas.defaults import SETTINGS as DEFAULT_SETTINGS
     from qnas.limits import DEFAULT_MAX_MACS, DEFAULT_MAX_PARAMS
@@ -68,6 +69,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "setting is lower (default, as `qnas search`, finetune and export), or 'same': at the setting")
     p.add_argument("--bn-stats", choices=BN_MODES, default=DEFAULT_BN_STATS,
                    help=f"{_BN_HELP} (default {DEFAULT_BN_STATS})")
+    p.add_argument("--head", choices=HEADS, default=None,
+                   help="the last layer: 'fit' solves it on --fit-size labelled training images on the network's "
+                   "features at each setting, 'keep' keeps the one --init gives (default: fit with --init ghn, as "
+                   "`qnas search` scores; keep otherwise)")
+    p.add_argument("--fit-size", type=positive_int, default=None, metavar="N",
+                   help="labelled training images the head is fitted on with --head fit (default: --val-size)")
     p.add_argument("--val-size", type=positive_int, default=1000,
                    help="validation images, a fixed subset for a given --seed (default 1000)")
     p.add_argument("--calib-size", type=positive_int, default=None,
@@ -88,13 +95,16 @@ def _score(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from qnas import data
-    from qnas.defaults import DEFAULT_CALIB_SIZE
+    from qnas.defaults import DEFAULT_CALIB_SIZE, DEFAULT_HEAD
     from qnas.limits import check_arch_size
     from qnas.quant import first_last_rule, parse_specs, with_granularity
+    from qnas.readout import Readout
     from qnas.score import evaluate
     from search_spaces import get_space
 
     # Results keep the names asked for (w4a4), as `qnas search` reports them; "granularity" says the scales.
+    if args.head is None:
+        args.head = DEFAULT_HEAD if args.init.split(":")[0] == "ghn" else "keep"
     names = [name.strip().lower() for name in args.bits.split(",")]
     specs = parse_specs(with_granularity(names, args.granularity))  # bad input fails before any work
     specs = [s if s.is_float else first_last_rule(s, args.first_last_bits) for s in specs]  # the one rule
@@ -134,10 +144,11 @@ def _score(args: argparse.Namespace) -> int:
     params = _init(module, args, ds, err)
     init_seconds = time.perf_counter() - start
     x, y = data.val_subset(ds, args.val_size, seed=args.seed)
+    readout = Readout.from_dataset(ds, args.fit_size or args.val_size, seed=args.seed) if args.head == "fit" else None
     start = time.perf_counter()
     with err.status(f"scoring at {', '.join(s.name for s in specs)}", spinner="dots"):
         acc = evaluate(module, params, x, y, specs, bn_stats=args.bn_stats, batch_size=args.batch_size,
-                       calib_size=args.calib_size, seed=args.seed)
+                       calib_size=args.calib_size, seed=args.seed, readout=readout)
     record = {
         "arch": arch,
         "space": None if args.module else args.space,
@@ -147,6 +158,7 @@ def _score(args: argparse.Namespace) -> int:
         "init": args.init,
         "bn_stats": args.bn_stats,
         "granularity": args.granularity,
+        "head": "keep" if readout is None else f"fit{len(readout.labels)}",
         # the engine's full setting per reported name: weight scales and activation-range rule spelled out
         "settings": {name: spec.spelled_out().name for name, spec in zip(names, specs)},
         "val_size": args.val_size,
@@ -186,7 +198,8 @@ def _print(record: dict[str, Any]) -> None:
     console = Console(soft_wrap=True)
     console.print(record["arch"], markup=False, highlight=False)  # on its own line, never folded: users copy it
     caption = (f"{record['dataset']}, {record['val_size']} validation images (seed {record['seed']}), init "
-               f"{record['init']}, BN {record['bn_stats']}, {record['granularity']} weight scales, "
+               f"{record['init']}, head {record['head']}, BN {record['bn_stats']}, {record['granularity']} weight "
+               "scales, "
                f"{record['seconds']['score']:.1f} s")
     table = Table(title=f"{record['params']:,} params, {record['macs']:,} MACs", title_justify="left",
                   caption=caption, caption_justify="left")

@@ -16,7 +16,16 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from qnas.defaults import ACT_RANGES, DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS
+    from qnas.defaults import (
+        ACT_RANGES,
+        DEFAULT_DATASET,
+        DEFAULT_HEAD,
+        DEFAULT_POPULATION,
+        DEFAULT_SAMPLER,
+        DEFAULT_SPACE,
+        HEADS,
+        SAMPLERS,
+    )
 
     p = subparsers.add_parser(
         "search",
@@ -69,6 +78,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--first-last-bits", default="8", metavar="8|same",
                    help="first and last weight layers (and the input and the last layer's input) at 8 bits when the "
                    "target is lower (default; what finetune and export deploy), or 'same': at the target bits")
+    p.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
+                   help="the classifier candidates are scored with: 'fit' (default) solves each one's last layer on "
+                   "--fit-size labelled training images on its predicted features; 'keep' the GHN's own (about half "
+                   "the scoring time; users' families then score near chance)")
+    p.add_argument("--fit-size", type=positive_int, default=None, metavar="N",
+                   help="labelled training images the head is fitted on with --head fit (default: --val-size)")
     p.add_argument("--ranker", default="auto",
                    help="what the search maximizes: 'auto' (default) the ranker shipped beside the predictor, which "
                    "predicts trained accuracy from the GHN's scores and cheap features; 'none' the raw GHN accuracy; "
@@ -96,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout, storage=args.storage, sampler=args.sampler, population=args.population, seed=args.seed,
         space=args.space, dataset=args.dataset, data_dir=args.data_dir, predictor=args.predictor,
         val_size=args.val_size, bn_stats=args.bn_stats, granularity=args.granularity, act_ranges=args.act_ranges,
-        first_last_bits=args.first_last_bits, ranker=args.ranker,
+        first_last_bits=args.first_last_bits, ranker=args.ranker, head=args.head, fit_size=args.fit_size,
     )
     cfg, scorer, target = planned.config, planned.scorer, planned.config.target
     if cfg.objective == "top1" and not args.quiet:

@@ -87,6 +87,8 @@ def evaluate_predictor(
     images: int | None = 1000,
     floor: bool = True,
     seed: int = 0,
+    head: str | None = None,
+    fit_size: int | None = None,
     on_arch: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Table 1 of GHN-Q for ``predictor`` on dataset ``ds`` (a loaded ``qnas.data.Dataset``).
@@ -94,11 +96,15 @@ def evaluate_predictor(
     Returns plain JSON: ``table[setting][column][metric]`` = {mean, sem, max, n} of accuracies as
     fractions (columns: the splits, then ``random`` pooled over all architectures when ``floor``),
     and ``architectures``: one record per architecture with its accuracies. ``on_arch(split, arch)``
-    is called after each architecture (progress bars).
+    is called after each architecture (progress bars). ``head="fit"`` (the scoring default) solves every
+    network's last layer on ``fit_size`` (default: as many as test images) labelled training images
+    (``qnas.readout``), in both columns: the floor is then random features with a fitted head, the bar the
+    GHN's features must clear.
     """
-    from qnas.defaults import DEFAULT_BN_STATS
+    from qnas.defaults import DEFAULT_BN_STATS, DEFAULT_HEAD, HEADS
     from qnas.predictors import check_compatible
     from qnas.quant import parse_specs, prepare
+    from qnas.readout import Readout
     from qnas.score import evaluate
     from search_spaces import get_space
 
@@ -107,11 +113,15 @@ def evaluate_predictor(
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:
         raise QnasError(f"unknown split(s) {', '.join(unknown) or '(none)'} (choose from {', '.join(SPLITS)})")
+    head = head or DEFAULT_HEAD
+    if head not in HEADS:
+        raise QnasError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     specs = parse_specs(settings)
     names = [s.name for s in specs]
     bn_stats = bn_stats or DEFAULT_BN_STATS
     space = get_space(header.search_space)
     x, y = test_subset(ds, images)
+    readout = Readout.from_dataset(ds, fit_size or len(y)) if head == "fit" else None
     ghn = predictor.ghn.eval()
     conditioned = ghn.config.bit_conditioning
     records: list[dict[str, Any]] = []
@@ -130,9 +140,10 @@ def evaluate_predictor(
                 record = {"split": split, "arch": arch, **({"family": family} if family else {}),
                           "params": sum(p.numel() for p in module.parameters()),
                           "ghn": evaluate(qmodel, lambda spec, d=by_name: d[spec.name], x, y, specs,
-                                          bn_stats=bn_stats, seed=seed)}
+                                          bn_stats=bn_stats, seed=seed, readout=readout)}
                 if floor:
-                    record[RANDOM_COLUMN] = evaluate(qmodel, None, x, y, specs, bn_stats=bn_stats, seed=seed)
+                    record[RANDOM_COLUMN] = evaluate(qmodel, None, x, y, specs, bn_stats=bn_stats, seed=seed,
+                                                     readout=readout)
                 records.append(record)
                 if on_arch is not None:
                     on_arch(split, arch)
@@ -157,6 +168,7 @@ def evaluate_predictor(
         "test_images": len(y),
         "test_subset_seed": TEST_SUBSET_SEED,
         "bn_stats": bn_stats,
+        "head": "keep" if readout is None else f"fit{len(readout.labels)}",
         "settings": names,
         "splits": list(splits),
         "table": table,
@@ -181,11 +193,14 @@ def record_eval_table(path: str | Any, result: dict[str, Any], command: str) -> 
     """
     from qnas.predictors import read_header, update_header
 
-    how = {k: result[k] for k in ("dataset", "test_images", "test_subset_seed", "bn_stats", "splits")}
+    how = {k: result.get(k, "keep") for k in ("dataset", "test_images", "test_subset_seed", "bn_stats", "splits",
+                                              "head")}
     how["archs_per_split"] = {c: next(iter(result["table"].values()))[c]["top1"]["n"]
                               for c in result["splits"]}
     old = dict(read_header(path).eval_table or {})
-    rows = dict(old.get("rows", {})) if all(old.get(k) == v for k, v in how.items()) else {}
+    # Tables recorded before the head was a choice were measured with the GHN's own ("keep").
+    same = all(old.get(k, "keep" if k == "head" else None) == v for k, v in how.items())
+    rows = dict(old.get("rows", {})) if same else {}
     for setting, row in result["table"].items():
         rows[setting] = {"command": command, **row}
     table = {**how, "rows": rows}

@@ -217,6 +217,7 @@ class QuantModel(nn.Module):
         params: Mapping[str, torch.Tensor] | None = None,
         _record: _Recorder | None = None,
         _shapes: dict[str, tuple[int, ...]] | None = None,
+        taps: Mapping[str, list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Logits of ``x`` at ``spec`` (default FP32).
 
@@ -228,6 +229,8 @@ class QuantModel(nn.Module):
         ``generator``: randomness of ``noise`` mode. ``channels_last``: run convs in NHWC (faster on CPU).
         ``params``: tensors by ``named_parameters()`` name used instead of the module's own (missing
         names fall back to them): the same as ``torch.func.functional_call`` without its per-call cost.
+        ``taps``: step name -> a list each call appends that step's value to, as this setting computes it
+        (quantized where the step quantizes); how a head is fitted on a network's own features.
         """
         ctx = _Ctx(QuantSpec.parse(spec), calibration, cache, generator, _record, channels_last,
                    inplace=not torch.is_grad_enabled(), params=params)
@@ -252,6 +255,8 @@ class QuantModel(nn.Module):
             env[step.name] = y
             if _shapes is not None and isinstance(y, torch.Tensor):
                 _shapes[step.name] = tuple(y.shape)
+            if taps is not None and step.name in taps:
+                taps[step.name].append(y.clone() if ctx.inplace else y)  # later in-place steps must not touch it
             for name in step.free:
                 del env[name]
         raise AssertionError("program without output")

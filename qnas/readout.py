@@ -1,0 +1,151 @@
+"""The readout: a network's classifier solved in closed form on its own predicted features.
+
+    readout = Readout(images, labels)                    # labelled training images, never the scored ones
+    params = fit_head(qmodel, params, spec, calibration, readout)
+    # every parameter as given (the GHN's), but the last layer's weight and bias: ridge regression of
+    # one-hot labels on that layer's input, as the network computes it at ``spec``
+
+Why: the GHN's predicted *features* are about as linearly separable on users' families (DenseNets,
+wide shallow nets, LeNet, BN-free VGGs) as on the search space's nets, but its predicted *classifier*
+throws 15-50 points of that away there (``benchmarks/head_probe.py``, docs/predictor.md). Solving the
+last layer costs one ridge solve per setting and a forward pass over the fit images: no gradient step,
+nothing trained. A temperature fitted on the same images scales the logits, so the cross-entropy is
+meaningful (least squares on one-hot targets gives near-uniform softmax otherwise).
+
+Heads it solves: a ``Linear`` layer, or a 1x1 ``Conv2d`` whose output is pooled to the logits
+(SqueezeNet), fitted on every pixel (subsampled to ``max_rows``). Other last layers (a spatial conv,
+one followed by BatchNorm) keep the GHN's parameters: :func:`head_step` returns None for them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from qnas.errors import QnasError
+from qnas.quant import Calibration, QuantModel, QuantSpec, Step
+
+__all__ = ["DEFAULT_RIDGE", "Readout", "fit_head", "head_step"]
+
+DEFAULT_RIDGE = 10.0  # on standardized features; the same prior as benchmarks/head_probe.py
+
+
+@dataclass(frozen=True, eq=False)
+class Readout:
+    """The labelled images a head is fitted on (normalized, N x C x H x W) and the ridge penalty."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ridge: float = DEFAULT_RIDGE
+    batch_size: int = 250
+    max_rows: int = 50_000  # pixels of a convolutional head: a random subset of them beyond this
+    seed: int = 0
+
+    @classmethod
+    def from_dataset(cls, ds: Any, size: int, seed: int = 0) -> Readout:
+        """``size`` labelled images of ``ds``'s training split (``qnas.data.train_subset``; all of them when it
+        holds fewer: the scorer's protocol string records how many)."""
+        from qnas.data import train_subset
+
+        return cls(*train_subset(ds, min(size, len(ds.train_labels)), seed=seed))
+
+    def __post_init__(self) -> None:
+        if len(self.images) == 0 or len(self.images) != len(self.labels):
+            raise QnasError(f"a readout needs labelled images, got {len(self.images)} images and "
+                            f"{len(self.labels)} labels")
+        if not self.ridge > 0:
+            raise QnasError(f"the readout's ridge penalty must be positive, got {self.ridge}")
+
+
+def head_step(model: QuantModel) -> Step | None:
+    """The step of ``model``'s last weight layer if a readout can replace it, else None."""
+    weighted = [s for s in model.program if s.kind in ("conv", "linear")]
+    if not weighted:
+        return None
+    step = weighted[-1]
+    if step.bn is not None:
+        return None
+    if step.kind == "conv":
+        m = step.module
+        if m.kernel_size != (1, 1) or m.groups != 1 or m.stride != (1, 1) or m.padding not in ((0, 0), "valid"):
+            return None
+    return step
+
+
+def fit_head(
+    model: QuantModel,
+    params: Mapping[str, torch.Tensor] | None,
+    spec: QuantSpec,
+    calibration: Calibration | None,
+    readout: Readout,
+    *,
+    generator: torch.Generator | None = None,
+    channels_last: bool = True,
+) -> dict[str, torch.Tensor]:
+    """``params`` with the last layer's weight (and bias, if it has one) solved on ``readout``'s images.
+
+    The features are the last layer's input as ``model`` computes it at ``spec`` with ``calibration``
+    (so quantized where the setting quantizes it). Unsupported heads and non-finite features (a network
+    whose predicted parameters diverge) return ``params`` unchanged: the GHN's head is then the score.
+    """
+    from sklearn.linear_model import Ridge
+
+    out = dict(params or {})
+    step = head_step(model)
+    if step is None:
+        return out
+    tap = step.inputs[0]
+    taps: dict[str, list[torch.Tensor]] = {tap: []}
+    with torch.inference_mode():
+        for xb in readout.images.split(readout.batch_size):
+            model(xb, spec, calibration, params=out, taps=taps, generator=generator, channels_last=channels_last)
+    feats = torch.cat(taps[tap]).float()
+    labels = readout.labels
+    if step.kind == "conv":  # every pixel is a sample with its image's label
+        n, c = feats.shape[:2]
+        pixels = feats.shape[2] * feats.shape[3]
+        feats = feats.permute(0, 2, 3, 1).reshape(-1, c)
+        labels = labels.repeat_interleave(pixels)
+        if len(feats) > readout.max_rows:
+            keep = torch.randperm(len(feats), generator=torch.Generator().manual_seed(readout.seed))[: readout.max_rows]
+            feats, labels = feats[keep], labels[keep]
+    else:
+        feats = feats.flatten(1)
+    if not bool(torch.isfinite(feats).all()):
+        return out
+    x = feats.double().numpy()
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    has_bias = step.pnames[1] in dict(model.named_parameters())
+    classes = step.module.out_features if step.kind == "linear" else step.module.out_channels
+    y = np.zeros((len(labels), classes))  # one-hot targets for every class, whether the fit images hold it or not
+    y[np.arange(len(labels)), labels.numpy()] = 1.0
+    # Cholesky solves the (F, F) system, or the (N, N) one where features outnumber images (a flatten).
+    reg = Ridge(alpha=readout.ridge, fit_intercept=has_bias, solver="cholesky").fit((x - mu) / sd, y)
+    coef = reg.coef_ / sd  # back to raw features: logits = x @ coef.T + intercept
+    intercept = (reg.intercept_ - coef @ mu) if has_bias else np.zeros(classes)
+    scale = _temperature(x @ coef.T + intercept, labels.numpy())
+    weight = torch.from_numpy(coef * scale).float()
+    name_w, name_b = step.pnames[0], step.pnames[1]
+    shape = dict(model.named_parameters())[name_w].shape
+    out[name_w] = weight.view(shape)
+    if has_bias:
+        out[name_b] = torch.from_numpy(intercept * scale).float()
+    return out
+
+
+def _temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The scale of ``logits`` that minimizes their cross-entropy on ``labels`` (searched in log space)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    rows = np.arange(len(labels))
+
+    def loss(log_t: float) -> float:
+        return float(-log_softmax(logits * math.exp(log_t), axis=1)[rows, labels].mean())
+
+    return math.exp(minimize_scalar(loss, bounds=(-4.0, 6.0), method="bounded").x)

@@ -1,0 +1,121 @@
+"""The readout: the last layer solved in closed form on a network's own features (qnas.readout)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qnas.errors import QnasError
+from qnas.quant import QuantSpec, calibrate, prepare
+from qnas.readout import Readout, fit_head, head_step
+from qnas.score import evaluate
+
+
+def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose class is which of 4 quadrants is bright: a pooled-feature linear head can read it."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    x = 0.3 * torch.randn(n, 1, 12, 12, generator=gen)
+    for i, c in enumerate(y.tolist()):
+        r, q = divmod(c, 2)
+        x[i, 0, 6 * r : 6 * r + 6, 6 * q : 6 * q + 6] += 2.0
+    return x, y
+
+
+def _linear_head_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(32, 4))
+
+
+def _conv_head_net(relu: bool) -> nn.Module:  # SqueezeNet's head: a 1x1 conv pooled to the logits
+    torch.manual_seed(0)
+    tail = [nn.ReLU()] if relu else []
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(6), nn.Conv2d(8, 4, 1), *tail,
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_the_head_is_the_ridge_solution_on_the_features_up_to_a_temperature() -> None:
+    net = _linear_head_net()
+    x, y = _separable(300, 0)
+    readout = Readout(x, y, ridge=3.0)
+    qm = prepare(net)
+    params = fit_head(qm, None, QuantSpec.parse("fp32"), None, readout)
+    feats = net[:-1](x).detach().double().numpy()  # what the last layer reads, computed independently
+    mu, sd = feats.mean(0), feats.std(0) + 1e-6
+    a = np.hstack([(feats - mu) / sd, np.ones((len(feats), 1))])
+    reg = 3.0 * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0  # the intercept is not penalized
+    w = np.linalg.solve(a.T @ a + reg, a.T @ np.eye(4)[y.numpy()])
+    coef = (w[:-1] / sd[:, None]).T
+    got = params["4.weight"].double().numpy()
+    ratio = got / coef
+    assert np.allclose(ratio, ratio.flat[0], rtol=1e-3)  # the same solution, scaled by one temperature
+    assert ratio.flat[0] > 0
+    bias = w[-1] - coef @ mu
+    assert np.allclose(params["4.bias"].double().numpy(), bias * ratio.flat[0], rtol=1e-3, atol=1e-6)
+    assert set(params) == {"4.weight", "4.bias"}  # the other layers keep what they were given
+
+
+def test_a_fitted_head_reads_features_a_random_head_does_not() -> None:
+    x, y = _separable(400, 1)
+    tx, ty = _separable(400, 2)
+    net = _linear_head_net()
+    plain = evaluate(net, None, tx, ty, ["fp32", "w4a4"])
+    fitted = evaluate(net, None, tx, ty, ["fp32", "w4a4"], readout=Readout(x, y))
+    assert plain["fp32"]["top1"] < 0.5  # a random head on 4 classes
+    assert fitted["fp32"]["top1"] > 0.9
+    assert fitted["w4a4"]["top1"] > 0.8
+    assert fitted["fp32"]["loss"] < plain["fp32"]["loss"]  # the temperature makes the loss meaningful
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_pooled_1x1_conv_head_is_fitted_on_its_pixels(relu: bool) -> None:
+    x, y = _separable(300, 3)
+    tx, ty = _separable(300, 4)
+    net = _conv_head_net(relu)
+    assert head_step(prepare(net)) is not None
+    # At 4 bits the head's output range (after the fitted head's ReLU) must be measured again.
+    acc = evaluate(net, None, tx, ty, ["fp32", "w4a4"], readout=Readout(x, y), calib_size=64)
+    assert acc["fp32"]["top1"] > 0.7
+    assert acc["w4a4"]["top1"] > 0.6
+
+
+def test_heads_it_cannot_solve_keep_their_parameters() -> None:
+    torch.manual_seed(0)
+    spatial = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    qm = prepare(spatial)
+    assert head_step(qm) is None
+    x, y = _separable(50, 5)
+    given = {"2.weight": torch.ones(4, 8, 3, 3)}
+    assert fit_head(qm, given, QuantSpec.parse("fp32"), None, Readout(x, y)) == given
+
+
+def test_non_finite_features_keep_the_given_head() -> None:
+    net = _linear_head_net()
+    x, y = _separable(50, 6)
+    qm = prepare(net)
+    huge = {"0.weight": torch.full((8, 1, 3, 3), float("inf"))}
+    assert fit_head(qm, huge, QuantSpec.parse("fp32"), None, Readout(x, y)) == huge
+
+
+def test_features_are_the_quantized_ones_at_a_quantized_setting() -> None:
+    net = _linear_head_net()
+    x, y = _separable(200, 7)
+    qm = prepare(net)
+    spec = QuantSpec.parse("w4a4")
+    cal = calibrate(qm, x[:64], spec=spec)
+    fp = fit_head(qm, None, QuantSpec.parse("fp32"), None, Readout(x, y))
+    q = fit_head(qm, None, spec, cal, Readout(x, y))
+    assert not torch.allclose(fp["4.weight"], q["4.weight"])
+
+
+def test_a_readout_needs_labelled_images_and_a_positive_penalty() -> None:
+    x, y = _separable(10, 8)
+    with pytest.raises(QnasError, match="labelled images"):
+        Readout(x, y[:5])
+    with pytest.raises(QnasError, match="ridge"):
+        Readout(x, y, ridge=0.0)
