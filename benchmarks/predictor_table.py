@@ -40,6 +40,9 @@ def main() -> None:
                     help="weight scales of the quantized settings (default channel, qnas's scoring protocol)")
     ap.add_argument("--also-ghnq", action="store_true",
                     help="also score the shipped predictor under GHN-Q's protocol (batch BN, tensorwise)")
+    ap.add_argument("--head", default="keep", choices=("keep", "fit"),
+                    help="classifier: the GHN's own (default: GHN-Q's table compares predicted parameters) or the "
+                    "fitted head the search scores with")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write all results here")
     args = ap.parse_args()
@@ -63,7 +66,7 @@ def main() -> None:
             continue
         pred = load_predictor(name, dataset="fashion-mnist")
         res = _rename(evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=specs, bn_stats=args.bn_stats,
-                                         images=args.images, floor=floor is None), specs)
+                                         images=args.images, floor=floor is None, head=args.head), specs)
         if floor is None:
             floor = {s: res["table"][s]["random"] for s in SETTINGS}
         rows.append((label, f"{args.bn_stats}/{args.granularity}", res))
@@ -71,7 +74,7 @@ def main() -> None:
             shipped = res
             if args.also_ghnq:
                 ghnq = evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=SETTINGS, bn_stats="batch",
-                                          images=args.images, floor=False)
+                                          images=args.images, floor=False, head=args.head)
                 rows.append((label, "batch/tensor (GHN-Q)", ghnq))
 
     header = f"{'predictor':28s} {'protocol':20s} " + " ".join(f"{s:>22s}" for s in SETTINGS)
