@@ -80,8 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "target is lower (default; what finetune and export deploy), or 'same': at the target bits")
     p.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
                    help="the classifier candidates are scored with: 'fit' (default) solves each one's last layer on "
-                   "--fit-size labelled training images on its predicted features; 'keep' the GHN's own (about half "
-                   "the scoring time; users' families then score near chance)")
+                   "--fit-size labelled training images on its predicted features; 'keep' the GHN's own (no forward "
+                   "pass over those images; docs/predictor.md compares the two)")
     p.add_argument("--fit-size", type=positive_int, default=None, metavar="N",
                    help="labelled training images the head is fitted on with --head fit (default: --val-size)")
     p.add_argument("--ranker", default="auto",
