@@ -120,7 +120,8 @@ def fit_head(
         return out
     x = feats.double().numpy()
     mu, sd = x.mean(0), x.std(0) + 1e-6
-    has_bias = step.pnames[1] in dict(model.named_parameters())
+    own = dict(model.named_parameters())
+    has_bias = step.pnames[1] in own
     classes = step.module.out_features if step.kind == "linear" else step.module.out_channels
     y = np.zeros((len(labels), classes))  # one-hot targets for every class, whether the fit images hold it or not
     y[np.arange(len(labels)), labels.numpy()] = 1.0
@@ -131,8 +132,7 @@ def fit_head(
     scale = _temperature(x @ coef.T + intercept, labels.numpy())
     weight = torch.from_numpy(coef * scale).float()
     name_w, name_b = step.pnames[0], step.pnames[1]
-    shape = dict(model.named_parameters())[name_w].shape
-    out[name_w] = weight.view(shape)
+    out[name_w] = weight.view(own[name_w].shape)
     if has_bias:
         out[name_b] = torch.from_numpy(intercept * scale).float()
     return out

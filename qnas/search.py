@@ -581,15 +581,15 @@ def run_search(
         attrs[K.BITOPS] = {s: bitops(macs, s) for s in SETTINGS}
         if params > cfg.max_params:
             summary.infeasible += 1
-            attrs[K.INFEASIBLE] = True
-            _set_attrs(trial, attrs)
+            _set_attrs(trial, {**attrs, K.INFEASIBLE: True})
             return 0.0, float(params)
+        _set_attrs(trial, attrs)  # before scoring: a running trial, or one whose worker died, says what it scores
         refresh_cache()
         if arch in cache:
             hit = cache[arch]
             summary.cached += 1
             metrics = {k: v for k, v in hit.items() if k.startswith(SCORE_ATTRS)}
-            attrs.update({**metrics, K.SCORED_IN_TRIAL: hit["_number"], K.SCORE_SECONDS: 0.0})
+            result = {**metrics, K.SCORED_IN_TRIAL: hit["_number"], K.SCORE_SECONDS: 0.0}
         else:
             t0 = time.perf_counter()
             ctrl_c.scoring = True
@@ -602,12 +602,12 @@ def run_search(
             dt = time.perf_counter() - t0
             summary.scored += 1
             summary.score_seconds += dt
-            attrs.update({**metrics, K.SCORE_SECONDS: dt})
-            cache[arch] = {**attrs, "_number": trial.number}
+            result = {**metrics, K.SCORE_SECONDS: dt}
+            cache[arch] = {**attrs, **result, "_number": trial.number}
         key = K.score(cfg.objective, cfg.target)
         if key not in metrics:
             raise QnasError(f"scorer {scorer.name!r} did not return {key}")
-        _set_attrs(trial, attrs)
+        _set_attrs(trial, result)
         return float(metrics[key]), float(params)
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -137,8 +137,8 @@ class StudyAttrs:
 
 @dataclass(frozen=True)
 class TrialAttrs:
-    """One trial's attributes; accuracies are fractions. None: not recorded (trials not made by ``qnas search``,
-    or still running)."""
+    """One trial's attributes; accuracies are fractions. None: not recorded (trials not made by ``qnas search``;
+    a running trial has its architecture, size and worker but no scores yet)."""
 
     number: int
     arch: str | None = None

@@ -133,6 +133,25 @@ def test_trials_of_a_dead_worker_are_failed_and_requeued_on_resume(kind, tmp_pat
     assert {t.system_attrs.get("failed_trial") for t in trials} >= {dead, ownerless}
 
 
+def test_a_trial_says_what_it_scores_while_running(tmp_path):
+    # A worker that dies while scoring (out of memory, kill -9) leaves a trial that names its candidate.
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    seen: list[dict] = []
+
+    class Peeking(FakeScorer):
+        def score(self, genome):
+            running = load_study("r", url).get_trials(states=(TrialState.RUNNING,))
+            seen.extend(t.user_attrs for t in running)
+            return super().score(genome)
+
+    cfg = SearchConfig(study="r", storage=url, sampler="random", max_params=100_000, trials=2)
+    run_search(cfg, Peeking("random"), S, (1, 28, 28), 10)
+    assert len(seen) == 2
+    for attrs in seen:
+        assert attrs["arch"] == S.to_string(S.from_json(attrs["genome"])) and attrs["params"] > 0
+        assert WORKER_ATTR in attrs and not any(k.startswith("top1_") for k in attrs)
+
+
 def _wait_for_running_trial(study: str, url: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 120
     while True:
@@ -154,8 +173,8 @@ def test_killed_worker_leaves_nothing_running_once_a_worker_resumes(kind, sig, t
         url = request.getfixturevalue("postgres_url")
     for attempt in range(3):  # on a loaded machine the kill can land between two trials: try again
         study = f"kill-{kind}-{int(sig)}-{attempt}"
-        # Enough images that a trial spends most of its time scoring, where the signal lands.
-        # --head keep: the scoring that this test was tuned on; what it checks is crash recovery, not scores.
+        # Enough images that a trial spends most of its time scoring, where the watcher sees it (the trial names
+        # its architecture before scoring) and the signal lands; --head keep: quicker, and scores are not checked.
         proc = _spawn("--trials", "50", "--val-size", "256", "--head", "keep", "--storage", url, "--study", study)
         try:
             _wait_for_running_trial(study, url, proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 __all__ = [
+    "add_head_args",
     "fraction",
     "non_negative_int",
     "param_count",
@@ -99,3 +100,16 @@ def population(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected a population of at least 2, got {text!r}")
     return value
+
+
+def add_head_args(p: argparse.ArgumentParser, *, default: str | None, default_text: str, fit_size_default: str) -> None:
+    """``--head`` and ``--fit-size``, declared once for every command that scores (search, score, eval-predictor)."""
+    from qnas.defaults import HEADS
+
+    p.add_argument("--head", choices=HEADS, default=default,
+                   help="the classifier networks are scored with: 'fit' solves each one's last layer at every setting "
+                   "on --fit-size labelled training images, on the features the network computes there; 'keep' keeps "
+                   f"the one its parameters give, e.g. the GHN's (default {default_text}; docs/predictor.md compares "
+                   "them)")
+    p.add_argument("--fit-size", type=positive_int, default=None, metavar="N",
+                   help=f"labelled training images the head is fitted on with --head fit (default: {fit_size_default})")

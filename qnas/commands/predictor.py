@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qnas.commands._args import non_negative_int, positive_int, seed
-from qnas.defaults import DEFAULT_DATASET, DEFAULT_HEAD, HEADS, SETTINGS
+from qnas.commands._args import add_head_args, non_negative_int, seed
+from qnas.defaults import DEFAULT_DATASET, DEFAULT_HEAD, SETTINGS
 from qnas.errors import QnasError
 
 __all__ = ["add_parser"]
@@ -57,12 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-stats", choices=("batch", "calibrated"),
                    help="BatchNorm statistics: per test batch of 64 (GHN-Q) or calibrated once "
                    "(default: the scoring default)")
-    p.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
-                   help="the classifier: 'fit' solves each network's last layer on --fit-size labelled training "
-                   f"images on its predicted features, as scoring does; 'keep' the GHN's own (default {DEFAULT_HEAD})")
-    p.add_argument("--fit-size", type=positive_int, default=None, metavar="N",
-                   help="labelled training images the head is fitted on with --head fit (default: as many as "
-                   "test images)")
+    add_head_args(p, default=DEFAULT_HEAD, default_text=DEFAULT_HEAD, fit_size_default="as many as test images")
     p.add_argument("--images", type=non_negative_int, default=1000,
                    help="test images, a fixed subset (default 1000; 0: the full test set, as GHN-Q)")
     p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,

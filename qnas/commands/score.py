@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qnas.commands._args import param_count, positive_int, seed
+from qnas.commands._args import add_head_args, param_count, positive_int, seed
 from qnas.errors import QnasError
 
 __all__ = ["add_parser"]
@@ -29,7 +29,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         DEFAULT_GRANULARITY,
         DEFAULT_SPACE,
         GRANULARITIES,
-        HEADS,
     )
     from qnas.defaults import SETTINGS as DEFAULT_SETTINGS
     from qnas.limits import DEFAULT_MAX_MACS, DEFAULT_MAX_PARAMS
@@ -69,12 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "setting is lower (default, as `qnas search`, finetune and export), or 'same': at the setting")
     p.add_argument("--bn-stats", choices=BN_MODES, default=DEFAULT_BN_STATS,
                    help=f"{_BN_HELP} (default {DEFAULT_BN_STATS})")
-    p.add_argument("--head", choices=HEADS, default=None,
-                   help="the last layer: 'fit' solves it on --fit-size labelled training images on the network's "
-                   "features at each setting, 'keep' keeps the one --init gives (default: fit with --init ghn, as "
-                   "`qnas search` scores; keep otherwise)")
-    p.add_argument("--fit-size", type=positive_int, default=None, metavar="N",
-                   help="labelled training images the head is fitted on with --head fit (default: --val-size)")
+    add_head_args(p, default=None, default_text="fit with --init ghn, as `qnas search` scores; keep otherwise",
+                  fit_size_default="--val-size")
     p.add_argument("--val-size", type=positive_int, default=1000,
                    help="validation images, a fixed subset for a given --seed (default 1000)")
     p.add_argument("--calib-size", type=positive_int, default=None,

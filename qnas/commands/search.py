@@ -9,7 +9,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from qnas.commands._args import param_count, population, positive_float, positive_int, seed, study_name
+from qnas.commands._args import add_head_args, param_count, population, positive_float, positive_int, seed, study_name
 from qnas.commands._output import pct, print_architectures
 
 __all__ = ["add_parser"]
@@ -23,7 +23,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         DEFAULT_POPULATION,
         DEFAULT_SAMPLER,
         DEFAULT_SPACE,
-        HEADS,
         SAMPLERS,
     )
 
@@ -78,12 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--first-last-bits", default="8", metavar="8|same",
                    help="first and last weight layers (and the input and the last layer's input) at 8 bits when the "
                    "target is lower (default; what finetune and export deploy), or 'same': at the target bits")
-    p.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
-                   help="the classifier candidates are scored with: 'fit' (default) solves each one's last layer on "
-                   "--fit-size labelled training images on its predicted features; 'keep' the GHN's own (no forward "
-                   "pass over those images; docs/predictor.md compares the two)")
-    p.add_argument("--fit-size", type=positive_int, default=None, metavar="N",
-                   help="labelled training images the head is fitted on with --head fit (default: --val-size)")
+    add_head_args(p, default=DEFAULT_HEAD, default_text=DEFAULT_HEAD, fit_size_default="--val-size")
     p.add_argument("--ranker", default="auto",
                    help="what the search maximizes: 'auto' (default) the ranker shipped beside the predictor, which "
                    "predicts trained accuracy from the GHN's scores and cheap features; 'none' the raw GHN accuracy; "
