@@ -1,6 +1,6 @@
 """Scoring overhead: ``evaluate`` over fp32+w8a8+w4a8+w4a4+w2a2 vs 5x bare FP32 inference.
 
-    OMP_NUM_THREADS=1 python benchmarks/scoring_overhead.py [--archs 8] [--images 1000] [--bn-stats both]
+    OMP_NUM_THREADS=1 python benchmarks/scoring_overhead.py [--archs 8] [--images 1000] [--bn-stats both] [--head both]
 
 For a spread of architectures of the ``id`` split (by parameter count, up to ``--max-params``), on the
 same validation images, side by side in one run:
@@ -11,12 +11,15 @@ same validation images, side by side in one run:
   otherwise make the first conv pick NCHW for the whole net), NHWC weights, in-place ReLUs;
 * ``evaluate``: ``qnas.score.evaluate`` over the five settings with the parameters passed as a dict (as
   the search passes GHN predictions), tracing (``prepare``) and calibration included: what scoring one
-  candidate costs beyond predicting its parameters.
+  candidate costs beyond predicting its parameters. With ``--head fit`` (the scoring default) the last layer
+  is solved at every setting on as many labelled training images as validation images (``qnas.readout``),
+  as the search scores; ``--head keep`` scores with the parameters as given.
 
 Times are CPU seconds of this process (``time.process_time``: other processes on a shared machine
 inflate them far less than wall time), the best of ``--repeats`` runs after a one-batch warm-up. The
 ratio is ``evaluate / (5 x bare)``; the last line is ``overhead_ratio=<median>`` for the default BN
-mode (``qnas.score.DEFAULT_BN_STATS``). The default of 1,000 images is the search's ``--val-size``.
+mode (``qnas.score.DEFAULT_BN_STATS``) and head (``qnas.defaults.DEFAULT_HEAD``), then the other head's
+median where both are timed. The default of 1,000 images is the search's ``--val-size``.
 Use one thread (the default) when other processes share the machine: two multi-threaded torch
 processes on two cores slow each other down many times over.
 """
@@ -38,6 +41,8 @@ from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qnas.defaults import DEFAULT_HEAD, HEADS  # noqa: E402
+from qnas.readout import Readout  # noqa: E402
 from qnas.score import DEFAULT_BN_STATS, evaluate  # noqa: E402
 from search_spaces import convnets250k  # noqa: E402
 
@@ -89,16 +94,19 @@ def bare_fp32_seconds(module: nn.Module, x: torch.Tensor, y: torch.Tensor, repea
     return best
 
 
-def _images(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def _images(n: int) -> tuple[torch.Tensor, torch.Tensor, Readout, str]:
+    """Validation images and the readout's training images, ``n`` of each (as the search scores)."""
     try:
         from qnas import data
 
         ds = data.load_dataset("fashion-mnist")
         x, y = data.val_subset(ds, n, seed=0)
-        return x, y, "fashion-mnist validation subset"
+        return x, y, Readout.from_dataset(ds, n, seed=0), "fashion-mnist validation subset"
     except Exception as exc:  # no dataset here: timing does not depend on the pixels
         gen = torch.Generator().manual_seed(0)
-        return torch.randn(n, 1, 28, 28, generator=gen), torch.randint(0, 10, (n,), generator=gen), f"random ({exc})"
+        x, fit = torch.randn(2, n, 1, 28, 28, generator=gen)
+        y, fit_y = torch.randint(0, 10, (2, n), generator=gen)
+        return x, y, Readout(fit, fit_y), f"random ({exc})"
 
 
 def _spread(n: int, max_params: float) -> list:
@@ -120,14 +128,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--bn-stats", choices=("batch", "calibrated", "both"), default=DEFAULT_BN_STATS,
                         help=f"BN modes to time (default {DEFAULT_BN_STATS}, the scoring default)")
+    parser.add_argument("--head", choices=(*HEADS, "both"), default="both",
+                        help=f"last layer: fitted per setting, as given, or both (default both; scoring: "
+                        f"{DEFAULT_HEAD})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    x, y, source = _images(args.images)
-    modes = ["calibrated", "batch"] if args.bn_stats == "both" else [args.bn_stats]
+    x, y, fit, source = _images(args.images)
+    bns = ["calibrated", "batch"] if args.bn_stats == "both" else [args.bn_stats]
+    heads = [DEFAULT_HEAD, *(h for h in HEADS if h != DEFAULT_HEAD)] if args.head == "both" else [args.head]
+    modes = [(b, h) for b in bns for h in heads]
     print(f"{args.images} images ({source}), batch 64, {args.threads} thread(s), torch {torch.__version__}; "
-          f"settings {'+'.join(SETTINGS)}; default bn_stats={DEFAULT_BN_STATS}; CPU seconds")
-    print(f"{'params':>9} {'bare ms':>8} " + " ".join(f"{m + ' ms':>13} {'ratio':>6}" for m in modes) + "  arch")
-    ratios: dict[str, list[float]] = {m: [] for m in modes}
+          f"settings {'+'.join(SETTINGS)}; default bn_stats={DEFAULT_BN_STATS}, head={DEFAULT_HEAD} (fitted on "
+          f"{len(fit.labels)} training images); CPU seconds")
+    print(f"{'params':>9} {'bare ms':>8} " + " ".join(f"{b + '/' + h + ' ms':>18} {'ratio':>6}" for b, h in modes)
+          + "  arch")
+    ratios: dict[tuple[str, str], list[float]] = {m: [] for m in modes}
     for genome in _spread(args.archs, args.max_params):
         torch.manual_seed(0)
         module = convnets250k.build(genome)
@@ -135,17 +150,19 @@ def main() -> None:
         bare = bare_fp32_seconds(module, x, y, args.repeats)
         row = f"{convnets250k.count_params(genome):>9,} {bare * 1e3:>8.1f} "
         for mode in modes:
-            def run(xs: torch.Tensor, ys: torch.Tensor, mode: str = mode, module: nn.Module = module,
+            def run(xs: torch.Tensor, ys: torch.Tensor, mode: tuple[str, str] = mode, module: nn.Module = module,
                     params: dict = params) -> None:
-                evaluate(module, params, xs, ys, SETTINGS, bn_stats=mode)
+                evaluate(module, params, xs, ys, SETTINGS, bn_stats=mode[0], readout=fit if mode[1] == "fit" else None)
             t = _best(run, x, y, args.repeats)
             ratios[mode].append(t / (5 * bare))
-            row += f"{t * 1e3:>13.1f} {ratios[mode][-1]:>6.2f} "
+            row += f"{t * 1e3:>18.1f} {ratios[mode][-1]:>6.2f} "
         print(row + " " + convnets250k.to_string(genome), flush=True)
-    for mode in modes:
-        print(f"median ratio {mode}: {statistics.median(ratios[mode]):.3f}")
-    default = DEFAULT_BN_STATS if DEFAULT_BN_STATS in ratios else modes[0]
-    print(f"overhead_ratio={statistics.median(ratios[default]):.3f}")
+    for b, h in modes:
+        print(f"median ratio {b}/{h}: {statistics.median(ratios[b, h]):.3f}")
+    bn = DEFAULT_BN_STATS if DEFAULT_BN_STATS in bns else bns[0]
+    line = f"overhead_ratio={statistics.median(ratios[bn, heads[0]]):.3f}"
+    line += "".join(f" overhead_ratio_{h}={statistics.median(ratios[bn, h]):.3f}" for h in heads[1:])
+    print(line)
 
 
 if __name__ == "__main__":
