@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_HEAD, DEFAULT_SPACE, SETTINGS
-from qnas.errors import QnasError
+from qnas.errors import QnasError, QnasWarning
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +116,8 @@ def score(
     """Accuracy of ``model`` at each setting of ``bits`` with GHN-predicted parameters, as ``qnas search``
     scores candidates (``w4a4`` means per-channel weight scales and the 8-bit first/last-layer rule; the
     other protocols through ``granularity``, ``act_ranges``, ``first_last_bits``, ``bn_stats``). ``head="fit"``
-    (default) solves the last layer on ``fit_size`` (default ``val_size``) labelled training images on the features
+    (default) solves the last layer on ``fit_size`` labelled training images (default: as many as the ranker's
+    features were scored with, 1,000 for the shipped one; ``val_size`` without a ranker) on the features
     (``qnas.readout``); ``"keep"`` keeps the GHN's predicted classifier.
 
     ``model``: any traceable ``nn.Module`` taking the dataset's images (e.g. 1x28x28 for Fashion-MNIST) and
@@ -138,8 +139,12 @@ def score(
     wanted = tuple(dict.fromkeys([*names, *SETTINGS])) if is_arch and ranker not in (None, "none") else names
     scorer = _scorer(settings=wanted, space=space, dataset=dataset, data_dir=data_dir, predictor=predictor,
                      val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
-                     first_last_bits=first_last_bits, seed=seed, ranker=ranker, head=head, fit_size=fit_size)
+                     first_last_bits=first_last_bits, seed=seed, ranker=ranker if is_arch else "none", head=head,
+                     fit_size=fit_size)  # a module has no ranker features
     notes: list[str] = []
+    if scorer.ranker_note:
+        warnings.warn(scorer.ranker_note, QnasWarning, stacklevel=3)
+        notes.append(scorer.ranker_note)
     if is_arch:
         from qnas import limits
 
@@ -178,6 +183,7 @@ def _score_module(module: nn.Module, scorer: Any, *, strict: bool, notes: list[s
     from qnas.coverage import check_graph
     from qnas.quant import prepare
     from qnas.ranker import macs
+    from qnas.readout import head_step
 
     if not isinstance(module, nn.Module):
         raise QnasError(f"qnas.score takes an nn.Module or an architecture string, not {type(module).__name__}")
@@ -188,6 +194,10 @@ def _score_module(module: nn.Module, scorer: Any, *, strict: bool, notes: list[s
         warnings.simplefilter("always")
         header = scorer.predictor.header
         check_graph(graph, header.search_space, families=header.families, strict=strict)
+        if scorer.readout is not None and head_step(qmodel, scorer.num_classes) is None:
+            warnings.warn("the last weight layer is not a head qnas can fit (a Linear, or a pooled 1x1 convolution, "
+                          "with one output per class and no BatchNorm): scored with the GHN's", QnasWarning,
+                          stacklevel=2)
     for w in caught:  # re-raised at the caller of qnas.score, and kept in the result
         warnings.warn(w.message, w.category, stacklevel=5)
         notes.append(str(w.message))

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_CALIB_SIZE",
     "DEFAULT_DATASET",
     "DEFAULT_GRANULARITY",
+    "DEFAULT_FIT_SIZE",
     "DEFAULT_HEAD",
     "DEFAULT_POPULATION",
     "DEFAULT_SAMPLER",
@@ -49,6 +50,9 @@ DEFAULT_CALIB_SIZE = 64  # calibration images for bn_stats="calibrated": one bat
 # the GHN's own head fails on users' families, docs/predictor.md), "keep" keeps the predicted one (faster).
 HEADS: tuple[str, ...] = ("fit", "keep")
 DEFAULT_HEAD = "fit"  # on as many labelled training images as there are scored images, unless told otherwise
+# The fit size the protocol's plain "/fit" stands for (the search's default --val-size, on which the shipped
+# ranker's features were scored); other sizes are spelled out ("/fit256"): a smaller fit scores lower.
+DEFAULT_FIT_SIZE = 1000
 
 # Optuna samplers; the default is chosen by benchmarks/search_efficiency.py (README, "Sampler").
 SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "random")

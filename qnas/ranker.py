@@ -52,6 +52,7 @@ __all__ = [
     "feature_groups",
     "fit",
     "graph_features",
+    "check_protocol",
     "load_ranker",
     "macs",
     "ranker_path",
@@ -373,6 +374,11 @@ class Ranker:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def protocol(self) -> str | None:
+        """The scoring protocol of the features it was fitted on (``GHNScorer.protocol``), if recorded."""
+        return self.provenance.get("features", {}).get("protocol")
+
+    @property
     def targets(self) -> tuple[str, ...]:
         return tuple(self.models)
 
@@ -524,8 +530,13 @@ def load_ranker(path: str | Path, *, predictor_digest: str | None = None, protoc
     if predictor_digest is not None and ranker.predictor_digest != predictor_digest:
         raise QnasError(f"{path} was fitted on another predictor's features (weights sha256 "
                         f"{ranker.predictor_digest[:12]} vs {predictor_digest[:12]}): refit it")
-    fitted_with = ranker.provenance.get("features", {}).get("protocol")
-    if protocol is not None and fitted_with is not None and fitted_with != protocol:
-        raise QnasError(f"{path} was fitted on features scored as {fitted_with}, not {protocol}: score with that "
-                        "protocol (e.g. --head) or refit the ranker")
+    if protocol is not None:
+        check_protocol(ranker, protocol, where=path)
     return ranker
+
+
+def check_protocol(ranker: Ranker, protocol: str, where: str | Path = "the ranker") -> None:
+    """QnasError unless ``ranker`` was fitted on features scored with ``protocol`` (or records none)."""
+    if ranker.protocol not in (None, protocol):
+        raise QnasError(f"{where} was fitted on features scored as {ranker.protocol}, not {protocol}: score "
+                        "with that protocol (e.g. --head, --fit-size), refit the ranker, or use --ranker none")

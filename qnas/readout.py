@@ -30,7 +30,7 @@ import torch
 from qnas.errors import QnasError
 from qnas.quant import Calibration, QuantModel, QuantSpec, Step
 
-__all__ = ["DEFAULT_RIDGE", "Readout", "fit_head", "head_step"]
+__all__ = ["DEFAULT_RIDGE", "Readout", "fit_head", "head_label", "head_step"]
 
 DEFAULT_RIDGE = 10.0  # on standardized features; the same prior as benchmarks/head_probe.py
 
@@ -52,29 +52,58 @@ class Readout:
         holds fewer: the scorer's protocol string records how many)."""
         from qnas.data import train_subset
 
-        return cls(*train_subset(ds, min(size, len(ds.train_labels)), seed=seed))
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise QnasError(f"the fit size must be a positive number of images, got {size!r}")
+        return cls(*train_subset(ds, min(size, len(ds.train_labels)), seed=seed), seed=seed)
 
     def __post_init__(self) -> None:
-        if len(self.images) == 0 or len(self.images) != len(self.labels):
-            raise QnasError(f"a readout needs labelled images, got {len(self.images)} images and "
-                            f"{len(self.labels)} labels")
-        if not self.ridge > 0:
-            raise QnasError(f"the readout's ridge penalty must be positive, got {self.ridge}")
+        if self.images.dim() < 2 or len(self.images) == 0 or len(self.images) != len(self.labels):
+            raise QnasError(f"a readout needs labelled images, got {tuple(self.images.shape)} images and "
+                            f"{tuple(self.labels.shape)} labels")
+        if self.labels.dim() != 1 or self.labels.is_floating_point() or int(self.labels.min()) < 0:
+            raise QnasError("a readout's labels must be class indices (a 1-D tensor of non-negative integers)")
+        if not self.ridge > 0 or self.batch_size <= 0 or self.max_rows <= 0:
+            raise QnasError(f"a readout needs a positive ridge penalty, batch size and row cap, got {self.ridge}, "
+                            f"{self.batch_size}, {self.max_rows}")
+
+    @property
+    def label(self) -> str:
+        """``fit<N>``: how results record this head."""
+        return f"fit{len(self.labels)}"
+
+    @property
+    def protocol_tag(self) -> str:
+        """This head in a scoring protocol: ``fit`` at the default fit size, ``fit<N>`` at another."""
+        from qnas.defaults import DEFAULT_FIT_SIZE
+
+        return "fit" if len(self.labels) == DEFAULT_FIT_SIZE else self.label
 
 
-def head_step(model: QuantModel) -> Step | None:
-    """The step of ``model``'s last weight layer if a readout can replace it, else None."""
+def head_label(readout: Readout | None) -> str:
+    """How results record the head: ``keep`` (the parameters' own) or ``fit<N>``."""
+    return "keep" if readout is None else readout.label
+
+
+def head_step(model: QuantModel, num_classes: int | None = None) -> Step | None:
+    """The step of ``model``'s last weight layer if a readout can replace it, else None (also when its
+    width is not ``num_classes``: then the logits come from somewhere else)."""
     weighted = [s for s in model.program if s.kind in ("conv", "linear")]
     if not weighted:
         return None
     step = weighted[-1]
     if step.bn is not None:
         return None
+    if num_classes is not None and _width(step) != num_classes:
+        return None
     if step.kind == "conv":
         m = step.module
         if m.kernel_size != (1, 1) or m.groups != 1 or m.stride != (1, 1) or m.padding not in ((0, 0), "valid"):
             return None
     return step
+
+
+def _width(step: Step) -> int:
+    return step.module.out_features if step.kind == "linear" else step.module.out_channels
 
 
 def fit_head(
@@ -97,8 +126,9 @@ def fit_head(
 
     out = dict(params or {})
     step = head_step(model)
-    if step is None:
+    if step is None or _width(step) <= int(readout.labels.max()):  # narrower than the labels: not the classifier
         return out
+    classes = _width(step)
     tap = step.inputs[0]
     taps: dict[str, list[torch.Tensor]] = {tap: []}
     with torch.inference_mode():
@@ -119,10 +149,10 @@ def fit_head(
     if not bool(torch.isfinite(feats).all()):
         return out
     x = feats.double().numpy()
-    mu, sd = x.mean(0), x.std(0) + 1e-6
     own = dict(model.named_parameters())
     has_bias = step.pnames[1] in own
-    classes = step.module.out_features if step.kind == "linear" else step.module.out_channels
+    # Centre only where a bias can carry the mean back: without one, logits = x @ coef.T exactly.
+    mu, sd = (x.mean(0) if has_bias else np.zeros(x.shape[1])), x.std(0) + 1e-6
     y = np.zeros((len(labels), classes))  # one-hot targets for every class, whether the fit images hold it or not
     y[np.arange(len(labels)), labels.numpy()] = 1.0
     # Cholesky solves the (F, F) system, or the (N, N) one where features outnumber images (a flatten).

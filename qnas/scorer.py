@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from qnas.defaults import (
     ACT_RANGES,
     DEFAULT_DATASET,
+    DEFAULT_FIT_SIZE,
     DEFAULT_GRANULARITY,
     DEFAULT_HEAD,
     HEADS,
@@ -46,17 +48,19 @@ class GHNScorer:
     first_last_bits: int | None = 8  # qnas.quant.first_last_rule: the rule search, finetune and export share
     ranker: Any = None  # qnas.ranker.Ranker: predicted trained accuracy from the scores and cheap features
     readout: Any = None  # qnas.readout.Readout: the last layer solved on these images; None: the GHN's head
+    ranker_note: str = ""  # why the ranker shipped beside the predictor is not used ("": it is, or none was asked)
 
     @property
     def protocol(self) -> str:
         """How scores are measured: BN statistics / weight scales / activation ranges / first-last rule /
-        8-bit grid, then ``/fit`` when the head is solved (qnas.readout; nothing: the GHN's head). Image
-        counts are not part of it: like ``val_size``, the fit size moves scores by noise, not by method."""
+        8-bit grid, then ``/fit`` when the head is solved (qnas.readout; nothing: the GHN's head) on the default
+        number of images, ``/fit<N>`` on another (a smaller fit scores systematically lower). ``val_size`` is
+        not part of it: it moves scores by noise, not by method."""
         from qnas.quant import LOW_BIT_ACT_PERCENTILE, LOW_BITS
 
         act = "minmax" if self.act_ranges == "minmax" else f"a{LOW_BITS}p{LOW_BIT_ACT_PERCENTILE:g}"
         first_last = "same" if self.first_last_bits is None else f"fl{self.first_last_bits}"
-        head = "" if self.readout is None else "/fit"
+        head = "" if self.readout is None else f"/{self.readout.protocol_tag}"
         return f"{self.bn_stats}/{self.granularity}/{act}/{first_last}/w8sym{head}"
 
     def spec_name(self, setting: str) -> str:
@@ -150,9 +154,12 @@ def make_scorer(
 
     ``ranker``: ``"auto"`` uses the ranker shipped beside the predictor checkpoint when there is one
     (``qnas.ranker.ranker_path``), ``"none"`` scores with the GHN alone, a path loads that file. A
-    ranker that is not a valid ranker JSON, or was fitted on another predictor or protocol, is refused.
-    ``head``: ``"fit"`` solves each candidate's last layer on ``fit_size`` (default: ``val_size``) labelled
-    training images (``qnas.readout``), ``"keep"`` scores with the GHN's predicted classifier.
+    ranker that is not a valid ranker JSON, or was fitted on another predictor, is refused; so is one given
+    by path that was fitted on another scoring protocol, while the shipped one (``"auto"``) is then left
+    out, with the reason in ``ranker_note``: the search maximizes the raw GHN accuracy.
+    ``head``: ``"fit"`` solves each candidate's last layer on ``fit_size`` labelled training images
+    (``qnas.readout``; default: ``DEFAULT_FIT_SIZE`` with a ranker, as its features were scored, else
+    ``val_size``), ``"keep"`` scores with the GHN's predicted classifier.
     """
     from qnas.data import dataset_info, load_dataset, val_subset
     from qnas.defaults import DEFAULT_BN_STATS
@@ -165,6 +172,8 @@ def make_scorer(
         raise QnasError(f"granularity must be tensor or channel, got {granularity!r}")
     if head not in HEADS:
         raise QnasError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if fit_size is not None and head != "fit":
+        raise QnasError(f"a fit size applies to the fitted head only (head 'fit'), not {head!r}")
     if act_ranges not in ACT_RANGES:
         raise QnasError(f"activation ranges must be one of {', '.join(ACT_RANGES)}, got {act_ranges!r}")
 
@@ -177,25 +186,36 @@ def make_scorer(
                           seed=seed)
     ds = load_dataset(dataset, data_dir)
     x, y = val_subset(ds, val_size, seed=seed)
+    from qnas.ranker import check_protocol, load_ranker, ranker_path
+
+    if pred.path is None and ranker not in (None, "none", "auto"):
+        raise QnasError("a ranker needs a trained predictor checkpoint, not the random GHN")
+    path = None
+    if pred.path is not None and ranker not in (None, "none"):
+        path = ranker_path(pred.path) if ranker == "auto" else Path(ranker)
+    fitted = None
+    if path is not None and (ranker != "auto" or path.exists()):
+        fitted = load_ranker(path, predictor_digest=pred.digest)
     readout = None
     if head == "fit":
         from qnas.readout import Readout
 
-        readout = Readout.from_dataset(ds, fit_size or val_size, seed=seed)
-    from qnas.ranker import load_ranker, ranker_path
-
+        # With a ranker the head is fitted on as many images as its features were; without, on --val-size's.
+        default = DEFAULT_FIT_SIZE if fitted is not None else val_size
+        readout = Readout.from_dataset(ds, default if fit_size is None else fit_size, seed=seed)
     scorer = GHNScorer(space=space, predictor=pred, images=x, labels=y, input_shape=tuple(info.input_shape),
                        num_classes=info.num_classes, bn_stats=bn_stats or DEFAULT_BN_STATS, name=pred.header.name,
                        version=pred.header.notes or "untrained", granularity=granularity, act_ranges=act_ranges,
                        first_last_bits=first_last, readout=readout)
     if pred.path is None:
-        if ranker not in (None, "none", "auto"):
-            raise QnasError("a ranker needs a trained predictor checkpoint, not the random GHN")
         return scorer
     version = f"{pred.header.train_steps} steps, weights sha256 {pred.digest[:12]}"
-    path = ranker_path(pred.path) if ranker == "auto" else None if ranker in (None, "none") else ranker
-    fitted = None
-    if path is not None and (ranker != "auto" or path.exists()):
-        fitted = load_ranker(path, predictor_digest=pred.digest, protocol=scorer.protocol)
+    if fitted is not None and fitted.protocol not in (None, scorer.protocol):
+        if ranker != "auto":
+            check_protocol(fitted, scorer.protocol, where=path)
+        note = (f"the shipped ranker was fitted on scores measured as {fitted.protocol}, not {scorer.protocol}: "
+                "it is left out (score as it was fitted, e.g. the default --head and --fit-size, to use it)")
+        return replace(scorer, version=version, ranker_note=note)
+    if fitted is not None:
         version += f", ranker {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
     return replace(scorer, version=version, ranker=fitted)

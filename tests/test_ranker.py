@@ -139,7 +139,7 @@ def test_a_ranker_fitted_on_another_scoring_protocol_is_refused(tmp_path: Path) 
     ranker = fit(rows, {"fp32": y}, predictor_digest="abc", provenance={"features": {"protocol": fitted_with}})
     path = ranker.save(tmp_path / "r.json")
     assert load_ranker(path, predictor_digest="abc", protocol=fitted_with)
-    with pytest.raises(QnasError, match="scored as .*/fit, not .*w8sym: .*--head"):
+    with pytest.raises(QnasError, match="scored as .*/fit, not .*w8sym: .*--head.*--ranker none"):
         load_ranker(path, predictor_digest="abc", protocol=fitted_with.removesuffix("/fit"))
 
 
@@ -183,9 +183,26 @@ def test_the_shipped_ranker_matches_the_shipped_predictor() -> None:
     assert "fashion-mnist" in available_predictors()
     pt = Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt"
     ranker = load_ranker(ranker_path(pt), predictor_digest=load_predictor(pt).digest)
-    scorer = make_scorer(space=convnets250k, predictor=str(pt), val_size=16, ranker="none")
-    assert ranker.provenance["features"]["protocol"] == scorer.protocol  # the search's default protocol
+    scorer = make_scorer(space=convnets250k, predictor=str(pt), val_size=16)  # the head fitted as the ranker's
+    assert ranker.protocol == scorer.protocol == scorer.protocol.split("/fit")[0] + "/fit"
+    assert scorer.ranker is not None and not scorer.ranker_note
+    assert len(scorer.readout.labels) == 1000  # DEFAULT_FIT_SIZE, not --val-size: the features' fit size
     assert set(ranker.targets) >= {"fp32", "w4a4"} and ranker.provenance and ranker.metrics
+
+
+@pytest.mark.skipif(not ranker_path(Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt").exists(),
+                    reason="no shipped ranker yet")
+def test_another_protocol_leaves_the_shipped_ranker_out_and_refuses_a_named_one() -> None:
+    from qnas.scorer import make_scorer
+
+    pt = Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt"
+    for how in ({"head": "keep"}, {"fit_size": 100}):
+        scorer = make_scorer(space=convnets250k, predictor=str(pt), val_size=16, **how)
+        assert scorer.ranker is None and "left out" in scorer.ranker_note and scorer.objective_key("w4a4") == "top1"
+        with pytest.raises(QnasError, match="scored as .*/fit, not .*: .*--ranker none"):
+            make_scorer(space=convnets250k, predictor=str(pt), val_size=16, ranker=str(ranker_path(pt)), **how)
+    with pytest.raises(QnasError, match="fitted head only"):
+        make_scorer(space=convnets250k, predictor="random", val_size=16, head="keep", fit_size=10)
 
 
 def test_a_header_edit_keeps_the_ranker_but_new_weights_do_not(tmp_path: Path) -> None:

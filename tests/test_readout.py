@@ -119,3 +119,45 @@ def test_a_readout_needs_labelled_images_and_a_positive_penalty() -> None:
         Readout(x, y[:5])
     with pytest.raises(QnasError, match="ridge"):
         Readout(x, y, ridge=0.0)
+    with pytest.raises(QnasError, match="batch size"):
+        Readout(x, y, batch_size=0)
+    with pytest.raises(QnasError, match="class indices"):
+        Readout(x, y.float())
+
+
+def test_a_bias_free_head_is_the_ridge_solution_without_an_intercept() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                        nn.Linear(32, 4, bias=False))
+    x, y = _separable(300, 9)
+    params = fit_head(prepare(net), None, QuantSpec.parse("fp32"), None, Readout(x, y, ridge=3.0))
+    feats = net[:-1](x).detach().double().numpy()  # post-ReLU: a large mean a bias-free head must not drop
+    sd = feats.std(0) + 1e-6
+    a = feats / sd
+    w = np.linalg.solve(a.T @ a + 3.0 * np.eye(a.shape[1]), a.T @ np.eye(4)[y.numpy()])
+    coef = (w / sd[:, None]).T
+    ratio = params["4.weight"].double().numpy() / coef
+    assert np.allclose(ratio, ratio.flat[0], rtol=1e-3) and ratio.flat[0] > 0
+    assert set(params) == {"4.weight"}
+    tx, ty = _separable(300, 10)
+    assert evaluate(net, None, tx, ty, ["fp32"], readout=Readout(x, y))["fp32"]["top1"] > 0.9
+
+
+def test_a_last_layer_narrower_than_the_classes_is_not_a_head() -> None:
+    net = _linear_head_net()  # 4 outputs
+    qm = prepare(net)
+    assert head_step(qm, num_classes=4) is not None and head_step(qm, num_classes=10) is None
+    x, _ = _separable(50, 11)
+    labels = torch.arange(50) % 10  # labels the 4-wide layer cannot be the classifier of
+    assert fit_head(qm, {}, QuantSpec.parse("fp32"), None, Readout(x, labels)) == {}
+
+
+def test_the_protocol_names_a_fit_size_other_than_the_default() -> None:
+    from qnas.defaults import DEFAULT_FIT_SIZE
+    from qnas.readout import head_label
+
+    x, y = _separable(20, 12)
+    assert Readout(x, y).protocol_tag == Readout(x, y).label == "fit20" == head_label(Readout(x, y))
+    big = Readout(torch.zeros(DEFAULT_FIT_SIZE, 1, 2, 2), torch.zeros(DEFAULT_FIT_SIZE, dtype=torch.long))
+    assert big.protocol_tag == "fit" and big.label == f"fit{DEFAULT_FIT_SIZE}"
+    assert head_label(None) == "keep"

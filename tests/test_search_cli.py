@@ -79,7 +79,8 @@ def test_search_end_to_end_then_resume(tmp_path, capsys):
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert study.metric_names == ["top1_w4a4", "params"]
     assert study.user_attrs["max_params"] == BOUND and study.user_attrs["predictor"] == "random"
-    assert study.user_attrs["protocol"] == "calibrated/channel/a2p99.5/fl8/w8sym/fit"
+    # the head fitted on --val-size's 64 images (no ranker for the random GHN), spelled out in the protocol
+    assert study.user_attrs["protocol"] == "calibrated/channel/a2p99.5/fl8/w8sym/fit64"
     assert study_granularity(study) == "channel"
     assert study.user_attrs["objective"] == "top1" and study.user_attrs["first_last_bits"] == 8  # random GHN: no ranker
 

@@ -77,7 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--first-last-bits", default="8", metavar="8|same",
                    help="first and last weight layers (and the input and the last layer's input) at 8 bits when the "
                    "target is lower (default; what finetune and export deploy), or 'same': at the target bits")
-    add_head_args(p, default=DEFAULT_HEAD, default_text=DEFAULT_HEAD, fit_size_default="--val-size")
+    add_head_args(p, default=DEFAULT_HEAD, default_text=DEFAULT_HEAD,
+                  fit_size_default="as many as the ranker's features were scored with, 1000 for the shipped one; "
+                  "--val-size with --ranker none")
     p.add_argument("--ranker", default="auto",
                    help="what the search maximizes: 'auto' (default) the ranker shipped beside the predictor, which "
                    "predicts trained accuracy from the GHN's scores and cheap features; 'none' the raw GHN accuracy; "
@@ -109,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     )
     cfg, scorer, target = planned.config, planned.scorer, planned.config.target
     if cfg.objective == "top1" and not args.quiet:
-        why = "no ranker for this predictor" if scorer.ranker is None else f"the ranker has no model for {target}"
+        why = scorer.ranker_note or ("no ranker for this predictor" if scorer.ranker is None
+                                     else f"the ranker has no model for {target}")
         console.print(f"note: {why}: maximizing the raw GHN accuracy")
     progress = Progress(
         TextColumn("[bold]search[/] {task.fields[study]}"), BarColumn(), MofNCompleteColumn(),

@@ -104,7 +104,7 @@ def evaluate_predictor(
     from qnas.defaults import DEFAULT_BN_STATS, DEFAULT_HEAD, HEADS
     from qnas.predictors import check_compatible
     from qnas.quant import parse_specs, prepare
-    from qnas.readout import Readout
+    from qnas.readout import Readout, head_label
     from qnas.score import evaluate
     from search_spaces import get_space
 
@@ -121,7 +121,9 @@ def evaluate_predictor(
     bn_stats = bn_stats or DEFAULT_BN_STATS
     space = get_space(header.search_space)
     x, y = test_subset(ds, images)
-    readout = Readout.from_dataset(ds, fit_size or len(y)) if head == "fit" else None
+    if fit_size is not None and head != "fit":
+        raise QnasError(f"a fit size applies to the fitted head only (head 'fit'), not {head!r}")
+    readout = Readout.from_dataset(ds, len(y) if fit_size is None else fit_size) if head == "fit" else None
     ghn = predictor.ghn.eval()
     conditioned = ghn.config.bit_conditioning
     records: list[dict[str, Any]] = []
@@ -168,7 +170,7 @@ def evaluate_predictor(
         "test_images": len(y),
         "test_subset_seed": TEST_SUBSET_SEED,
         "bn_stats": bn_stats,
-        "head": "keep" if readout is None else f"fit{len(readout.labels)}",
+        "head": head_label(readout),
         "settings": names,
         "splits": list(splits),
         "table": table,
@@ -193,8 +195,8 @@ def record_eval_table(path: str | Any, result: dict[str, Any], command: str) -> 
     """
     from qnas.predictors import read_header, update_header
 
-    how = {k: result.get(k, "keep") for k in ("dataset", "test_images", "test_subset_seed", "bn_stats", "splits",
-                                              "head")}
+    how = {k: result[k] for k in ("dataset", "test_images", "test_subset_seed", "bn_stats", "splits")}
+    how["head"] = result.get("head", "keep")  # tables from before the fitted head were measured with the GHN's
     how["archs_per_split"] = {c: next(iter(result["table"].values()))[c]["top1"]["n"]
                               for c in result["splits"]}
     old = dict(read_header(path).eval_table or {})
