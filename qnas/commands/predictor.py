@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +95,24 @@ def _eval_predictor(args: argparse.Namespace) -> int:
     from qnas.predictors.evaluation import split_networks
 
     total = sum(len(split_networks(space, s, args.n or None, info)) for s in args.splits)
+    err = Console(stderr=True)
     progress = Progress(TextColumn("[bold]eval-predictor[/] {task.fields[split]}"), BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+    start, done = time.perf_counter(), [0]
+
+    def on_arch(split: str, arch: str) -> None:
+        progress.update(task, advance=1, split=split)
+        done[0] += 1
+        if not err.is_terminal:  # a log file gets a line per network instead of a bar it never shows
+            err.print(f"eval-predictor: {done[0]}/{total} ({split}) {time.perf_counter() - start:.0f}s {arch}",
+                      markup=False, highlight=False, soft_wrap=True)
+
     with progress:
         task = progress.add_task("eval", total=total, split="")
         result = evaluate_predictor(
             predictor, ds, splits=args.splits, n=args.n or None, settings=settings, bn_stats=args.bn_stats,
             images=args.images or None, floor=args.floor, seed=args.seed, head=args.head, fit_size=args.fit_size,
-            on_arch=lambda split, arch: progress.update(task, advance=1, split=split),
+            on_arch=on_arch,
         )
     if args.record:
         from qnas.predictors.evaluation import record_eval_table
