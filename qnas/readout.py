@@ -42,7 +42,7 @@ class Readout:
     images: torch.Tensor
     labels: torch.Tensor
     ridge: float = DEFAULT_RIDGE
-    batch_size: int = 250
+    batch_size: int = 64  # as scoring batches: the same results, faster than larger ones (scoring_overhead.py)
     max_rows: int = 50_000  # pixels of a convolutional head: a random subset of them beyond this
     seed: int = 0
 
