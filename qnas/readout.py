@@ -30,7 +30,7 @@ import torch
 from qnas.errors import QnasError
 from qnas.quant import Calibration, QuantModel, QuantSpec, Step
 
-__all__ = ["DEFAULT_RIDGE", "Readout", "fit_head", "head_label", "head_step"]
+__all__ = ["DEFAULT_RIDGE", "Readout", "fit_head", "head_label", "head_step", "make_readout"]
 
 DEFAULT_RIDGE = 10.0  # on standardized features; the same prior as benchmarks/head_probe.py
 
@@ -77,6 +77,14 @@ class Readout:
         from qnas.defaults import DEFAULT_FIT_SIZE
 
         return "fit" if len(self.labels) == DEFAULT_FIT_SIZE else self.label
+
+
+def make_readout(ds: Any, head: str, fit_size: int | None, *, default: int, seed: int = 0) -> Readout | None:
+    """The readout ``head`` scores with (None for ``keep``): ``fit_size`` training images of ``ds``, else
+    ``default``; a fit size with another head is an error. The one place every scoring entry point asks."""
+    if fit_size is not None and head != "fit":
+        raise QnasError(f"a fit size applies to the fitted head only (head 'fit'), not {head!r}")
+    return Readout.from_dataset(ds, default if fit_size is None else fit_size, seed=seed) if head == "fit" else None
 
 
 def head_label(readout: Readout | None) -> str:

@@ -172,8 +172,6 @@ def make_scorer(
         raise QnasError(f"granularity must be tensor or channel, got {granularity!r}")
     if head not in HEADS:
         raise QnasError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-    if fit_size is not None and head != "fit":
-        raise QnasError(f"a fit size applies to the fitted head only (head 'fit'), not {head!r}")
     if act_ranges not in ACT_RANGES:
         raise QnasError(f"activation ranges must be one of {', '.join(ACT_RANGES)}, got {act_ranges!r}")
 
@@ -196,13 +194,11 @@ def make_scorer(
     fitted = None
     if path is not None and (ranker != "auto" or path.exists()):
         fitted = load_ranker(path, predictor_digest=pred.digest)
-    readout = None
-    if head == "fit":
-        from qnas.readout import Readout
+    from qnas.readout import make_readout
 
-        # With a ranker the head is fitted on as many images as its features were; without, on --val-size's.
-        default = DEFAULT_FIT_SIZE if fitted is not None else val_size
-        readout = Readout.from_dataset(ds, default if fit_size is None else fit_size, seed=seed)
+    # With a ranker the head is fitted on as many images as its features were; without, on --val-size's.
+    readout = make_readout(ds, head, fit_size, default=DEFAULT_FIT_SIZE if fitted is not None else val_size,
+                           seed=seed)
     scorer = GHNScorer(space=space, predictor=pred, images=x, labels=y, input_shape=tuple(info.input_shape),
                        num_classes=info.num_classes, bn_stats=bn_stats or DEFAULT_BN_STATS, name=pred.header.name,
                        version=pred.header.notes or "untrained", granularity=granularity, act_ranges=act_ranges,

@@ -93,7 +93,7 @@ def _score(args: argparse.Namespace) -> int:
     from qnas.defaults import DEFAULT_CALIB_SIZE, DEFAULT_HEAD
     from qnas.limits import check_arch_size
     from qnas.quant import first_last_rule, parse_specs, with_granularity
-    from qnas.readout import Readout, head_label
+    from qnas.readout import head_label, make_readout
     from qnas.score import evaluate
     from search_spaces import get_space
 
@@ -139,10 +139,7 @@ def _score(args: argparse.Namespace) -> int:
     params = _init(module, args, ds, err)
     init_seconds = time.perf_counter() - start
     x, y = data.val_subset(ds, args.val_size, seed=args.seed)
-    if args.fit_size is not None and args.head != "fit":
-        raise QnasError("--fit-size applies to --head fit only")
-    fit_size = args.val_size if args.fit_size is None else args.fit_size
-    readout = Readout.from_dataset(ds, fit_size, seed=args.seed) if args.head == "fit" else None
+    readout = make_readout(ds, args.head, args.fit_size, default=args.val_size, seed=args.seed)
     start = time.perf_counter()
     with err.status(f"scoring at {', '.join(s.name for s in specs)}", spinner="dots"):
         acc = evaluate(module, params, x, y, specs, bn_stats=args.bn_stats, batch_size=args.batch_size,

@@ -104,7 +104,7 @@ def evaluate_predictor(
     from qnas.defaults import DEFAULT_BN_STATS, DEFAULT_HEAD, HEADS
     from qnas.predictors import check_compatible
     from qnas.quant import parse_specs, prepare
-    from qnas.readout import Readout, head_label
+    from qnas.readout import head_label, make_readout
     from qnas.score import evaluate
     from search_spaces import get_space
 
@@ -121,9 +121,7 @@ def evaluate_predictor(
     bn_stats = bn_stats or DEFAULT_BN_STATS
     space = get_space(header.search_space)
     x, y = test_subset(ds, images)
-    if fit_size is not None and head != "fit":
-        raise QnasError(f"a fit size applies to the fitted head only (head 'fit'), not {head!r}")
-    readout = Readout.from_dataset(ds, len(y) if fit_size is None else fit_size) if head == "fit" else None
+    readout = make_readout(ds, head, fit_size, default=len(y))
     ghn = predictor.ghn.eval()
     conditioned = ghn.config.bit_conditioning
     records: list[dict[str, Any]] = []
