@@ -7,19 +7,21 @@ unstable, so this study compares it with three lower-variance combinations of th
 * ``select``: the shipped procedure (``qnas.ranker.cross_val_predict(kind="ridge-select")``);
 * ``avg-all``: the mean prediction of the ridges on all subsets of at most three groups;
 * ``avg-top3``: the mean of the three subsets with the best inner leave-one-out tau;
-* ``bag-select``: ``select`` run on 15 bootstrap resamples of the training rows, predictions averaged.
+* ``bag-select``: ``select`` run on 15 bootstrap resamples of the training rows, predictions averaged;
+* ``ridge``: one ridge over every feature (the kind the sensitivity rule weighs against ``select``).
 
 Every prediction is out of fold (the held-out net in no fit and no choice) and relative to its model's
 training mean, as ``benchmarks/ranking.py`` scores rankers. A study, not a shipped path (docs/ranking.md).
 
-**The rule** (``benchmarks/ground_truth/ranker_rule.json``, fixed before the rows it reads were seen):
-once enough nets trained after the table that chose the shipped kind are in, the candidate procedure
-replaces the shipped one only if its out-of-fold tau over those new nets alone is higher at every rule
-target. This script reads the rule and prints its verdict (before then: how many new nets are in).
+**The rules** (``benchmarks/ground_truth/ranker_rule*.json``, each fixed before the rows it reads were
+seen): once enough nets trained after the table a rule was written on are in, its candidate procedure
+replaces the incumbent only if its out-of-fold tau over those new nets alone is higher at every target of
+the rule. This script reads every rule and prints its verdict (before then: how many new nets are in).
+A rule's own targets (e.g. the drop ``drop_w4a4``) are computed for its two procedures only.
 
     OMP_NUM_THREADS=1 python benchmarks/ranker_combinations.py
 
-Last line: ``tau_<procedure>_<target>=<v> ... n=<archs>``.
+Last line: ``tau_<procedure>_<target>=<v> ... n=<archs>``, then per rule read ``rule[_<name>]_ships=<procedure>``.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from ranking import FEATURES, STORE, load_v2, tau  # noqa: E402
 
 from qnas.ranker import SELECT_MAX_GROUPS, cross_val_predict, feature_groups, fit, loo_tau  # noqa: E402
 
-PROCEDURES = ("select", "avg-all", "avg-top3", "bag-select")
+PROCEDURES = ("select", "avg-all", "avg-top3", "bag-select", "ridge")
 BAGS = 15
-RULE = Path(__file__).resolve().parent / "ground_truth" / "ranker_rule.json"
+RULES = Path(__file__).resolve().parent / "ground_truth"  # ranker_rule*.json
 
 
 def _subsets(target: str) -> dict[str, list[str]]:
@@ -63,9 +65,9 @@ def _average(subsets: dict[str, list[str]], keys: list[str], rows: list[dict[str
 
 def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]], archs: list[str],
                 y: np.ndarray, seed: int) -> np.ndarray:
-    if procedure == "select":
-        return cross_val_predict([feats[a] for a in archs], y, kind="ridge-select", folds=len(y),
-                                 relative=True, target=target)
+    if procedure in ("select", "ridge"):
+        return cross_val_predict([feats[a] for a in archs], y, kind="ridge-select" if procedure == "select" else
+                                 "ridge", folds=len(y), relative=True, target=target)
     rows = [feats[a] for a in archs]
     subsets = _subsets(target)
     columns = {k: np.array([[r[c] for c in cols] for r in rows]) for k, cols in subsets.items()}
@@ -96,67 +98,84 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
     parser.add_argument("--targets", default="fp32,w4a4,w2a2", help="settings (default fp32,w4a4,w2a2)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed of bag-select (default 0)")
-    parser.add_argument("--rule", type=Path, default=RULE, help=f"the pre-registered rule (default {RULE})")
+    parser.add_argument("--rule", type=Path, action="append", default=None,
+                        help=f"a pre-registered rule, repeatable (default: every {RULES}/ranker_rule*.json)")
     args = parser.parse_args(argv)
-    rule = _read_rule(args.rule, parser)
+    try:
+        rules = [read_rule(path) for path in (args.rule or sorted(RULES.glob("ranker_rule*.json")))]
+    except ValueError as exc:
+        parser.error(str(exc))
     budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
     truth, _, _, what = load_v2(budget, args.store)
     feats = json.loads(args.features.read_text())["features"]
     print(f"ground truth {what}; nested leave-one-out Kendall tau", flush=True)
     figures, n = [], 0
-    targets = args.targets.split(",")
-    seen = {a["arch"] for a in json.loads((args.store / "architectures.json").read_text())["architectures"]
-            if a["id"] in set(rule["seen"])}
-    new_preds: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    short = [t for t in targets if len([a for a in truth.get(t, {}) if a in feats]) < 8]
+    procedures = {t: list(PROCEDURES) for t in args.targets.split(",")}  # the study: every procedure
+    for rule in rules:  # a rule's own targets: its two procedures
+        for t in rule["targets"]:
+            procedures.setdefault(t, []).extend(p for p in (rule["incumbent"], rule["candidate"])
+                                                if p not in procedures[t])
+    ids = {a["arch"]: a["id"] for a in json.loads((args.store / "architectures.json").read_text())["architectures"]}
+    short = [t for t in procedures if len([a for a in truth.get(t, {}) if a in feats]) < 8]
     if short:
         parser.error(f"--targets: fewer than 8 trained architectures with features at {', '.join(short)} "
                      f"(settings with rows: {', '.join(sorted(truth))})")
-    for target in targets:
+    preds: dict[str, dict[str, tuple[list[str], np.ndarray, np.ndarray]]] = {}
+    for target, procs in procedures.items():
         archs = sorted(a for a in truth.get(target, {}) if a in feats)
         y = np.array([truth[target][a] for a in archs])
         n = max(n, len(archs))
         line = []
-        new = np.array([a not in seen for a in archs])
-        for procedure in PROCEDURES:
+        for procedure in procs:
             pred = out_of_fold(procedure, target, feats, archs, y, args.seed)
             t = tau(y, pred)
-            new_preds.setdefault(target, {})[procedure] = (y[new], pred[new])
+            preds.setdefault(target, {})[procedure] = ([ids.get(a, a) for a in archs], y, pred)
             line.append(f"{procedure} {t:+.3f}")
             figures.append(f"tau_{procedure.replace('-', '_')}_{target}={t:.3f}")
-        print(f"{target:5s} (n={len(archs)}): " + ", ".join(line), flush=True)
-    figures += verdict(rule, new_preds)
+        print(f"{target:9s} (n={len(archs)}): " + ", ".join(line), flush=True)
+    for rule in rules:
+        figures += verdict(rule, preds)
     print(" ".join(figures) + f" n={n}")
     return 0
 
 
-def _read_rule(path: Path, parser: argparse.ArgumentParser) -> dict:
+def read_rule(path: Path) -> dict:
+    """A pre-registered rule from its JSON; ValueError naming the file if it is not one."""
     try:
         rule = json.loads(path.read_text())
         if {rule["incumbent"], rule["candidate"]} - set(PROCEDURES) or not rule["targets"] or not rule["seen"]:
             raise ValueError("an unknown procedure or an empty list")
         int(rule["min_new_nets"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        parser.error(f"--rule {path}: not a readable rule ({exc})")
+        str(rule.get("name", ""))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"--rule {path}: not a readable rule ({exc})") from exc
     return rule
 
 
-def verdict(rule: dict, new_preds: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> list[str]:
-    """Print the rule's verdict on the nets it has not seen (only once enough are in); its figures."""
+def verdict(rule: dict, preds: dict[str, dict[str, tuple[list[str], np.ndarray, np.ndarray]]]) -> list[str]:
+    """Print a rule's verdict on the nets it has not seen (only once enough are in); its figures."""
     inc, cand, targets = rule["incumbent"], rule["candidate"], rule["targets"]
-    counts = {t: len(new_preds[t][inc][0]) if t in new_preds else 0 for t in targets}
+    name = f"rule_{rule['name']}" if rule.get("name") else "rule"
+    seen = set(rule["seen"])
+    new: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {t: {} for t in targets}
+    for t in targets:
+        for p, (ids, y, pred) in preds[t].items():
+            keep = np.array([i not in seen for i in ids], dtype=bool)
+            new[t][p] = (y[keep], pred[keep])
+    counts = {t: len(new[t][inc][0]) for t in targets}
     if min(counts.values()) < rule["min_new_nets"]:
-        print(f"rule ({cand} vs the shipped {inc}): "
+        print(f"{name} ({cand} vs the shipped {inc}): "
               + ", ".join(f"{t} {c} of {rule['min_new_nets']} new nets" for t, c in counts.items())
               + " trained; not read yet", flush=True)
         return []
-    taus = {t: {p: tau(*new_preds[t][p]) for p in (inc, cand)} for t in targets}
+    taus = {t: {p: tau(*new[t][p]) for p in (inc, cand)} for t in targets}
     wins = all(taus[t][cand] > taus[t][inc] for t in targets)
-    print("rule on the new nets only: " + ", ".join(
+    print(f"{name} on the new nets only: " + ", ".join(
         f"{t} (n={counts[t]}) {inc} {taus[t][inc]:+.3f}, {cand} {taus[t][cand]:+.3f}" for t in targets)
         + f" -> ship {cand if wins else inc}", flush=True)
-    return [f"tau_new_{p.replace('-', '_')}_{t}={taus[t][p]:.3f}" for t in targets for p in (inc, cand)] + [
-        f"rule_ships={cand if wins else inc}"]
+    prefix = f"tau_new_{rule['name']}_" if rule.get("name") else "tau_new_"
+    return [f"{prefix}{p.replace('-', '_')}_{t}={taus[t][p]:.3f}" for t in targets for p in (inc, cand)] + [
+        f"{name}_ships={cand if wins else inc}"]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ size, shape, proxies, embedding; computed as the search computes them) and ranks
   mean, which anti-correlates with the held-out label and belongs to no single model's ranking. The
   pooled absolute figures are kept in ``--json`` (``absolute_out_of_fold``);
 * ``size-only ranker``: the same model fitted on log parameters and log MACs only, the fair baseline
-  that shows what the GHN adds;
+  that shows what everything else (proxies, shape, the GHN) adds; which feature groups the shipped kind
+  chose in each leave-one-out fold is printed per target ("nested choices"), and with ``--ship`` the
+  groups of the shipped models;
 * ``GHN``: the raw GHN-predicted parameters' accuracy at the setting (the old score);
 * ``params``, ``MACs``, ``synflow``, ``NASWOT``: one number per architecture, bigger is better;
 * ``seed-1 retrain``: the same training with another seed, the noise ceiling (on its subset).
@@ -52,7 +54,7 @@ from ground_truth import stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
 from qnas import user_split  # noqa: E402
-from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_predict, load_ranker  # noqa: E402
+from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_predict, feature_groups, fit, load_ranker  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
 STORE = HERE / "v2"  # the committed v2 store (benchmarks/ground_truth.py's STORE)
@@ -120,8 +122,6 @@ def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[
                        feats: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:
     """Tau on the hand-written user split: the shipped kind fitted on every space architecture, predicting
     networks of families the space never holds (no user net in its training rows), beside GHN and size."""
-    from qnas.ranker import fit
-
     out: dict[str, dict[str, dict[str, float]]] = {}
     for target in ("fp32", "w4a4"):
         archs = sorted(a for a in user.get(target, {}) if a in feats)
@@ -160,6 +160,22 @@ def figure(truth: np.ndarray, pred: np.ndarray, k: int = 10) -> dict[str, float]
             "top10": top_k(truth, pred, k), "lo": lo, "hi": hi, "n": len(truth)}
 
 
+def groups_of(features: tuple[str, ...], target: str) -> str:
+    """The names of the feature groups (``qnas.ranker.feature_groups``) a ridge-select model uses."""
+    return "+".join(g for g, cols in feature_groups(target).items() if set(cols) <= set(features)) or "all"
+
+
+def nested_choices(rows: list[dict[str, float]], y: np.ndarray, target: str) -> dict[str, int]:
+    """How often each group choice of the shipped kind occurs over the leave-one-out folds, most often first."""
+    counts: dict[str, int] = {}
+    for i in range(len(y)):
+        keep = [j for j in range(len(y)) if j != i]
+        model = fit([rows[j] for j in keep], {target: y[keep]}, kind=SHIPPED_KIND)
+        choice = groups_of(model.models[target].features, target)
+        counts[choice] = counts.get(choice, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def print_rows(title: str, rows: dict[str, dict[str, float]]) -> None:
     print(f"\n{title}  (n={next(iter(rows.values()))['n']})")
     print(f"  {'scorer':28s} {'tau':>7s} {'95% CI':>16s} {'rho':>7s} {'top-10':>7s}")
@@ -172,8 +188,6 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
          table: dict, figures: dict, what: str) -> None:
     """Fit the shipped kind on every architecture with features, per setting target, and write it."""
     import subprocess
-
-    from qnas.ranker import fit
 
     targets = {t: v for t, v in truth.items() if not t.startswith("drop_") and len(v) >= 8}
     common = sorted(set().union(*(set(v) for v in targets.values())) & set(feats))  # each target: its own rows
@@ -191,7 +205,8 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
                  kind=SHIPPED_KIND, predictor_digest=table["predictor_digest"], provenance=provenance,
                  metrics={"out_of_fold": metrics})
     ranker.save(args.ship)
-    print(f"shipped ranker ({SHIPPED_KIND}, targets {', '.join(targets)}, {len(common)} architectures) -> {args.ship}")
+    print(f"shipped ranker ({SHIPPED_KIND}, targets {', '.join(targets)}, {len(common)} architectures) -> {args.ship}: "
+          + ", ".join(f"{t} {groups_of(ranker.models[t].features, t)}" for t in targets))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, dict[str, dict[str, float]]] = {}
     absolute: dict[str, dict[str, dict[str, float]]] = {t: {} for t in truth}  # pooled absolute OOF, for the record
     all_scores: dict[str, dict[str, dict[str, float]]] = {}
+    choices: dict[str, dict[str, int]] = {}
     for target, by_arch in truth.items():
         archs = sorted(a for a in by_arch if a in feats)
         if len(archs) < 8:
@@ -258,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         scores["synflow"] = np.array([r["log_synflow"] for r in rows])
         scores["NASWOT"] = np.array([r["naswot"] for r in rows])
         figures[target] = {}
+        choices[target] = nested_choices(rows, y, target)
         all_scores[target] = {k: dict(zip(archs, v.tolist())) for k, v in scores.items()}
         figures[target].update({label: figure(y, pred) for label, pred in scores.items()})
         rep = [a for a in archs if a in seed1.get(target, {})]
@@ -267,11 +284,16 @@ def main(argv: list[str] | None = None) -> int:
 
     for target, rows in figures.items():
         print_rows(target, rows)
+        folds = choices[target]
+        ghn = sum(c for k, c in folds.items() if "ghn" in k)
+        print(f"  nested choices of {SHIPPED_KIND}: " + ", ".join(f"{k} {c}" for k, c in folds.items())
+              + f" (a GHN group in {ghn} of {sum(folds.values())} folds)")
     user_figures = user_split_figures(truth, user, feats)
     for target, rows in user_figures.items():
         print_rows(f"user split, {target} (hand-written nets)", rows)
     if args.json is not None:
-        args.json.write_text(json.dumps({"figures": figures, "absolute_out_of_fold": absolute,
+        args.json.write_text(json.dumps({"figures": figures, "nested_choices": choices,
+                                         "absolute_out_of_fold": absolute,
                                          "user_split": user_figures, "scores": all_scores},
                                         indent=1) + "\n")
 

@@ -5,8 +5,8 @@ so no candidate is trained during the search.
 
     import qnas
     qnas.score(my_module, bits="w4a4").top1("w4a4")     # any nn.Module, or an architecture string
-    qnas.search("demo", bits=4, max_params=1e6, trials=30)
-    qnas.finetune("demo", top_k=2); qnas.export("demo", "winners", pareto=True)
+    qnas.search("api-demo", bits=4, max_params=1e6, trials=30)
+    qnas.finetune("api-demo", top_k=2); qnas.export("api-demo", "winners", pareto=True)
     net = qnas.load("winners/trial-28")
 
 Names are imported on first use (``qnas.api``), so ``import qnas`` does not import torch.
@@ -50,7 +50,7 @@ _LAZY = {
     "Score": "qnas.api", "Search": "qnas.api", "build": "qnas.api", "make_search": "qnas.api",
     "predict_params": "qnas.api", "ChanceScoreWarning": "qnas.coverage", "UnseenLayerWarning": "qnas.coverage",
 }
-# Modules that are also the API function of their name when called (qnas.api.CallableModule).
+# Modules that are also the API function of their name when called (qnas.callable_module.CallableModule).
 _CALLABLE_MODULES = ("export", "finetune", "score", "search")
 
 

@@ -125,11 +125,12 @@ def score(
     of the space the ranker shipped with the predictor adds ``predicted`` (trained top-1); a module has no
     ranker features, so ``predicted`` stays empty.
 
-    A layer the predictor never saw in training (a 7x7 kernel, a grouped non-depthwise convolution, a
-    concatenation) is reported as a :class:`qnas.coverage.UnseenLayerWarning` (``strict``: a QnasError), and
-    an FP32 score at chance level as a :class:`qnas.coverage.ChanceScoreWarning`; both are kept in
-    ``Score.warnings``. Layers the quantized
-    executor cannot run faithfully (GELU, SiLU, LayerNorm, ...) raise QnasError.
+    A layer the predictor never saw in training (for the shipped one, trained on the space and the network
+    families: a grouped convolution that is not depthwise, a kernel above 7x7) is reported as a
+    :class:`qnas.coverage.UnseenLayerWarning` (``strict``: a QnasError), and an FP32 score at chance level as a
+    :class:`qnas.coverage.ChanceScoreWarning`; both are kept in ``Score.warnings``. Layers the quantized
+    executor cannot run faithfully (GELU, LayerNorm, attention, ...) raise QnasError; ReLU, ReLU6,
+    hard-swish and SiLU run.
     """
     from qnas.coverage import ChanceScoreWarning
 

@@ -4,6 +4,7 @@ stays the module's. Imports nothing from qnas, so any module can use it without 
 from __future__ import annotations
 
 import importlib
+import inspect
 import types
 from typing import Any
 
@@ -19,11 +20,22 @@ class CallableModule(types.ModuleType):
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module("qnas.api"), self.__name__.rpartition(".")[2])(*args, **kwargs)
+        return self._function()(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # inspect.signature(qnas.score): the API function's
+        return inspect.signature(self._function())
+
+    def _function(self) -> Any:
+        return getattr(importlib.import_module("qnas.api"), self.__name__.rpartition(".")[2])
 
 
 def make_callable(module_name: str) -> None:
     """Turn the module ``module_name`` into a :class:`CallableModule` (called at the end of it)."""
     import sys
 
-    sys.modules[module_name].__class__ = CallableModule
+    module = sys.modules[module_name]
+    module.__class__ = CallableModule
+    name = module_name.rpartition(".")[2]
+    module.__doc__ = (module.__doc__ or "") + (
+        f"\n\nCalled, ``qnas.{name}(...)`` is the API function ``qnas.api.{name}``: see ``help(qnas.api.{name})``.\n")

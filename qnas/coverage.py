@@ -2,9 +2,10 @@
 
     problems = unseen_layers(graph, space="convnets250k")   # [] for every architecture of the space
 
-A GHN predicts parameters for any graph it can read, but for a layer its training space never
-contained (a 7x7 kernel, a grouped convolution that is not depthwise, a concatenation) the
-prediction is an extrapolation that can score at chance level. Callers turn the list into a
+A GHN predicts parameters for any graph it can read, but for a layer its training never contained
+(for a predictor trained on the space alone: a 7x7 kernel, a grouped convolution that is not depthwise,
+a concatenation; with the network families, ``FAMILIES_COVERAGE``, fewer) the prediction is an
+extrapolation that can score at chance level. Callers turn the list into a
 :class:`UnseenLayerWarning` or, with ``strict``, a :class:`qnas.QnasError`.
 """
 

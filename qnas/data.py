@@ -393,7 +393,8 @@ _REGISTRY: dict[str, _Source] = {
         read=_read_fashion,
         download=_download_fashion,
         hint="install it with `apt-get install dataset-fashion-mnist`, pass --data-dir DIR (or set "
-        "$QNAS_DATA_DIR) for a directory with the four *-ubyte.gz files, or pass --download",
+        "$QNAS_DATA_DIR) for a directory with the four *-ubyte.gz files, or fetch it once with "
+        "`qnas data check --download`",
     ),
     "cifar10": _Source(
         info=DatasetInfo(
@@ -412,7 +413,7 @@ _REGISTRY: dict[str, _Source] = {
         read=_read_cifar,
         download=_download_cifar,
         hint=f"pass --data-dir DIR (or set $QNAS_DATA_DIR) for a directory holding {_CIFAR_DIR}/, "
-        "or pass --download",
+        "or fetch it once with `qnas data check --dataset cifar10 --download`",
     ),
 }
 

@@ -49,12 +49,12 @@ DEFAULT_CALIB_SIZE = 64  # calibration images for bn_stats="calibrated": one bat
 # The classifier a candidate is scored with: "fit" solves the last layer on the GHN's features (qnas.readout;
 # the GHN's own head fails on users' families, docs/predictor.md), "keep" keeps the predicted one (faster).
 HEADS: tuple[str, ...] = ("fit", "keep")
-DEFAULT_HEAD = "fit"  # on as many labelled training images as there are scored images, unless told otherwise
+DEFAULT_HEAD = "fit"  # fitted on DEFAULT_FIT_SIZE training images with a ranker, else on as many as are scored
 # The fit size the protocol's plain "/fit" stands for (the search's default --val-size, on which the shipped
 # ranker's features were scored); other sizes are spelled out ("/fit256"): a smaller fit scores lower.
 DEFAULT_FIT_SIZE = 1000
 
-# Optuna samplers; the default is chosen by benchmarks/search_efficiency.py (README, "Sampler").
+# Optuna samplers; the default is chosen by benchmarks/search_efficiency.py (docs/search.md).
 SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "random")
 DEFAULT_SAMPLER = "nsga2"
 DEFAULT_POPULATION = 20  # NSGA-II: fewer complete trials than this are its random first generation

@@ -70,6 +70,8 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
 # A trial is RUNNING without an owner only between Optuna creating it and the objective's first write.
 OWNERLESS_GRACE_S = 60.0
+# A trial whose worker died is re-run once: a candidate that kills its worker again (out of memory) is not.
+STALE_TRIAL_RETRIES = 1
 
 
 class Scorer(Protocol):
@@ -213,12 +215,12 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, but long-standing
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # A worker that dies mid-trial is noticed by the others after the grace period; its trial
-            # is marked failed and re-queued once (RetryHeartbeatStaleTrialCallback).
+            # is marked failed and re-queued STALE_TRIAL_RETRIES times (RetryHeartbeatStaleTrialCallback).
             storage = _rdb_storage(
                 url,
                 heartbeat_interval=30,
                 grace_period=120,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES),
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
             )
         if url.startswith("sqlite"):
@@ -448,7 +450,7 @@ def fail_dead_trials(study: optuna.Study, now: datetime.datetime | None = None) 
     now = now or datetime.datetime.now()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)
     failed = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = Worker.from_json(t.user_attrs.get(WORKER_ATTR))

@@ -373,7 +373,7 @@ def test_corrupt_cifar_is_one_line_error(tmp_path: Path, case: str, capsys: pyte
 def test_missing_cifar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write_cifar(tmp_path / "partial")
     (tmp_path / "partial" / "data_batch_5").unlink()
-    with pytest.raises(QnasError, match="dataset 'cifar10' not found .*cifar-10-batches-py/, or pass --download"):
+    with pytest.raises(QnasError, match="dataset .cifar10. not found .*cifar-10-batches-py/, or fetch it once with"):
         data.load_dataset("cifar10", data_dir=tmp_path / "partial")
     assert main(["data", "check", "--dataset", "cifar10"]) == 2
     assert "not found" in _one_error_line(capsys)

@@ -119,6 +119,10 @@ def test_ranking_on_a_synthetic_store(tmp_path, capsys):
     assert float(figures["tau_params_w4a4"]) == 1.0  # the truth is a monotone function of log parameters
     assert float(figures["tau_score_w4a4"]) > 0.6 and float(figures["tau_user_params_w4a4"]) == 1.0
     assert "seed-1 retrain (ceiling)" in out and "user split, w4a4" in out
+    # the truth follows log parameters, which only the size group carries: most folds choose it
+    choices = json.loads(out_json.read_text())["nested_choices"]["w4a4"]
+    assert sum(choices.values()) == N_ARCHS and sum(c for k, c in choices.items() if "size" in k) > N_ARCHS // 2
+    assert "nested choices of ridge-select" in out
     written = json.loads(out_json.read_text())
     assert written["figures"]["w4a4"]["ranker (ridge-select) [shipped]"]["n"] == N_ARCHS
     assert written["user_split"]["w4a4"]["params"]["n"] == len(user_split.names())
@@ -127,7 +131,9 @@ def test_ranking_on_a_synthetic_store(tmp_path, capsys):
 def test_ranker_combinations_on_a_synthetic_store(tmp_path, capsys, monkeypatch):
     store, features = _store(tmp_path)
     monkeypatch.setattr(ranker_combinations, "BAGS", 3)
-    assert ranker_combinations.main(["--store", str(store), "--features", str(features), "--targets", "w4a4"]) == 0
+    rule = _rule(tmp_path / "r.json", store, N_ARCHS, 6)  # every net seen: never read
+    assert ranker_combinations.main(["--store", str(store), "--features", str(features), "--targets", "w4a4",
+                                     "--rule", str(rule)]) == 0
     figures = _figures(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(figures) == {f"tau_{p.replace('-', '_')}_w4a4" for p in ranker_combinations.PROCEDURES} | {"n"}
     assert figures["n"] == str(N_ARCHS)
@@ -138,10 +144,10 @@ def test_ranker_combinations_on_a_synthetic_store(tmp_path, capsys, monkeypatch)
     assert exc.value.code == 2 and "w3a3" in capsys.readouterr().err
 
 
-def _rule(path: Path, store: Path, n_seen: int, min_new: int) -> Path:
+def _rule(path: Path, store: Path, n_seen: int, min_new: int, **fields: object) -> Path:
     ids = [a["id"] for a in json.loads((store / "architectures.json").read_text())["architectures"]]
     path.write_text(json.dumps({"incumbent": "select", "candidate": "avg-all", "targets": ["w4a4"],
-                                "min_new_nets": min_new, "seen": ids[:n_seen]}))
+                                "min_new_nets": min_new, "seen": ids[:n_seen], **fields}))
     return path
 
 
@@ -165,6 +171,30 @@ def test_the_preregistered_rule_is_read_only_on_enough_unseen_nets(tmp_path, cap
     assert exc.value.code == 2 and "bad.json" in capsys.readouterr().err
 
 
+def test_a_named_rule_on_its_own_targets_beside_the_committed_ones(tmp_path, capsys, monkeypatch):
+    store, features = _store(tmp_path)
+    monkeypatch.setattr(ranker_combinations, "PROCEDURES", ("select", "avg-all", "ridge"))
+    drop = _rule(tmp_path / "drop.json", store, 6, 6, name="drop", candidate="ridge", targets=["drop_w4a4"])
+    kept = _rule(tmp_path / "r.json", store, 6, 7)  # 6 new nets of 7: not read
+    assert ranker_combinations.main(["--store", str(store), "--features", str(features), "--targets", "w4a4",
+                                     "--rule", str(drop), "--rule", str(kept)]) == 0
+    out = capsys.readouterr().out
+    figures = _figures(out.strip().splitlines()[-1])
+    # the drop target is computed for the rule's two procedures only; the study's target for all three
+    assert {k for k in figures if k.endswith("_drop_w4a4") and k.startswith("tau_") and "new" not in k} == {
+        "tau_select_drop_w4a4", "tau_ridge_drop_w4a4"} and "tau_ridge_w4a4" in figures
+    new = {p: float(figures[f"tau_new_drop_{p}_drop_w4a4"]) for p in ("select", "ridge")}
+    assert figures["rule_drop_ships"] == ("ridge" if new["ridge"] > new["select"] else "select")
+    assert "rule_ships" not in figures and "rule (avg-all vs the shipped select): w4a4 6 of 7" in out
+
+
+def test_the_committed_rules_are_readable():
+    paths = sorted((ROOT / "benchmarks" / "ground_truth").glob("ranker_rule*.json"))
+    assert [p.name for p in paths] == ["ranker_rule.json", "ranker_rule_drop.json"]
+    for path in paths:  # well-formed, naming only procedures the study has
+        assert ranker_combinations.read_rule(path)["seen"]
+
+
 def test_ranking_without_the_user_split(tmp_path, capsys):
     store, features = _store(tmp_path, user=False)
     assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge-select",
@@ -178,7 +208,8 @@ def test_a_shipped_ranker_can_be_compared_as_fitted(tmp_path, capsys):
     shipped = tmp_path / "old.ranker.json"
     base = ["--store", str(store), "--features", str(features), "--kinds", "ridge-select"]
     assert ranking.main([*base, "--ship", str(shipped)]) == 0
-    assert "shipped ranker (ridge-select" in capsys.readouterr().out and shipped.exists()
+    out = capsys.readouterr().out
+    assert "shipped ranker (ridge-select" in out and "w4a4 size" in out and shipped.exists()
     assert ranking.main([*base, "--compare", str(shipped)]) == 0
     assert "old.ranker.json (as fitted)" in capsys.readouterr().out
 

@@ -133,6 +133,20 @@ def test_trials_of_a_dead_worker_are_failed_and_requeued_on_resume(kind, tmp_pat
     assert {t.system_attrs.get("failed_trial") for t in trials} >= {dead, ownerless}
 
 
+def test_a_candidate_that_kills_its_worker_twice_is_not_requeued_again(tmp_path):
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    study = create_or_continue(SearchConfig(study="k", storage=url, sampler="random", max_params=100_000))
+    dead = Worker.this().to_json() | {"pid": _dead_pid()}
+    first = _running_trial(study, dead)
+    assert fail_dead_trials(study) == 1
+    waiting = load_study("k", url).get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["failed_trial"] for t in waiting] == [first]
+    retry = _running_trial(study, dead)  # Optuna runs the waiting trial first: its worker dies too
+    assert load_study("k", url).trials[retry].system_attrs["failed_trial"] == first
+    assert fail_dead_trials(study) == 1
+    assert not load_study("k", url).get_trials(states=(TrialState.WAITING,))
+
+
 def test_a_trial_says_what_it_scores_while_running(tmp_path):
     # A worker that dies while scoring (out of memory, kill -9) leaves a trial that names its candidate.
     url = f"sqlite:///{tmp_path / 'r.db'}"
