@@ -18,7 +18,7 @@ from typing import Any
 from qnas import __version__
 from qnas.errors import QnasError, QnasWarning, Terminated, raise_terminated
 
-__all__ = ["ArgumentParser", "build_parser", "main"]
+__all__ = ["ArgumentParser", "build_parser", "is_out_of_memory", "main"]
 
 # Command modules under qnas/commands, in the order `qnas --help` lists them.
 _COMMANDS = ("space", "data", "score", "search", "report", "predictor", "train", "finetune")
@@ -66,10 +66,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("qnas: interrupted\n")
         return 130
+    except Exception as exc:
+        # running out of memory is a resource failure, not bad input: one line, exit 1, no traceback
+        if not is_out_of_memory(exc):
+            raise
+        sys.stderr.write(f"qnas: error: out of memory: {_short_oom_message(exc)}\n")
+        return 1
     finally:
         if own_sigterm:
             signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+# How torch words allocation failures raised as a plain RuntimeError (CPU allocator, older CUDA builds).
+_OOM_PHRASES = ("can't allocate memory", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: torch's OutOfMemoryError (any device), a RuntimeError from
+    its allocators, or Python's MemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # never imported here: no torch loaded, no torch error
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)) if t is not None)
+    if oom_types and isinstance(exc, oom_types):
+        return True
+    return isinstance(exc, RuntimeError) and any(p in str(exc).lower() for p in _OOM_PHRASES)
+
+
+def _short_oom_message(exc: BaseException, limit: int = 160) -> str:
+    """The first line of the allocator's message, cut after the sentence that says how much it wanted."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return "the allocation failed (a smaller network, batch or image count needs less)"
+    text = lines[0]
+    # torch's messages continue with allocator statistics and tuning advice after "Tried to allocate N"
+    sentences = text.split(". ")
+    short = sentences[0]
+    for more in sentences[1:]:
+        if len(short) + 2 + len(more) > limit or "allocate" in short.lower():
+            break
+        short += ". " + more
+    short = short.rstrip(".")
+    return short if len(short) <= limit else short[: limit - 3] + "..."
 
 
 def _one_line_warning(previous: Callable[..., None]) -> Callable[..., None]:

@@ -86,6 +86,7 @@ __all__ = [
     "int_weight",
     "load",
     "load_quantized",
+    "load_weights",
     "measure_latency",
     "quant_params",
     "to_onnx",
@@ -738,8 +739,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def load(path: str | Path) -> nn.Module:
     """The exported PyTorch module (built from ``arch.json``, weights from ``model.safetensors``), in eval mode."""
-    from safetensors.torch import load_file
-
     from search_spaces import get_space
 
     path = Path(path)
@@ -753,12 +752,34 @@ def load(path: str | Path) -> nn.Module:
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise QnasError(f"{str(path)!r} is not a qnas export: {WEIGHTS_FILE} is missing")
-    try:
-        module.load_state_dict(load_file(str(weights)), strict=True)
-    except RuntimeError as exc:
-        why = str(exc).splitlines()[0]
-        raise QnasError(f"{str(weights)!r} does not fit the architecture in arch.json ({why})") from None
+    load_weights(module, weights, "the export is damaged; export it again with --force",
+                 "the architecture in arch.json")
     return module.eval()
+
+
+def load_weights(module: nn.Module, path: Path, remedy: str, what: str = "the architecture") -> None:
+    """Load the safetensors file ``path`` into ``module`` (every tensor, strictly); a one-line QnasError naming
+    the file and ending in ``remedy`` when it is not safetensors or its tensors do not fit ``what``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:  # text, a torch.save file, a truncated or unreadable file
+        raise QnasError(f"{str(path)!r} is not a readable safetensors file ({_first_line(exc)}); {remedy}") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        # torch's first line only names the module; the second says which tensors are wrong
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        why = why if len(why) <= 120 else why[:117] + "..."
+        raise QnasError(f"{str(path)!r} does not fit {what} ({why}); {remedy}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_quantized(path: str | Path, setting: str | None = None) -> tuple[QuantModel, Calibration, QuantSpec]:
@@ -834,8 +855,6 @@ def export_trial(
     ``test_size``: test images of the model card's accuracies (None: all). ``first_last_bits``: the
     first/last-layer rule (:func:`qnas.quant.first_last_rule`: 8 or None); ``"study"``: the finetuned run's,
     else the study's ``first_last_bits`` attribute, else ``FIRST_LAST_BITS``."""
-    from safetensors.torch import load_file
-
     from qnas.data import normalize
     from qnas.finetune import (
         accuracy,
@@ -865,7 +884,8 @@ def export_trial(
         weights = record_path(root, study.study_name, trial.number).with_name(run["weights"])
         if not weights.exists():
             raise QnasError(f"finetuned weights {str(weights)!r} are missing; run `qnas finetune` again")
-        module.load_state_dict(load_file(str(weights)), strict=True)
+        load_weights(module, weights, f"re-run `qnas finetune` for trial {trial.number} with --restart",
+                     f"trial {trial.number}'s architecture")
         trained = FIRST_LAST_BITS if run["config"].get("first_last_8bit", True) else None
         if first_last_bits != "study" and parse_first_last_bits(first_last_bits) != trained:
             raise QnasError(f"trial {trial.number} was finetuned with first/last layers at "

@@ -83,6 +83,7 @@ __all__ = [
     "accuracy",
     "faq_calibration",
     "finetune",
+    "init_source",
     "layout",
     "load_params",
     "percentile_for",
@@ -141,6 +142,9 @@ class FAQConfig:
                 raise QnasError(f"{name} must be positive, got {getattr(self, name)}")
         if self.train_size is not None and self.train_size <= 0:
             raise QnasError(f"train_size must be positive, got {self.train_size}")
+        # NaN and inf pass `>= 0` checks downstream and silently turn every weight into NaN
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise QnasError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if not 0 < self.final_lr <= self.lr:
             raise QnasError(f"need 0 < final_lr <= lr, got lr={self.lr}, final_lr={self.final_lr}")
         if not 0.0 <= self.freeze_bn_at <= 1.0:
@@ -745,29 +749,96 @@ def initial_module(space: Any, genome: Any, info: Any, init: str, predictor: Any
                    seed: int = 0) -> tuple[nn.Module, str]:
     """The candidate with its starting parameters: the predictor's for ``setting`` (``init="ghn"``) or
     PyTorch's default initialization drawn from ``seed`` (``init="random"``); and a description."""
+    source = init_source(init, predictor, seed)  # a bad --init fails before building
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = space.build(genome, tuple(info.input_shape), info.num_classes)
+    if init == "ghn":
+        with torch.no_grad():
+            load_params(module, predictor.predict(module, setting))
+    return module, source
+
+
+def init_source(init: str, predictor: Any, seed: int = 0) -> str:
+    """How :func:`initial_module` describes the start it gives (recorded with each finetuned run)."""
     if init == "random":
-        return module, f"random init (seed {seed})"
+        return f"random init (seed {seed})"
     if init != "ghn":
         raise QnasError(f"unknown --init {init!r} (choose ghn or random)")
-    with torch.no_grad():
-        load_params(module, predictor.predict(module, setting))
-    return module, f"GHN-predicted ({predictor.header.name})"
+    if predictor is None:
+        raise QnasError("--init ghn needs a predictor (pass --predictor NAME|PATH.pt, or --init random)")
+    return f"GHN-predicted ({predictor.header.name})"
 
 
 def record_path(root: Path, study: str, trial: int) -> Path:
     return Path(root) / study / "finetune" / f"{trial}.json"
 
 
+# What readers of a run use (finetune_trial, the `qnas finetune` table, export_trial), by JSON type.
+_RUN_FIELDS: dict[str, tuple[type, ...]] = {
+    "setting": (str,), "source": (str,), "weights": (str,), "config": (dict,), "before": (dict,), "after": (dict,),
+    "ranges": (dict,), "seconds": (int, float), "test_images": (int,),
+}
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with the shape of a finetune record (None when it is usable)."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, found {type(record).__name__}"
+    runs = record.get("runs", {})
+    if not isinstance(runs, dict):
+        return f"'runs' must be an object, found {type(runs).__name__}"
+    for setting, run in runs.items():
+        if not isinstance(run, dict):
+            return f"runs[{setting!r}] must be an object, found {type(run).__name__}"
+        for key, types in _RUN_FIELDS.items():
+            # bool is an int: `"seconds": true` is as wrong as a string
+            if not isinstance(run.get(key), types) or isinstance(run.get(key), bool):
+                return f"runs[{setting!r}] lacks {key!r} or it has the wrong type"
+        if run["setting"] != setting:
+            return f"runs[{setting!r}] is recorded for setting {run['setting']!r}"
+        if Path(run["weights"]).name != run["weights"] or run["weights"] in ("", ".", ".."):
+            return f"runs[{setting!r}].weights must be a file name beside the record, got {run['weights']!r}"
+        for key in ("before", "after"):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in run[key].values()):
+                return f"runs[{setting!r}].{key} must map settings to accuracies"
+            if setting not in run[key] or "fp32" not in run[key]:
+                return f"runs[{setting!r}].{key} lacks fp32 or {setting}"
+        if not all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                                for x in v) for v in run["ranges"].values()):
+            return f"runs[{setting!r}].ranges must map quantization points to [low, high]"
+    return None
+
+
 def read_record(path: Path) -> dict[str, Any]:
+    """The finetune record at ``path`` (``{}`` when there is none); QnasError naming the file when it is not
+    valid JSON or not shaped like the records :func:`finetune_trial` writes."""
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise QnasError(f"{str(path)!r} is not valid JSON ({exc.msg}); delete it to finetune again") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QnasError(f"cannot read {str(path)!r} ({getattr(exc, 'strerror', None) or exc}); delete it to "
+                        "finetune again") from None
+    problem = _record_problem(record)
+    if problem is not None:
+        raise QnasError(f"{str(path)!r} is not a qnas finetune record ({problem}); delete it to finetune again")
+    return record
+
+
+def _config_differences(run: Mapping[str, Any], config: FAQConfig, init: str, source: str) -> list[str]:
+    """The settings of ``run`` (a recorded run) that differ from the ones requested now, as ``name old -> new``."""
+    wanted = json.loads(json.dumps(config.to_dict()))  # as the record stores it (tuples become lists)
+    stored = run["config"]
+    # a field missing from an older record cannot be compared: it does not count as a difference
+    out = [f"{k} {stored[k]!r} -> {v!r}" for k, v in wanted.items() if k in stored and stored[k] != v]
+    if run.get("init", init) != init:
+        out.insert(0, f"init {run['init']!r} -> {init!r}")
+    elif run["source"] != source and init == "ghn":  # the same --init from another predictor
+        out.insert(0, f"start {run['source']!r} -> {source!r}")
+    return out
 
 
 def finetune_trial(
@@ -795,8 +866,14 @@ def finetune_trial(
     setting = QuantSpec.parse(config.setting).name
     path = record_path(root, study.study_name, trial.number)
     record = read_record(path)
-    if setting in record.get("runs", {}) and not restart:
-        return {**record["runs"][setting], "skipped": True}
+    done = record.get("runs", {}).get(setting)
+    if done is not None and not restart:
+        # a result made with other settings is not the one asked for: never hand it back silently
+        differ = _config_differences(done, config, init, init_source(init, predictor, config.seed))
+        if differ:
+            raise QnasError(f"trial {trial.number} was finetuned at {setting} with other settings "
+                            f"({', '.join(differ)}); --restart to redo")
+        return {**done, "skipped": True}
     info, attrs = StudyAttrs.from_attrs(study.user_attrs), TrialAttrs.of(trial)
     space = get_space(info.space)
     genome = space.from_json(attrs.genome)

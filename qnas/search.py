@@ -10,14 +10,17 @@ see ``qnas.scorer``); this module only does the bookkeeping around it.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import random
 import re
 import signal
 import socket
+import sqlite3
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 from qnas.callable_module import make_callable
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS, SETTINGS
 from qnas.errors import QnasError, Terminated, raise_terminated
-from qnas.study import StudyAttrs, StudyKey, pareto_front
+from qnas.study import QNAS_DIRECTIONS, StudyAttrs, StudyKey, check_made_by_qnas, pareto_front
 from qnas.study import TrialKey as K
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "SearchSummary",
     "Worker",
     "bitops",
+    "check_bound",
     "check_study_name",
     "create_or_continue",
     "default_storage",
@@ -72,6 +76,10 @@ MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
 OWNERLESS_GRACE_S = 60.0
 # A trial whose worker died is re-run once: a candidate that kills its worker again (out of memory) is not.
 STALE_TRIAL_RETRIES = 1
+# A worker starting together with another may find the study created but its settings not yet recorded.
+CREATION_GRACE_S = 5.0
+# Optuna's RDB schema: a SQLite file without these tables is someone else's database.
+OPTUNA_TABLES = ("studies", "version_info", "alembic_version")
 
 
 class Scorer(Protocol):
@@ -190,7 +198,8 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
 
     ``journal:PATH`` (or a path ending in ``.log``/``.jsonl``) selects a journal file, which is the
     cheapest storage per trial on one machine. ``readonly``: the storage must exist (nothing is created)
-    and a SQLite file in a directory this process cannot write is opened immutable.
+    and a SQLite file in a directory this process cannot write is opened immutable. An existing file that
+    is not an Optuna storage (another SQLite database, a text file) is refused and left untouched.
     """
     try:
         if url.startswith("journal:") or url.endswith((".log", ".jsonl")):
@@ -199,6 +208,7 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
             path = Path(url.removeprefix("journal:").removeprefix("//"))
             if readonly and not path.is_file():
                 raise QnasError(f"no journal file {str(path)!r}")
+            _check_journal(path)  # Optuna would append its record to any file, then fail to parse it
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         if "://" not in url:
@@ -207,9 +217,12 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
         if db is not None and readonly:
             if not db.is_file():
                 raise QnasError(f"no study database {str(db)!r}")
+            _check_sqlite_storage(db, empty_ok=False)
             if not os.access(db.parent, os.W_OK):
                 return _rdb_storage(_readonly_sqlite_url(db))
         if db is not None and not readonly:
+            if db.is_file():
+                _check_sqlite_storage(db, empty_ok=True)
             db.parent.mkdir(parents=True, exist_ok=True)
             # SQLite has no concurrent writers across machines; heartbeats still recover crashed trials.
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, but long-standing
@@ -223,7 +236,7 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES),
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
             )
-        if url.startswith("sqlite"):
+        if url.startswith("sqlite") and not readonly:  # WAL is a write to the file header: never on reads
             _sqlite_fast_commits(storage)
         return storage
     except QnasError:
@@ -231,6 +244,58 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
     except Exception as exc:  # sqlalchemy/driver errors: unreachable host, bad credentials, missing driver
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QnasError(f"cannot open storage {redact(url)!r}: {first}") from None
+
+
+def _check_journal(path: Path) -> None:
+    """QnasError unless ``path`` is missing, empty, or starts with an Optuna journal record."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(1 << 20)  # bounded: a large file without newlines is not read whole
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise QnasError(f"cannot read journal {str(path)!r}: {exc.strerror or exc}") from None
+    if not first:
+        return
+    try:
+        record = json.loads(first)
+    except ValueError:  # UnicodeDecodeError included
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise QnasError(f"{str(path)!r} is not an Optuna journal (its first line is no journal record); "
+                        "give another file")
+
+
+def _sqlite_tables(db: Path, immutable: bool) -> set[str]:
+    uri = f"file:{urllib.parse.quote(str(db.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
+    con = sqlite3.connect(uri, uri=True)
+    try:
+        return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        con.close()
+
+
+def _check_sqlite_storage(db: Path, empty_ok: bool) -> None:
+    """QnasError unless the existing file ``db`` is a SQLite database with Optuna's tables (``empty_ok``: or a
+    database without any table, which a new storage may fill). Only reads: the file stays byte-identical."""
+    # First immutable: no lock and no side file. A database in use (a WAL not yet checkpointed, a page being
+    # checkpointed while read) gets a second, locked look.
+    try:
+        tables: set[str] | None = _sqlite_tables(db, immutable=True)
+    except sqlite3.Error:
+        tables = None
+    wal = db.with_name(db.name + "-wal")
+    if tables is None or (not set(OPTUNA_TABLES) <= tables and wal.is_file() and wal.stat().st_size):
+        try:
+            tables = _sqlite_tables(db, immutable=False)
+        except sqlite3.Error as exc:
+            raise QnasError(f"{str(db)!r} is not an Optuna storage ({exc})") from None
+    if set(OPTUNA_TABLES) <= tables or (empty_ok and not tables):
+        return
+    if not tables:
+        raise QnasError(f"{str(db)!r} is not an Optuna storage (an empty database)")
+    raise QnasError(f"{str(db)!r} is not an Optuna storage (it has tables {', '.join(sorted(tables)[:5])} but "
+                    "not Optuna's); pass another --storage")
 
 
 def _rdb_storage(url: str, **kwargs: Any) -> RDBStorage:
@@ -369,19 +434,25 @@ class BoundedSampler(optuna.samplers.BaseSampler):
 
 
 def load_study(study: str, storage: str | None = None, readonly: bool = False) -> optuna.Study:
-    """Open an existing study (for report/show/finetune/export); a missing SQLite file is an error, never
-    a new empty database. ``readonly``: also readable from a directory this process cannot write."""
+    """Open an existing study made by ``qnas search`` (for report/show/finetune/export); a missing SQLite file
+    is an error, never a new empty database, and a study not made by qnas is refused
+    (:func:`qnas.study.check_made_by_qnas`). ``readonly``: also readable from a directory this process cannot
+    write."""
     url = storage or default_storage(study)
     db = sqlite_path(url)
     if db is not None and not db.is_file():
         hint = "" if storage else " (pass --storage URL if the study lives elsewhere)"
         raise QnasError(f"no study {study!r}: {db} does not exist{hint}")
+    if db is not None:  # an existing study needs Optuna's tables: never create them in the user's file
+        _check_sqlite_storage(db, empty_ok=False)
     store = open_storage(url, readonly=readonly)
     try:
-        return optuna.load_study(study_name=study, storage=store)
+        opened = optuna.load_study(study_name=study, storage=store)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
         raise QnasError(f"no study {study!r} in {redact(url)} (found: {', '.join(names) or 'none'})") from None
+    check_made_by_qnas(opened)
+    return opened
 
 
 def sampler_seed(seed: int, n_before: int) -> int:
@@ -475,7 +546,8 @@ def fail_dead_trials(study: optuna.Study, now: datetime.datetime | None = None) 
 
 def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[int, int, int] = (1, 28, 28),
                        num_classes: int = 10) -> optuna.Study:
-    """Create the study, or continue it when it exists and was made with the same contract.
+    """Create the study, or continue it when it exists, was made by qnas and with the same contract (an
+    Optuna study of another program is refused before anything is written to it).
 
     With ``space`` the sampler proposes only candidates within ``cfg.max_params`` (:class:`BoundedSampler`).
     """
@@ -484,6 +556,8 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
         raise QnasError(f"bad seed {cfg.seed}: expected an integer in [0, {MAX_SEED}]")
     if cfg.population_size < 2:
         raise QnasError(f"bad population size {cfg.population_size}: NSGA-II needs at least 2")
+    if space is not None:  # before the storage: a bound nothing meets creates no study
+        check_bound(space, cfg.max_params, input_shape, num_classes)
     store = open_storage(cfg.storage or default_storage(cfg.study))
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
     n_before = existing[cfg.study].n_trials if cfg.study in existing else 0
@@ -493,13 +567,12 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
     sampler = make_sampler(cfg.sampler, seed, cfg.population_size)
     if space is not None:
         sampler = BoundedSampler(sampler, space, input_shape, num_classes, cfg.max_params, seed)
-    study = optuna.create_study(
-        study_name=cfg.study,
-        storage=store,
-        sampler=sampler,
-        directions=["maximize", "minimize"],
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(study_name=cfg.study, storage=store, sampler=sampler,
+                                    directions=list(QNAS_DIRECTIONS))
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=cfg.study, storage=store, sampler=sampler)
+        _check_continued(study)  # before any write: another program's study is left as it is
     contract = {StudyKey.TARGET: cfg.target, StudyKey.MAX_PARAMS: cfg.max_params, StudyKey.SPACE: cfg.space,
                 StudyKey.DATASET: cfg.dataset, StudyKey.PREDICTOR: cfg.predictor, StudyKey.PROTOCOL: cfg.protocol,
                 StudyKey.OBJECTIVE: cfg.objective,
@@ -518,6 +591,30 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([K.score(cfg.objective, cfg.target), "params"])
     return study
+
+
+def _check_continued(study: optuna.Study) -> None:
+    """:func:`qnas.study.check_made_by_qnas`, waiting up to CREATION_GRACE_S for a study that may have just
+    been created by a worker started together with this one (no settings and no trials yet)."""
+    deadline = time.monotonic() + CREATION_GRACE_S
+    while True:
+        try:
+            check_made_by_qnas(study)
+            return
+        except QnasError:
+            directions = tuple(d.name.lower() for d in study.directions)  # never change: no use waiting
+            maybe_starting = directions == QNAS_DIRECTIONS and not study.user_attrs \
+                and not study.get_trials(deepcopy=False)
+            if not maybe_starting or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
+
+
+def check_bound(space: Any, max_params: int, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    """QnasError when no architecture of ``space`` has at most ``max_params`` parameters: the space's own
+    ``sample`` decides (the check and message of ``qnas space sample``), so a search never runs with every
+    candidate infeasible."""
+    space.sample(random.Random(0), max_params, input_shape, num_classes)
 
 
 def size_bytes(params: int, setting: str) -> int:

@@ -26,10 +26,12 @@ from qnas.defaults import DEFAULT_DATASET, DEFAULT_SPACE, SETTINGS
 from qnas.errors import QnasError
 
 __all__ = [
+    "QNAS_DIRECTIONS",
     "StudyAttrs",
     "StudyKey",
     "TrialAttrs",
     "TrialKey",
+    "check_made_by_qnas",
     "front",
     "is_feasible",
     "pareto_front",
@@ -39,6 +41,10 @@ __all__ = [
     "study_target",
     "value",
 ]
+
+
+# The objectives of every study `qnas search` makes: the score at the target up, parameters down.
+QNAS_DIRECTIONS = ("maximize", "minimize")
 
 
 class StudyKey:
@@ -178,13 +184,33 @@ class TrialAttrs:
 
 def study_target(study: Any) -> str:
     """The target setting (``w4a4`` ...) from the study attributes, or from its metric name."""
+    target = _recorded_target(study)
+    if target is None:
+        raise QnasError(f"study {study.study_name!r} was not made by qnas (no target setting recorded)")
+    return target
+
+
+def _recorded_target(study: Any) -> str | None:
     target = study.user_attrs.get(StudyKey.TARGET)
     if target:
         return str(target)
     names = study.metric_names or []
-    if names and str(names[0]).startswith("top1_"):
+    if names and str(names[0]).startswith("top1_"):  # studies from before the attribute existed
         return str(names[0]).removeprefix("top1_")
-    raise QnasError(f"study {study.study_name!r} was not made by `qnas search` (no target setting recorded)")
+    return None
+
+
+def check_made_by_qnas(study: Any) -> None:
+    """QnasError unless ``qnas search`` made ``study``: its two objectives (:data:`QNAS_DIRECTIONS`) and a
+    target setting recorded, which qnas writes when it creates a study. The one check before a study is
+    continued, shown, reported, finetuned or exported: another program's study is never read as, or
+    turned into, a qnas study."""
+    directions = tuple(d.name.lower() for d in study.directions)
+    if directions != QNAS_DIRECTIONS:
+        raise QnasError(f"study {study.study_name!r} was not made by qnas (its objectives are "
+                        f"{', '.join(directions)}, not {', '.join(QNAS_DIRECTIONS)})")
+    if _recorded_target(study) is None:
+        raise QnasError(f"study {study.study_name!r} was not made by qnas (no target setting recorded)")
 
 
 def study_objective(study: Any) -> str:

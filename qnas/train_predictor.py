@@ -20,7 +20,9 @@ import json
 import os
 import random
 import signal
+import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +40,9 @@ __all__ = [
     "MAX_ARCH_LOSS",
     "TrainConfig",
     "Trainer",
+    "check_device",
+    "check_run_dir",
+    "check_writable_dir",
     "export_predictor",
     "init_distributed",
     "lr_at",
@@ -164,6 +169,84 @@ def _agree(flag: bool, world: int, *, every: bool) -> bool:
     return bool(t.item())
 
 
+# ----------------------------------------------------------------------------- checks before any work
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has: ``cpu``, ``cuda``/``cuda:N`` for an available GPU, or
+    ``mps`` where available; a one-line QnasError otherwise (torch fails late, with a traceback)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise QnasError(f"--device {str(device)!r} is not a torch device (use cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise QnasError(f"--device {str(device)!r}: no CUDA GPU is available here (use --device cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise QnasError(f"--device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0 to "
+                            f"cuda:{count - 1}")
+        return dev
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return dev
+    raise QnasError(f"--device {str(device)!r} cannot train here (use cpu"
+                    + (", cuda or cuda:N" if torch.cuda.is_available() else "") + ")")
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """QnasError (starting with ``what``, e.g. ``--out 'runs/a'``) unless ``path`` is a writable directory or
+    can be created as one. Missing directories are created to find out and removed again, so a failed (or
+    passed) check leaves nothing behind."""
+    path = Path(path)
+    for attempt in range(3):
+        try:
+            _probe_dir(path, what)
+            return
+        except (FileExistsError, FileNotFoundError) as exc:
+            # another process (a torchrun rank probing too) made or removed a directory meanwhile: look again;
+            # a place where nothing can ever be made (/proc) fails every time
+            if attempt == 2:
+                raise QnasError(f"{what}: cannot write to {str(path)!r} ({exc.strerror or exc})") from None
+        except OSError as exc:
+            raise QnasError(f"{what}: cannot write to {str(path)!r} ({exc.strerror or exc})") from None
+
+
+def _probe_dir(path: Path, what: str) -> None:
+    missing: list[Path] = []
+    here = path
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    if not here.is_dir():
+        raise QnasError(f"{what}: {str(here)!r} is a file, not a directory")
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        if not missing:
+            # os.access says yes to root on read-only mounts and /proc: only writing tells
+            fd, probe = tempfile.mkstemp(dir=here, prefix=".qnas-probe-")
+            os.close(fd)
+            os.unlink(probe)
+    finally:
+        for d in reversed(created):  # deepest first, and only what this check made
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def check_run_dir(out: str | Path) -> None:
+    """QnasError unless the run directory ``out`` exists as a writable directory or can be created."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QnasError(f"--out {str(out)!r} is a file; give a directory for the run")
+    check_writable_dir(out, f"--out {str(out)!r}")
+
+
 # ----------------------------------------------------------------------------- the trainer
 
 
@@ -177,8 +260,9 @@ class Trainer:
         from search_spaces import get_space
 
         self.out = Path(out)
-        self.device = torch.device(device)
-        self.rank, self.world = init_distributed(device)
+        self.device = check_device(device)  # a bad device or run directory fails before any work
+        check_run_dir(self.out)
+        self.rank, self.world = init_distributed(str(self.device))
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
         self.space = get_space(cfg.space)
         if cfg.bn_free > 0 and "bn" not in inspect.signature(self.space.sample).parameters:
@@ -473,7 +557,10 @@ class Trainer:
 def _read_checkpoint(path: Path) -> tuple[dict[str, Any], TrainConfig]:
     """A run checkpoint and its config, or a one-line QnasError for a truncated, foreign or unsafe file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it is about to refuse: noise before our one line
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise TypeError(f"expected a dict, found {type(state).__name__}")
         return state, TrainConfig.from_json(json.loads(state["config"]))
@@ -481,6 +568,9 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Any], TrainConfig]:
         raise QnasError(f"{path} holds an invalid run config ({exc}); delete it or choose another --out") from None
     except Exception as exc:  # UnpicklingError, EOFError/RuntimeError for junk, KeyError/TypeError for other files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only load failed" in reason.lower():
+            # torch's own advice (weights_only=False) would run the file's code: never repeat it
+            reason = "it holds objects a safe load refuses; qnas never unpickles arbitrary code"
         raise QnasError(f"cannot resume from {path}: not a readable qnas run checkpoint ({reason}); delete it to "
                         "start over or choose another --out") from None
 

@@ -7,6 +7,7 @@ an existing predictor export, predictors with broken headers and a run directory
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _fake_predictor(root / "list-header.pt", "[]")
     header = json.loads(SHIPPED_HEADER.read_text())
     _fake_predictor(root / "string-version.pt", json.dumps({**header, "format_version": "9"}))
+    # A generic pickle (protocol 4, a set): torch's safe load refuses it, and warns about the protocol first.
+    (root / "pickle.pt").write_bytes(pickle.dumps({"weights": {1, 2}}, protocol=4))
     (root / "run").mkdir()
     (root / "run" / "last.pt").write_bytes(b"\x80\x04 truncated checkpoint")
     (root / "outdir").mkdir()
@@ -62,6 +65,17 @@ SEARCH = ["search", "--trials", "1", "--val-size", "8", "--predictor", "random",
 TRAIN = ["train-predictor", "--out", "newrun", "--steps", "1", "--quiet"]
 FT = ["finetune", "--study", "demo", "--quiet"]
 EXPORT = ["export", "--study", "demo", "--trial", "0", "--out", "exported"]
+
+
+def _genome_json(**changes: object) -> str:
+    """TINY's genome as JSON text with top-level fields replaced (``residual=``: the first block's)."""
+    d = S.to_json(S.from_string(TINY))
+    if "residual" in changes:
+        d["stages"][0]["blocks"][0]["residual"] = changes.pop("residual")
+    return json.dumps({**d, **changes}).replace("Infinity", "1e400")  # 1e400: what a user types for a huge number
+
+
+NOT_A_PREDICTOR = "not a qnas predictor checkpoint (it holds objects a safe load refuses"
 
 CASES: list[tuple[str, list[str], str]] = [
     # (id, argv, a piece of the message)
@@ -131,6 +145,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("studies-not-url", ["studies", "--storage", "not-a-url"], "--storage"),
     ("studies-missing-file", ["studies", "--storage", "sqlite:///missing.db"], "missing.db"),
     ("finetune-missing-study", ["finetune", "--study", "nope", "--quiet"], "no study 'nope'"),
+    ("finetune-missing-study-with-progress", ["finetune", "--study", "nope"], "no study 'nope'"),
     ("finetune-study-empty", ["finetune", "--study", "", "--quiet"], "--study"),
     ("finetune-trials-text", [*FT, "--trials", "x"], "--trials"),
     ("finetune-top-k-zero", [*FT, "--top-k", "0"], "--top-k"),
@@ -164,6 +179,32 @@ CASES: list[tuple[str, list[str], str]] = [
     ("eval-n-negative", ["eval-predictor", "--n", "-1"], "--n"),
     ("eval-seed-negative", ["eval-predictor", "--seed", "-1"], "--seed"),
     ("eval-record-random", ["eval-predictor", "--predictor", "random", "--record"], "--record"),
+    # genome JSON is read strictly: no coercion of floats, bools and strings
+    ("space-info-json-stem-1e400", ["space", "info", _genome_json(stem=float("inf"))], "stem must be an integer"),
+    ("space-info-json-bn-string", ["space", "info", _genome_json(bn="no")], "bn must be true or false"),
+    ("score-json-stem-fraction", ["score", "--arch", _genome_json(stem=24.5)], "stem must be an integer"),
+    ("score-json-stem-bool", ["score", "--arch", _genome_json(stem=True)], "stem must be an integer"),
+    ("score-json-hidden-string", ["score", "--arch", _genome_json(hidden="64")], "hidden must be an integer"),
+    ("score-json-residual-string", ["score", "--arch", _genome_json(residual="yes")],
+     "stages[0].blocks[0].residual must be true or false"),
+    ("score-json-stages-object", ["score", "--arch", _genome_json(stages={"width": 8})], "stages must be a list"),
+    # devices and output paths are checked before any work
+    ("train-device-bogus", [*TRAIN, "--device", "bogus"], "--device 'bogus'"),
+    ("train-device-meta", [*TRAIN, "--device", "meta"], "--device 'meta'"),
+    ("train-device-cuda-99", [*TRAIN, "--device", "cuda:99"], "--device 'cuda:99'"),
+    ("train-out-in-proc", ["train-predictor", "--out", "/proc/qnas-run", "--steps", "1", "--quiet"],
+     "cannot write to '/proc/qnas-run'"),
+    ("train-out-under-file", ["train-predictor", "--out", "afile/run", "--steps", "1", "--quiet"], "not a directory"),
+    ("train-export-in-proc", [*TRAIN, "--export", "/proc/qnas-x.pt"], "cannot write to '/proc'"),
+    ("train-export-under-file", [*TRAIN, "--export", "afile/x.pt"], "not a directory"),
+    ("finetune-weight-decay-nan", [*FT, "--weight-decay", "nan"], "--weight-decay"),
+    ("finetune-weight-decay-negative", [*FT, "--weight-decay", "-1"], "--weight-decay"),
+    ("finetune-weight-decay-inf", [*FT, "--weight-decay", "inf"], "--weight-decay"),
+    # a generic pickle as a predictor: refused in one short line, without torch's weights_only=False advice
+    ("eval-pickle-predictor", ["eval-predictor", "--predictor", "pickle.pt"], NOT_A_PREDICTOR),
+    ("score-init-pickle", ["score", "--arch", TINY, "--init", "ghn:pickle.pt", "--val-size", "8"], NOT_A_PREDICTOR),
+    ("search-predictor-pickle", [*SEARCH[:-3], "--predictor", "pickle.pt", "--quiet"], NOT_A_PREDICTOR),
+    ("train-start-from-pickle", [*TRAIN, "--start-from", "pickle.pt"], NOT_A_PREDICTOR),
 ]
 
 
@@ -185,5 +226,6 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(argv, needle, template
     assert rc == 2, (out, err)
     assert err.count("\n") == 1 and err.startswith("qnas: error:"), err
     assert "Traceback" not in err and needle in err, err
+    assert "weights_only" not in err and len(err) < 400, err  # no library advice, no wall of text
     assert _snapshot(cwd) == before
     assert not Path("/tmp/qnas-absolute-study.db").exists()

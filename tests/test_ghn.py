@@ -313,11 +313,11 @@ def test_malicious_pickle_is_refused_and_does_not_run(tmp_path: Path) -> None:
     for name, payload in [("zip.pt", {"format": "qnas-ghn", "header": "{}", "state_dict": _Exploit(marker)}),
                           ("top.pt", _Exploit(marker))]:
         torch.save(payload, tmp_path / name)
-        with pytest.raises(QnasError, match="refusing to load"):
+        with pytest.raises(QnasError, match="not a qnas predictor checkpoint"):
             load_predictor(tmp_path / name)
     with open(tmp_path / "legacy.pt", "wb") as f:  # a raw (non-zip) pickle stream
         pickle.dump(_Exploit(marker), f, protocol=2)
-    with pytest.raises(QnasError, match="refusing to load"):
+    with pytest.raises(QnasError, match="not a qnas predictor checkpoint"):
         load_predictor(tmp_path / "legacy.pt")
     assert not marker.exists()
 
@@ -453,7 +453,9 @@ def test_eval_predictor_record_merges_rows_by_setting(tmp_path: Path, capsys: py
     assert table["test_images"] == 32 and table["archs_per_split"] == {"bn_free": 1}
     assert "--bits w2a2-channel" in table["rows"]["w2a2-channel"]["command"]
     assert 0 <= table["rows"]["w4a4-channel"]["bn_free"]["top1"]["mean"] <= 1
-    assert main([*base, "--bits", "w8a8", "--images", "64"]) == 0  # measured otherwise: a new table
+    # Measured otherwise: a new table, but one without the recorded settings only with --force.
+    assert main([*base, "--bits", "w8a8", "--images", "64"]) == 2
+    assert main([*base, "--bits", "w8a8", "--images", "64", "--force"]) == 0
     assert list(read_header(path).eval_table["rows"]) == ["w8a8-channel"]
     capsys.readouterr()
     assert main(["eval-predictor", "--predictor", "random", "--record", "--n", "1"]) == 2

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from qnas.commands._args import positive_float, positive_int, seed, study_name
+from qnas.commands._args import non_negative_float, positive_float, positive_int, seed, study_name
 from qnas.commands._output import pct, print_architectures
 from qnas.errors import QnasError
 
@@ -73,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
     f.add_argument("--lr", type=positive_float, default=d.lr,
                    help=f"initial learning rate, decayed exponentially to {d.final_lr:g} (default {d.lr})")
-    f.add_argument("--weight-decay", type=float, default=d.weight_decay,
+    f.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay,
                    help=f"on conv/linear weights (default {d.weight_decay:g})")
     f.add_argument("--init", choices=("ghn", "random"), default="ghn",
                    help="start from the predictor's parameters (default) or PyTorch's random init")
@@ -143,7 +143,7 @@ def _finetune(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
-                        disable=args.quiet)
+                        disable=args.quiet or not console.is_terminal)  # no stray blank line before an error
 
     def hooks(trial, setting: str) -> Hooks:
         task = progress.add_task(f"trial {trial.number} {setting}", total=None, status="starting")

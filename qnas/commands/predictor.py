@@ -67,7 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the table and per-architecture results as JSON")
     p.add_argument("--record", action="store_true",
                    help="also write the table into the checkpoint's header (eval_table), merged by setting with "
-                   "a table measured the same way")
+                   "a table measured the same way; a table measured another way is replaced, but not by one "
+                   "covering fewer architectures, test images, splits or settings (see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="with --record: replace the recorded table even by one that covers less")
     p.set_defaults(func=_eval_predictor)
 
 
@@ -92,7 +95,11 @@ def _eval_predictor(args: argparse.Namespace) -> int:
         raise QnasError("--record writes into a checkpoint's header; --predictor random has none")
     ds = load_dataset(args.dataset, data_dir=args.data_dir)
     space = get_space(predictor.header.search_space)
-    from qnas.predictors.evaluation import split_networks
+    from qnas.predictors.evaluation import check_record, split_networks
+
+    if args.record and not args.force:  # refuse before the evaluation, not after it
+        check_record(predictor.path, ds, space, splits=args.splits, n=args.n or None, settings=settings,
+                     images=args.images or None, bn_stats=args.bn_stats)
 
     total = sum(len(split_networks(space, s, args.n or None, info)) for s in args.splits)
     err = Console(stderr=True)
@@ -122,7 +129,7 @@ def _eval_predictor(args: argparse.Namespace) -> int:
                    + (f" --bn-stats {args.bn_stats}" if args.bn_stats else "")
                    + f" --head {args.head}"
                    + (f" --fit-size {args.fit_size}" if args.head == "fit" and args.fit_size else ""))
-        record_eval_table(predictor.path, result, command)
+        record_eval_table(predictor.path, result, command, force=args.force)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--study", type=study_name, required=True, help="study name (as given to `qnas search --study`)")
     r.add_argument("--storage", help=_STORAGE_HELP)
     r.add_argument("--out", type=Path, help="HTML file to write (default studies/NAME/report.html)")
-    r.add_argument("--csv", type=Path, help="CSV file to write (default studies/NAME/trials.csv)")
+    r.add_argument("--csv", type=Path, help="CSV file to write, ending in .csv (default studies/NAME/trials.csv)")
     r.add_argument("--cdn", action="store_true", help="link plotly.js from its CDN instead of embedding it "
                    "(~5 MB smaller, needs internet to view)")
     r.set_defaults(func=_report)
@@ -73,6 +73,10 @@ def _report(args: argparse.Namespace) -> int:
         raise QnasError(f"--out {str(out)!r} should end in .html")
     for flag, path in (("--out", out), ("--csv", csv)):  # both checked before either is written
         _check_file_target(flag, path)
+    if csv.suffix.lower() != ".csv":
+        raise QnasError(f"--csv {str(csv)!r} should end in .csv")
+    if out.resolve() == csv.resolve():  # the second write would replace the first (a link named x.csv)
+        raise QnasError(f"--csv {str(csv)!r} is the same file as --out {str(out)!r}; give two files")
     study = R.open_study(args.study, args.storage)
     target = R.study_target(study)
     messages = []

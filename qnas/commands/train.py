@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qnas.quant import QuantSpec
-    from qnas.train_predictor import Trainer, export_predictor
+    from qnas.train_predictor import Trainer, check_device, check_run_dir, export_predictor
 
+    check_device(args.device)  # before anything: torch fails late and with a traceback
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
@@ -99,9 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise QnasError("--export-only needs --export PATH.pt")
     if args.export_only and not (Path(args.out) / "last.pt").exists():
         raise QnasError(f"no checkpoint {Path(args.out) / 'last.pt'} to export")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise QnasError(f"--out {args.out!r} is a file; give a directory for the run")
+    check_run_dir(args.out)
     if args.export:
         check_export_target(Path(args.export), cfg, force=args.force)
     trainer = Trainer(cfg, args.out, data_dir=args.data_dir, device=args.device)
@@ -120,9 +119,11 @@ def run(args: argparse.Namespace) -> int:
 def check_export_target(path: Path, cfg, force: bool) -> None:
     """Refuse to replace an existing predictor file (or its .json header) that this run did not write."""
     from qnas.predictors import read_header
+    from qnas.train_predictor import check_writable_dir
 
     if path.suffix != ".pt":
         raise QnasError(f"--export {str(path)!r}: predictor checkpoints end in .pt")
+    check_writable_dir(path.parent, f"--export {str(path)!r}")  # else it fails after training, with torch's message
     existing = [p for p in (path, path.with_suffix(".json")) if p.exists()]
     if not existing or force:
         if path.is_dir():

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -213,9 +215,26 @@ def save_predictor(path: str | Path, ghn: GHN, header: PredictorHeader) -> Path:
         raise QnasError("header.ghn_config does not match the GHN being saved")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in ghn.state_dict().items()}
-    torch.save({"format": FORMAT, "header": header.to_json(), "state_dict": state}, path)
-    path.with_suffix(".json").write_text(header.to_json() + "\n")
+    _write_checkpoint(path, header, state)
     return path
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary file beside ``path``, then rename it over ``path``: an interrupted or failed
+    write leaves the old file whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_checkpoint(path: Path, header: PredictorHeader, state: Mapping[str, torch.Tensor]) -> None:
+    """The .pt (tensors and header) and its .json header, each replaced atomically."""
+    _write_atomic(path, lambda tmp: torch.save({"format": FORMAT, "header": header.to_json(), "state_dict": state},
+                                               tmp))
+    _write_atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(header.to_json() + "\n"))
 
 
 def update_header(name_or_path: str | Path, **changes: Any) -> PredictorHeader:
@@ -225,8 +244,7 @@ def update_header(name_or_path: str | Path, **changes: Any) -> PredictorHeader:
     path = _resolve(name_or_path)
     header, state = _read(path)
     header = replace(header, **changes)
-    torch.save({"format": FORMAT, "header": header.to_json(), "state_dict": state}, path)
-    path.with_suffix(".json").write_text(header.to_json() + "\n")
+    _write_checkpoint(path, header, state)
     return header
 
 
@@ -245,9 +263,16 @@ def _resolve(name_or_path: str | Path) -> Path:
 
 def _read(path: Path) -> tuple[PredictorHeader, dict[str, torch.Tensor]]:
     try:
-        # weights_only: the unpickler admits tensors and plain containers only, so no code runs.
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it is about to refuse: noise before our one line
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            # weights_only: the unpickler admits tensors and plain containers only, so no code runs.
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for unsafe content, RuntimeError/EOFError for junk
+        if "weights only load failed" in str(exc).lower():
+            # torch's own advice (weights_only=False) would run the file's code: never repeat it
+            raise QnasError(f"{str(path)!r}: not a qnas predictor checkpoint (it holds objects a safe load refuses; "
+                            "qnas never unpickles arbitrary code)") from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QnasError(f"refusing to load predictor {str(path)!r}: not a plain-tensor checkpoint ({reason})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("header"), str):

@@ -15,7 +15,7 @@ any predictor must beat. Cells aggregate over architectures as mean, standard er
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,9 +29,11 @@ __all__ = [
     "SPLITS",
     "SPLIT_TITLES",
     "TEST_SUBSET_SEED",
+    "check_record",
     "evaluate_predictor",
     "format_cell",
     "record_eval_table",
+    "record_losses",
     "split_networks",
     "test_subset",
 ]
@@ -184,12 +186,14 @@ def format_cell(cell: dict[str, float] | None) -> str:
     return f"{100 * cell['mean']:.1f} ± {100 * cell['sem']:.1f}; {100 * cell['max']:.1f}"
 
 
-def record_eval_table(path: str | Any, result: dict[str, Any], command: str) -> dict[str, Any]:
+def record_eval_table(path: str | Any, result: dict[str, Any], command: str, *, force: bool = False) -> dict[str, Any]:
     """Write ``result`` (of :func:`evaluate_predictor`) into the checkpoint's header as its ``eval_table``.
 
     Rows are merged by setting into a table measured the same way (same splits, architectures per split,
     test images, BN statistics), so settings evaluated in separate runs add up; a row measured another way
-    replaces the whole table. Each row keeps the command that measured it. Returns the new table.
+    replaces the whole table, which is refused (QnasError) when the new one covers less (:func:`record_losses`)
+    unless ``force``. Each row keeps the command that measured it. The checkpoint and its .json header are
+    replaced atomically. Returns the new table.
     """
     from qnas.predictors import read_header, update_header
 
@@ -198,11 +202,67 @@ def record_eval_table(path: str | Any, result: dict[str, Any], command: str) -> 
     how["archs_per_split"] = {c: next(iter(result["table"].values()))[c]["top1"]["n"]
                               for c in result["splits"]}
     old = dict(read_header(path).eval_table or {})
-    # Tables recorded before the head was a choice were measured with the GHN's own ("keep").
-    same = all(old.get(k, "keep" if k == "head" else None) == v for k, v in how.items())
+    if not force:
+        _refuse_losses(path, record_losses(old, how, list(result["table"])))
+    same = _same_measurement(old, how)
     rows = dict(old.get("rows", {})) if same else {}
     for setting, row in result["table"].items():
         rows[setting] = {"command": command, **row}
     table = {**how, "rows": rows}
     update_header(path, eval_table=table)
     return table
+
+
+def _same_measurement(old: Mapping[str, Any], how: Mapping[str, Any]) -> bool:
+    # Tables recorded before the head was a choice were measured with the GHN's own ("keep").
+    return all(old.get(k, "keep" if k == "head" else None) == v for k, v in how.items())
+
+
+def record_losses(old: Mapping[str, Any], how: Mapping[str, Any], settings: Sequence[str]) -> list[str]:
+    """What replacing the recorded eval table ``old`` (a header's ``eval_table``) by a table measured as ``how``
+    (its fields: ``test_images``, ``splits``, ``archs_per_split``, ...) with rows ``settings`` would lose, one
+    phrase each; empty when nothing is lost: no table yet, a table measured the same way (rows merge), or a
+    new one covering every split and setting with at least as many architectures and test images. Fields
+    missing from ``how`` are not known yet and count as the same."""
+    rows = old.get("rows")
+    if not isinstance(rows, dict) or not rows or _same_measurement(old, how):
+        return []
+    lost: list[str] = []
+    old_splits = old.get("splits") if isinstance(old.get("splits"), list) else []
+    gone = [str(x) for x in old_splits if x not in how.get("splits", old_splits)]
+    if gone:
+        lost.append(f"splits {','.join(gone)} missing")
+    old_archs, new_archs = old.get("archs_per_split"), how.get("archs_per_split")
+    if isinstance(old_archs, dict) and isinstance(new_archs, dict):
+        fewer = [f"{x} {new_archs[x]} < {n}" for x, n in old_archs.items()
+                 if x in new_archs and isinstance(n, int) and new_archs[x] < n]
+        if fewer:
+            lost.append(f"fewer architectures per split ({', '.join(fewer)})")
+    old_images, new_images = old.get("test_images"), how.get("test_images")
+    if isinstance(old_images, int) and isinstance(new_images, int) and new_images < old_images:
+        lost.append(f"fewer test images ({new_images} < {old_images})")
+    missing = [str(x) for x in rows if x not in settings]
+    if missing:
+        lost.append(f"settings {','.join(missing)} missing")
+    return lost
+
+
+def _refuse_losses(path: Any, lost: Sequence[str]) -> None:
+    if lost:
+        raise QnasError(f"{str(path)!r}: --record would replace its evaluation table with one that covers less "
+                        f"({'; '.join(lost)}); pass --force to replace it anyway")
+
+
+def check_record(path: str | Any, ds: Any, space: Any, *, splits: Sequence[str], n: int | None,
+                 settings: Sequence[str], images: int | None, bn_stats: str | None) -> None:
+    """Before evaluating: the QnasError :func:`record_eval_table` would raise for the table these arguments
+    of :func:`evaluate_predictor` measure (so a refused --record wastes no evaluation). The head is not known
+    until then: a table differing in it only is checked when recorded."""
+    from qnas.defaults import DEFAULT_BN_STATS
+    from qnas.predictors import read_header
+
+    old = dict(read_header(path).eval_table or {})
+    how = {"dataset": ds.info.name, "test_images": images or len(ds.test_labels), "test_subset_seed": TEST_SUBSET_SEED,
+           "bn_stats": bn_stats or DEFAULT_BN_STATS, "splits": list(splits),
+           "archs_per_split": {x: len(split_networks(space, x, n, ds.info)) for x in splits}}
+    _refuse_losses(path, record_losses(old, how, list(settings)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,15 +174,74 @@ def to_json(g: Genome) -> dict[str, Any]:
     }
 
 
-def from_json(d: dict[str, Any]) -> Genome:
+def _show(value: Any) -> str:
+    """``value`` as JSON for an error message, cut short so the message stays one short line."""
     try:
-        stages = tuple(
-            Stage(int(s["width"]), tuple(Block(str(b["op"]), bool(b["residual"])) for b in s["blocks"]))
-            for s in d["stages"]
-        )
-        return Genome(int(d["stem"]), stages, tuple(d["downsample"]), int(d.get("hidden", 0)), bool(d.get("bn", True)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise QnasError(f"bad genome JSON: {exc!r}") from None
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json_int(value: Any, field: str) -> int:
+    """``value`` as an int, refusing bools, non-integral or non-finite floats and strings."""
+    # bool is an Integral too: `true` must not become 1
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise QnasError(f"bad genome JSON: {field} must be an integer, got {_show(value)}")
+    if not isinstance(value, numbers.Integral):
+        # a float is harmless only when it is a whole, finite number (24.0 is 24; 24.5 and 1e400 are not)
+        if not math.isfinite(value) or not float(value).is_integer():
+            raise QnasError(f"bad genome JSON: {field} must be an integer, got {_show(value)}")
+    return int(value)
+
+
+def _json_bool(value: Any, field: str) -> bool:
+    # "no" is truthy: only JSON true/false mean a boolean
+    if not isinstance(value, bool):
+        raise QnasError(f"bad genome JSON: {field} must be true or false, got {_show(value)}")
+    return value
+
+
+def _json_str(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise QnasError(f"bad genome JSON: {field} must be a string, got {_show(value)}")
+    return value
+
+
+def _json_field(d: Any, key: str, where: str, default: Any = ...) -> Any:
+    """``d[key]``, with a one-line error when ``d`` is not an object or lacks ``key`` (and has no default)."""
+    if not isinstance(d, dict):
+        raise QnasError(f"bad genome JSON: {where or 'the genome'} must be an object, got {_show(d)}")
+    if key not in d:
+        if default is ...:
+            raise QnasError(f"bad genome JSON: missing field {where + '.' if where else ''}{key}")
+        return default
+    return d[key]
+
+
+def _json_list(value: Any, field: str) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):  # tuples: genomes built in Python rather than read from JSON
+        raise QnasError(f"bad genome JSON: {field} must be a list, got {_show(value)}")
+    return value
+
+
+def from_json(d: dict[str, Any]) -> Genome:
+    """Inverse of :func:`to_json`; strict about types, so a typo is an error rather than a different net."""
+    stages = []
+    for i, s in enumerate(_json_list(_json_field(d, "stages", ""), "stages")):
+        where = f"stages[{i}]"
+        width = _json_int(_json_field(s, "width", where), f"{where}.width")
+        blocks = []
+        for j, b in enumerate(_json_list(_json_field(s, "blocks", where), f"{where}.blocks")):
+            bwhere = f"{where}.blocks[{j}]"
+            blocks.append(Block(_json_str(_json_field(b, "op", bwhere), f"{bwhere}.op"),
+                                _json_bool(_json_field(b, "residual", bwhere), f"{bwhere}.residual")))
+        stages.append(Stage(width, tuple(blocks)))
+    downsample = tuple(_json_str(x, f"downsample[{k}]")
+                       for k, x in enumerate(_json_list(_json_field(d, "downsample", ""), "downsample")))
+    stem = _json_int(_json_field(d, "stem", ""), "stem")
+    hidden = _json_int(_json_field(d, "hidden", "", 0), "hidden")
+    return Genome(stem, tuple(stages), downsample, hidden, _json_bool(_json_field(d, "bn", "", True), "bn"))
 
 
 def parse(text: str) -> Genome:
