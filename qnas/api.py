@@ -376,7 +376,7 @@ def make_search(
         study=study, target=target, max_params=int(max_params), trials=runs, total_trials=total_trials,
         timeout=timeout, storage=storage, sampler=sampler or DEFAULT_SAMPLER, seed=seed, space=space,
         dataset=dataset, predictor=scorer.name, population_size=population, protocol=scorer.protocol,
-        objective=scorer.objective_key(target), first_last_bits=scorer.first_last_bits,
+        objective=scorer.objective_key(target), first_last_bits=scorer.first_last_bits, val_size=val_size,
     )
     return Search(config, scorer)
 

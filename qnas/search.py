@@ -109,6 +109,7 @@ class SearchConfig:
     protocol: str = "calibrated/channel/a2p99.5/fl8/w8sym"  # how scores were measured (GHNScorer.protocol)
     objective: str = "top1"  # what is maximized at the target: "pred_top1" (the ranker) or "top1" (raw GHN)
     first_last_bits: int | None = 8  # qnas.quant.first_last_rule; recorded for finetune and export
+    val_size: int | None = None  # validation images each candidate is scored on (None: not recorded)
 
 
 @dataclass
@@ -576,7 +577,8 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
     contract = {StudyKey.TARGET: cfg.target, StudyKey.MAX_PARAMS: cfg.max_params, StudyKey.SPACE: cfg.space,
                 StudyKey.DATASET: cfg.dataset, StudyKey.PREDICTOR: cfg.predictor, StudyKey.PROTOCOL: cfg.protocol,
                 StudyKey.OBJECTIVE: cfg.objective,
-                StudyKey.FIRST_LAST_BITS: "same" if cfg.first_last_bits is None else cfg.first_last_bits}
+                StudyKey.FIRST_LAST_BITS: "same" if cfg.first_last_bits is None else cfg.first_last_bits,
+                StudyKey.VAL_SIZE: cfg.val_size}
     stored = {k: study.user_attrs.get(k) for k in StudyKey.CONTRACT}
     # Compare only what is stored: workers starting together may see a contract half-written by another.
     diff = ", ".join(f"{k}: study has {stored[k]!r}, asked {contract[k]!r}" for k in StudyKey.CONTRACT
@@ -584,7 +586,7 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
     if diff:
         raise QnasError(f"study {cfg.study!r} was made with other settings ({diff}); use another --study name")
     for k, v in contract.items():
-        if stored[k] is None:
+        if stored[k] is None and v is not None:
             study.set_user_attr(k, v)
     if study.metric_names is None:
         with warnings.catch_warnings():

@@ -58,8 +58,9 @@ class StudyKey:
     PROTOCOL = "protocol"
     OBJECTIVE = "objective"
     FIRST_LAST_BITS = "first_last_bits"
+    VAL_SIZE = "val_size"  # scores on another number of validation images are not comparable
     # What must match when a study is continued, so runs never silently mix: all of the above.
-    CONTRACT = (TARGET, MAX_PARAMS, SPACE, DATASET, PREDICTOR, PROTOCOL, OBJECTIVE, FIRST_LAST_BITS)
+    CONTRACT = (TARGET, MAX_PARAMS, SPACE, DATASET, PREDICTOR, PROTOCOL, OBJECTIVE, FIRST_LAST_BITS, VAL_SIZE)
 
     @staticmethod
     def finetune(trial: int, setting: str) -> str:
@@ -113,6 +114,7 @@ class StudyAttrs:
     predictor: str | None = None
     protocol: str = "calibrated/tensor"  # studies from before the attribute scored per tensor
     first_last_bits: int | None = 8  # None: every layer at the setting ("same")
+    val_size: int | None = None  # studies from before the attribute did not record it
 
     @classmethod
     def of(cls, study: Any) -> StudyAttrs:
@@ -129,6 +131,8 @@ class StudyAttrs:
         for k in (StudyKey.OBJECTIVE, StudyKey.SPACE, StudyKey.DATASET, StudyKey.PROTOCOL):
             if k in kw:
                 kw[k] = str(kw[k])
+        if kw.get(StudyKey.VAL_SIZE) is not None:
+            kw[StudyKey.VAL_SIZE] = int(kw[StudyKey.VAL_SIZE])
         if StudyKey.FIRST_LAST_BITS in kw:
             fl = kw[StudyKey.FIRST_LAST_BITS]
             kw[StudyKey.FIRST_LAST_BITS] = None if fl in (None, "same") else int(fl)

@@ -28,7 +28,7 @@ def _run(tmp_path, scorer, **kw):
 
 def test_search_records_attrs_and_respects_bound(tmp_path):
     scorer = FakeScorer()
-    cfg, summary = _run(tmp_path, scorer, trials=12, max_params=200_000, sampler="random", seed=1)
+    cfg, summary = _run(tmp_path, scorer, trials=12, max_params=200_000, sampler="random", seed=1, val_size=1000)
     study = load_study("t", cfg.storage)
     trials = study.trials
     assert len(trials) == 12 and summary.trials_run == 12
@@ -78,6 +78,17 @@ def test_continuing_with_other_settings_is_refused(tmp_path):
     _run(tmp_path, FakeScorer(), trials=1, sampler="random")
     with pytest.raises(QnasError, match="other settings"):
         _run(tmp_path, FakeScorer(), trials=1, sampler="random", target="w2a2")
+
+
+def test_continuing_on_another_number_of_validation_images_is_refused(tmp_path):
+    _run(tmp_path, FakeScorer(), trials=1, sampler="random", val_size=256)
+    with pytest.raises(QnasError, match="val_size: study has 256, asked 1000"):
+        _run(tmp_path, FakeScorer(), trials=1, sampler="random", val_size=1000)
+    # a study from before the size was recorded continues, and records it from then on
+    study = load_study("t", f"sqlite:///{tmp_path / 't.db'}")
+    study.set_user_attr("val_size", None)
+    _run(tmp_path, FakeScorer(), trials=1, sampler="random", val_size=1000)
+    assert load_study("t", f"sqlite:///{tmp_path / 't.db'}").user_attrs["val_size"] == 1000
 
 
 def test_interrupt_marks_running_trial_and_keeps_study(tmp_path):
