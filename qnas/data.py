@@ -434,7 +434,8 @@ def _search_roots(data_dir: str | os.PathLike[str] | None) -> list[Path]:
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not root.is_dir():  # a typo should not silently fall back to another copy
-            raise QnasError(f"data directory {root} does not exist")
+            raise QnasError(f"data directory {root} " + ("is a file, not a directory" if root.exists()
+                                                          else "does not exist"))
         roots.append(root)
     if os.environ.get("QNAS_DATA_DIR"):
         roots.append(Path(os.environ["QNAS_DATA_DIR"]).expanduser())

@@ -477,7 +477,7 @@ PARTIAL_PREFIX = ".qnas-partial-"  # a sibling being written; renamed into place
 
 
 def _owned(path: Path) -> list[Path]:
-    return [path / f for f in _OWNED if (path / f).exists()] + sorted(path.glob("model_w*_qcdq.onnx"))
+    return [path / f for f in _OWNED if (path / f).exists()] + sorted(path.glob("model_*_qcdq.onnx"))
 
 
 def prepare_dir(path: Path, force: bool) -> None:

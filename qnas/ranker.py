@@ -517,6 +517,8 @@ def load_ranker(path: str | Path, *, predictor_digest: str | None = None, protoc
     """Read a ranker JSON file; refuse anything else (a pickle is never unpickled) and, given the
     predictor's weights digest (``Predictor.digest``) or the scorer's protocol (``GHNScorer.protocol``), a
     ranker fitted on features of another predictor or measured another way."""
+    if not str(path).strip():
+        raise QnasError("an empty ranker path (give a ranker JSON file, or 'none' for no ranker)")
     path = Path(path)
     try:
         raw = path.read_bytes()

@@ -178,6 +178,8 @@ def make_scorer(
     if device != "cpu":
         # Candidates are small and scored one at a time; the CPU path is the one measured and tested.
         raise QnasError(f"scoring runs on the CPU in this version; got --device {device!r}")
+    if ranker is not None and not ranker.strip():  # Path("") is the current directory: say what is wrong
+        raise QnasError("an empty ranker path (give a ranker JSON file, 'auto' or 'none')")
     info = dataset_info(dataset)
     name = resolve_predictor_name(predictor, dataset)
     pred = load_predictor(name, dataset=dataset, input_shape=info.input_shape, num_classes=info.num_classes,

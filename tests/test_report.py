@@ -188,6 +188,15 @@ def test_studies_lists_default_sqlite_files(in_dir, capsys):
     assert row["best_top1"] == pytest.approx(best)
 
 
+def test_studies_piped_keeps_each_row_on_one_line(in_dir, monkeypatch, capsys):
+    long = in_dir / "studies" / "a-copy-of-the-demo-study-under-a-long-file-name.db"
+    shutil.copy(in_dir / "studies" / "demo.db", long)  # two storages: a storage column
+    monkeypatch.delenv("COLUMNS")
+    assert main(["studies"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "demo" in line]
+    assert len(rows) == 2 and any(long.name in r for r in rows) and all("% #" in r for r in rows), rows
+
+
 def test_studies_empty_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["studies"]) == 0

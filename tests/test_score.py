@@ -152,7 +152,8 @@ def fashion_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_cli_scores_a_sampled_architecture(fashion_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_scores_a_sampled_architecture(fashion_dir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     arch = convnets250k.to_string(convnets250k.sample(random.Random(1), max_params=100_000))
     argv = ["score", "--arch", arch, "--data-dir", str(fashion_dir), "--val-size", "20", "--calib-size", "16"]
     assert main([*argv, "--json"]) == 0
@@ -179,6 +180,14 @@ def test_cli_scores_a_sampled_architecture(fashion_dir: Path, capsys: pytest.Cap
     genome_json = json.dumps(convnets250k.to_json(convnets250k.from_string(arch)))
     assert main(["score", "--arch", genome_json, "--data-dir", str(fashion_dir), "--val-size", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["arch"] == arch
+    # and a .json file: an export's arch.json (the genome under "genome") or a bare genome
+    exported = tmp_path / "arch.json"
+    exported.write_text(json.dumps({"format": "qnas-model", "arch": arch, "genome": json.loads(genome_json)}))
+    bare = tmp_path / "genome.json"
+    bare.write_text(genome_json)
+    for path in (exported, bare):
+        assert main(["score", "--arch", str(path), "--data-dir", str(fashion_dir), "--val-size", "8", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["arch"] == arch
 
 
 def test_cli_trained_init(fashion_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

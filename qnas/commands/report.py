@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def _studies(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # piped: rich would fold paths at 80 columns
+        console = Console(width=250)
     if not rows:
         where = args.storage or f"{Path.cwd() / 'studies'}/*.db"
         console.print(f"no studies in {where} (pass --storage URL for another storage)", highlight=False)

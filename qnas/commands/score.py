@@ -45,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--arch", metavar="ARCH",
-                      help="architecture string (as printed by `qnas space sample`) or genome JSON")
+                      help="architecture string (as printed by `qnas space sample`), genome JSON, or a .json file "
+                      "holding either (e.g. an export's arch.json)")
     what.add_argument("--module", metavar="FILE.py:FACTORY",
                       help="any traceable nn.Module: FACTORY() in FILE.py (or package.module:FACTORY) returns it; it "
                       "takes the dataset's images and returns class logits. Layers the predictor never saw are "
@@ -126,7 +127,7 @@ def _score(args: argparse.Namespace) -> int:
         ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
     else:
         space = get_space(args.space)
-        genome = space.parse(args.arch)
+        genome = space.parse(_arch_text(args.arch))
         n_params, n_macs = check_arch_size(space, genome, info.input_shape, info.num_classes,
                                            max_params=args.max_params, max_macs=args.max_macs)
         ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
@@ -168,6 +169,20 @@ def _score(args: argparse.Namespace) -> int:
     else:
         _print(record)
     return 0
+
+
+def _arch_text(value: str) -> str:
+    """``--arch`` as the space parses it: a ``.json`` file is read (an export's arch.json: its genome)."""
+    if not value.strip().endswith(".json") or value.strip().startswith("{"):
+        return value
+    path = Path(value.strip())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise QnasError(f"cannot read --arch {value!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if isinstance(data, dict) and "genome" in data:
+        data = data["genome"]
+    return data if isinstance(data, str) else json.dumps(data)
 
 
 def _init(module: Any, args: argparse.Namespace, ds: Any, err: Any) -> Any:
