@@ -1,6 +1,6 @@
 """GHN cost per candidate next to the cost of evaluating it: is the predictor a small share of scoring?
 
-    OMP_NUM_THREADS=1 python benchmarks/ghn_speed.py [--archs 16] [--images 1000] [--predictor random]
+    OMP_NUM_THREADS=1 python benchmarks/ghn_speed.py [--archs 16] [--images 1000] [--predictor random] [--head fit]
 
 For architectures spread by parameter count over the ``id`` split, per candidate (best of
 ``--repeats`` runs, one thread by default, ``torch.no_grad``):
@@ -11,7 +11,9 @@ For architectures spread by parameter count over the ``id`` split, per candidate
 * ``ghn 5set``: one GHN call predicting all scored settings of this candidate (a bit-conditioned GHN
   predicts parameters per setting; the batch holds the same graph once per setting);
 * ``eval``: ``qnas.score.evaluate`` of the candidate at those settings on ``--images`` validation
-  images, with the predicted parameters (default BN mode, tracing and calibration included).
+  images, with the predicted parameters (default BN mode, tracing and calibration included) and the
+  search's default head (``--head fit``: the last layer solved on 1,000 training images per setting;
+  ``keep``: the GHN's own).
 
 ``share = (graph + ghn 5set) / (graph + ghn 5set + eval)``: the GHN's part of scoring one candidate.
 The last line is ``ghn_share=<median share>``.
@@ -29,9 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qnas.defaults import DEFAULT_FIT_SIZE, DEFAULT_HEAD, HEADS  # noqa: E402
 from qnas.ghn import predict_many  # noqa: E402
 from qnas.graph import batch_graphs, to_graph  # noqa: E402
 from qnas.predictors import load_predictor  # noqa: E402
+from qnas.readout import Readout, make_readout  # noqa: E402
 from qnas.score import evaluate  # noqa: E402
 from search_spaces import convnets250k  # noqa: E402
 
@@ -49,15 +53,21 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def _images(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def _images(n: int, head: str) -> tuple[torch.Tensor, torch.Tensor, Readout | None, str]:
+    """Validation images and labels, and the readout the head is fitted on (None for ``keep``)."""
     try:
         from qnas import data
 
-        x, y = data.val_subset(data.load_dataset("fashion-mnist"), n, seed=0)
-        return x, y, "fashion-mnist validation subset"
+        ds = data.load_dataset("fashion-mnist")
+        x, y = data.val_subset(ds, n, seed=0)
+        readout = make_readout(ds, head, None, default=DEFAULT_FIT_SIZE)
+        return x, y, readout, "fashion-mnist validation subset"
     except Exception as exc:  # timing does not depend on the pixels
         gen = torch.Generator().manual_seed(0)
-        return torch.randn(n, *INPUT_SHAPE, generator=gen), torch.randint(0, 10, (n,), generator=gen), f"random ({exc})"
+        fit = None if head == "keep" else Readout(torch.randn(DEFAULT_FIT_SIZE, *INPUT_SHAPE, generator=gen),
+                                                  torch.randint(0, 10, (DEFAULT_FIT_SIZE,), generator=gen))
+        return (torch.randn(n, *INPUT_SHAPE, generator=gen), torch.randint(0, 10, (n,), generator=gen), fit,
+                f"random ({exc})")
 
 
 def _spread(n: int) -> list:
@@ -72,17 +82,19 @@ def main() -> None:
     parser.add_argument("--predictor", default="random", help="predictor name or checkpoint (default random)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
+                        help=f"the classifier scoring uses (default {DEFAULT_HEAD}, as the search)")
     args = parser.parse_args()
     if args.archs % 8:
         parser.error("--archs must be a multiple of 8")
     torch.set_num_threads(args.threads)
     pred = load_predictor(args.predictor, input_shape=INPUT_SHAPE)
     ghn = pred.ghn
-    x, y, source = _images(args.images)
+    x, y, readout, source = _images(args.images, args.head)
     genomes = _spread(args.archs)
     modules = [convnets250k.build(g, INPUT_SHAPE, 10) for g in genomes]
     print(f"GHN {args.predictor} ({ghn.num_parameters:,} params); {args.images} images ({source}); "
-          f"{args.threads} thread(s), torch {torch.__version__}; settings {'+'.join(SETTINGS)}")
+          f"{args.threads} thread(s), torch {torch.__version__}; settings {'+'.join(SETTINGS)}; head {args.head}")
     print(f"{'params':>9} {'nodes':>5} {'graph ms':>8} {'ghn b1':>7} {'ghn b8':>7} {'5set ms':>8} "
           f"{'eval ms':>8} {'share':>6}  arch")
     b1_all, b8_all, shares = [], [], []
@@ -99,7 +111,7 @@ def main() -> None:
             t_5 = _best(lambda graph=graph: ghn(batch_graphs([graph] * len(SETTINGS)), SETTINGS), args.repeats)
             params = dict(zip(SETTINGS, predict_many(ghn, [graph] * len(SETTINGS), SETTINGS), strict=True))
             t_eval = _best(lambda module=module, params=params: evaluate(
-                module, lambda spec: params[spec.name], x, y, SETTINGS), max(1, args.repeats - 2))
+                module, lambda spec: params[spec.name], x, y, SETTINGS, readout=readout), max(1, args.repeats - 2))
             share = (t_graph + t_5) / (t_graph + t_5 + t_eval)
             b1_all.append(t_b1)
             b8_all.append(b8[i])
