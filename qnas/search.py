@@ -137,7 +137,7 @@ def parse_target(bits: str) -> str:
     w, _, a = text.removeprefix("w").partition("a")
     if text.startswith("w") and w.isdigit() and a.isdigit() and 2 <= int(w) <= 8 and 2 <= int(a) <= 8:
         return text
-    raise QnasError(f"bad --bits {bits!r}: use 8, 4, 2 or a setting like w4a8 (2 to 8 bits)")
+    raise QnasError(f"bad --bits {bits!r}: use 8, 4, 2, a setting like w4a8 (2 to 8 bits) or fp32")
 
 
 def study_granularity(study: Any) -> str:
@@ -580,9 +580,10 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
                 StudyKey.FIRST_LAST_BITS: "same" if cfg.first_last_bits is None else cfg.first_last_bits,
                 StudyKey.VAL_SIZE: cfg.val_size}
     stored = {k: study.user_attrs.get(k) for k in StudyKey.CONTRACT}
-    # Compare only what is stored: workers starting together may see a contract half-written by another.
+    # Compare only what is stored and asked: workers starting together may see a contract half-written by
+    # another, and a caller that does not say (val_size None: a library scorer) does not contradict it.
     diff = ", ".join(f"{k}: study has {stored[k]!r}, asked {contract[k]!r}" for k in StudyKey.CONTRACT
-                     if stored[k] is not None and stored[k] != contract[k])
+                     if stored[k] is not None and contract[k] is not None and stored[k] != contract[k])
     if diff:
         raise QnasError(f"study {cfg.study!r} was made with other settings ({diff}); use another --study name")
     for k, v in contract.items():

@@ -84,6 +84,8 @@ def test_continuing_on_another_number_of_validation_images_is_refused(tmp_path):
     _run(tmp_path, FakeScorer(), trials=1, sampler="random", val_size=256)
     with pytest.raises(QnasError, match="val_size: study has 256, asked 1000"):
         _run(tmp_path, FakeScorer(), trials=1, sampler="random", val_size=1000)
+    # a caller that does not say (a library scorer) continues it
+    _run(tmp_path, FakeScorer(), trials=1, sampler="random")
     # a study from before the size was recorded continues, and records it from then on
     study = load_study("t", f"sqlite:///{tmp_path / 't.db'}")
     study.set_user_attr("val_size", None)

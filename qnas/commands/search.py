@@ -36,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "RUNNING by a worker killed on this machine (kill -9, out of memory) are marked failed and re-run when "
         "any worker starts on the study; Ctrl-C and SIGTERM stop cleanly.",
     )
-    p.add_argument("--bits", default="4", help="target setting: 8, 4, 2 (wBaB) or a name like w4a8 (default 4)")
+    p.add_argument("--bits", default="4",
+                   help="target setting: 8, 4, 2 (wBaB), a name like w4a8, or fp32 (no quantization) (default 4)")
     p.add_argument("--max-params", type=param_count, default=10_000_000, help="parameter bound, e.g. 1e6 (default 1e7)")
     p.add_argument("--trials", type=positive_int, default=None,
                    help="trials to run in this process, on top of those already in the study (default 50 when "
