@@ -74,3 +74,15 @@ def load_benchmark(name: str):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Exit code, stdout, stderr of ``qnas ARGV`` in this process; argparse errors exit through SystemExit."""
+    from qnas.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -9,11 +9,10 @@ import subprocess
 import time
 
 import pytest
-from fakes import run_workers, spawn_search
+from fakes import run_cli, run_workers, spawn_search
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from qnas.cli import main
 from qnas.search import SETTINGS, SearchConfig, load_study, run_search, study_granularity
 from search_spaces import convnets250k as S
 
@@ -23,15 +22,6 @@ BOUNDED = [*TINY, "--max-params", "2e5"]
 BOUND = 200_000
 ATTRS = ("arch", "genome", "params", "macs", "size_bytes", "bitops", "predictor", "predictor_version")
 
-
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Exit code, stdout, stderr of ``qnas ARGV``; argparse errors exit through SystemExit."""
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _default_sigint() -> None:
@@ -71,7 +61,7 @@ def _check_trial(t: FrozenTrial) -> None:
 
 def test_search_end_to_end_then_resume(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    rc, _, err = _cli(["search", *BOUNDED, "--trials", "3", "--seed", "1", "--storage", url, "--study", "cli"],
+    rc, _, err = run_cli(["search", *BOUNDED, "--trials", "3", "--seed", "1", "--storage", url, "--study", "cli"],
                       capsys)
     assert rc == 0, err
     assert "3 trials in" in err
@@ -84,8 +74,8 @@ def test_search_end_to_end_then_resume(tmp_path, capsys):
     assert study_granularity(study) == "channel"
     assert study.user_attrs["objective"] == "top1" and study.user_attrs["first_last_bits"] == 8  # random GHN: no ranker
 
-    rc, _, err = _cli(["search", *BOUNDED, "--trials", "2", "--storage", url, "--study", "cli", "--sampler", "random",
-                       "--seed", "3"], capsys)
+    rc, _, err = run_cli(["search", *BOUNDED, "--trials", "2", "--storage", url, "--study", "cli", "--sampler",
+                          "random", "--seed", "3"], capsys)
     assert rc == 0, err
     trials = load_study("cli", url).trials
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
@@ -95,11 +85,11 @@ def test_search_end_to_end_then_resume(tmp_path, capsys):
     assert not trials[1].user_attrs.get("infeasible") and not trials[4].user_attrs.get("infeasible")
 
     # Continuing under another bound would mix two searches: refused, one line, nothing added.
-    rc, _, err = _cli(["search", *TINY, "--max-params", "1e6", "--trials", "1", "--storage", url,
+    rc, _, err = run_cli(["search", *TINY, "--max-params", "1e6", "--trials", "1", "--storage", url,
                        "--study", "cli"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "other settings" in err and "max_params" in err
     # So would scores measured with other activation ranges.
-    rc, _, err = _cli(["search", *BOUNDED, "--trials", "1", "--storage", url, "--study", "cli", "--act-ranges",
+    rc, _, err = run_cli(["search", *BOUNDED, "--trials", "1", "--storage", url, "--study", "cli", "--act-ranges",
                        "minmax"], capsys)
     assert rc == 2 and "other settings" in err and "protocol" in err
     assert len(load_study("cli", url).trials) == 5
@@ -129,7 +119,7 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys, monkey
     base = ["search", "--trials", "1", "--val-size", "8", "--predictor", "random", "--quiet"]
     if "--storage" not in args:
         base += ["--storage", f"sqlite:///{tmp_path / 'b.db'}"]
-    rc, out, err = _cli([*base, *args], capsys)
+    rc, out, err = run_cli([*base, *args], capsys)
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("qnas: error:"), err
     assert needle in err and out == ""

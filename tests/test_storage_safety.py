@@ -11,11 +11,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from fakes import FakeScorer
+from fakes import FakeScorer, run_cli
 
 import qnas.search
 from qnas import report as R
-from qnas.cli import main
 from qnas.errors import QnasError
 from qnas.search import SearchConfig, create_or_continue, load_study, open_storage, run_search
 from qnas.study import StudyKey
@@ -23,14 +22,6 @@ from search_spaces import convnets250k as S
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _one_line_error(rc: int, err: str, message: str) -> None:
@@ -55,7 +46,7 @@ def test_a_file_that_is_not_a_journal_is_refused_and_untouched(tmp_path, capsys)
             open_storage(url, readonly=readonly)
     with pytest.raises(QnasError, match="not an Optuna journal"):
         create_or_continue(SearchConfig(study="s", storage=url))
-    _one_line_error(*_cli(["show", "--study", "s", "--storage", url], capsys)[::2], "not an Optuna journal")
+    _one_line_error(*run_cli(["show", "--study", "s", "--storage", url], capsys)[::2], "not an Optuna journal")
     assert path.read_bytes() == b"hello\n"
     # A JSON line that is not a journal record is someone else's file too; a real journal opens, an empty file too.
     (tmp_path / "other.jsonl").write_text('{"a": 1}\n')
@@ -88,11 +79,11 @@ def test_read_only_commands_leave_a_sqlite_file_without_optuna_tables_unchanged(
     for db in (user, empty):
         url = f"sqlite:///{db}"
         for argv in (["show", "--study", "s"], ["report", "--study", "s"], ["studies"]):
-            _one_line_error(*_cli([*argv, "--storage", url], capsys)[::2], "is not an Optuna storage")
+            _one_line_error(*run_cli([*argv, "--storage", url], capsys)[::2], "is not an Optuna storage")
     # Without --storage: studies/*.db are listed, a file that is not a storage is named and skipped.
     _qnas_study("sqlite:///studies/good.db", "good")
     (tmp_path / "studies" / "user.db").write_bytes(before)
-    rc, out, err = _cli(["studies", "--json"], capsys)
+    rc, out, err = run_cli(["studies", "--json"], capsys)
     assert rc == 0 and '"name": "good"' in out
     assert "skipped sqlite:///studies/empty.db" in err and "skipped sqlite:///studies/user.db" in err
     assert user.read_bytes() == before == (tmp_path / "studies" / "user.db").read_bytes()
@@ -100,7 +91,7 @@ def test_read_only_commands_leave_a_sqlite_file_without_optuna_tables_unchanged(
     # finetune's way in (read-write) refuses it too; a missing file is not created.
     with pytest.raises(QnasError, match="not an Optuna storage"):
         load_study("s", f"sqlite:///{user}")
-    _one_line_error(*_cli(["show", "--study", "s", "--storage", "sqlite:///gone.db"], capsys)[::2], "does not exist")
+    _one_line_error(*run_cli(["show", "--study", "s", "--storage", "sqlite:///gone.db"], capsys)[::2], "does not exist")
     assert not (tmp_path / "gone.db").exists() and user.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db", "studies"]  # no -wal/-shm beside it
 
@@ -123,8 +114,8 @@ def test_reading_an_optuna_study_does_not_rewrite_its_file(tmp_path, monkeypatch
         lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     before = db.read_bytes()
     for argv in (["show", "--study", "plain"], ["report", "--study", "plain", "--out", str(tmp_path / "r.html")]):
-        _one_line_error(*_cli([*argv, "--storage", f"sqlite:///{db}"], capsys)[::2], "was not made by qnas")
-    assert _cli(["studies", "--storage", f"sqlite:///{db}"], capsys)[0] == 0
+        _one_line_error(*run_cli([*argv, "--storage", f"sqlite:///{db}"], capsys)[::2], "was not made by qnas")
+    assert run_cli(["studies", "--storage", f"sqlite:///{db}"], capsys)[0] == 0
     assert db.read_bytes() == before
 
 
@@ -170,7 +161,7 @@ def test_a_study_not_made_by_qnas_is_refused_and_not_modified(tmp_path, monkeypa
             load_study("plain", url, readonly=readonly)
     for argv in (["show", "--study", "plain"], ["show", "--study", "plain", "--pareto"],
                  ["report", "--study", "plain", "--out", str(tmp_path / "r.html")]):
-        _one_line_error(*_cli([*argv, "--storage", url], capsys)[::2], "study 'plain' was not made by qnas")
+        _one_line_error(*run_cli([*argv, "--storage", url], capsys)[::2], "study 'plain' was not made by qnas")
     assert _snapshot(url, "plain") == before
     assert not (tmp_path / "r.html").exists()
 
@@ -214,10 +205,10 @@ def test_report_refuses_a_csv_that_is_the_html_or_not_csv(tmp_path, monkeypatch,
     (tmp_path / "link.csv").symlink_to(tmp_path / "same.html")
     for csv, message in (("same.html", "should end in .csv"), ("trials.txt", "should end in .csv"),
                          ("link.csv", "is the same file as --out")):
-        _one_line_error(*_cli(["report", "--study", "s1", "--out", "same.html", "--csv", csv], capsys)[::2],
+        _one_line_error(*run_cli(["report", "--study", "s1", "--out", "same.html", "--csv", csv], capsys)[::2],
                         message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "studies"]
-    assert _cli(["report", "--study", "s1", "--out", "r.html", "--csv", "r.CSV"], capsys)[0] == 0
+    assert run_cli(["report", "--study", "s1", "--out", "r.html", "--csv", "r.CSV"], capsys)[0] == 0
 
 
 # ----------------------------------------------------------------------------- 5: a bound nothing meets
@@ -225,7 +216,7 @@ def test_report_refuses_a_csv_that_is_the_html_or_not_csv(tmp_path, monkeypatch,
 
 def test_search_refuses_a_bound_below_the_smallest_architecture(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    _, _, sample_err = _cli(["space", "sample", "--max-params", "10"], capsys)
+    _, _, sample_err = run_cli(["space", "sample", "--max-params", "10"], capsys)
     message = "could not sample an architecture with at most 10 parameters"
     assert message in sample_err
     scorer = FakeScorer()
