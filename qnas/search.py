@@ -444,7 +444,7 @@ def load_study(study: str, storage: str | None = None, readonly: bool = False) -
     if db is not None and not db.is_file():
         hint = "" if storage else " (pass --storage URL if the study lives elsewhere)"
         raise QnasError(f"no study {study!r}: {db} does not exist{hint}")
-    if db is not None:  # an existing study needs Optuna's tables: never create them in the user's file
+    if db is not None and not readonly:  # open_storage checks a read-only open itself: never create tables
         _check_sqlite_storage(db, empty_ok=False)
     store = open_storage(url, readonly=readonly)
     try:
