@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
@@ -751,6 +752,8 @@ class _CtrlC:
     the objective fails a trial started afterwards and the trial callback stops the study. A second
     Ctrl-C interrupts wherever it lands. Installed only in the main thread, over Python's default SIGINT
     handler and over the default (or the qnas CLI's) SIGTERM handler; an ignored signal stays ignored.
+    An interrupt raised inside a garbage-collector callback (e.g. SQLAlchemy's) is swallowed by Python as
+    "Exception ignored ... Traceback"; ``requested`` already stops the study, so that report is dropped.
     """
 
     def __init__(self) -> None:
@@ -758,10 +761,13 @@ class _CtrlC:
         self.terminated = False
         self.scoring = False
         self._previous: dict[int, Any] = {}
+        self._previous_hook: Any = None
 
     def __enter__(self) -> _CtrlC:
         if threading.current_thread() is not threading.main_thread():
             return self
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
         if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, raise_terminated):
@@ -772,6 +778,14 @@ class _CtrlC:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        if self._previous_hook is not None:
+            sys.unraisablehook = self._previous_hook
+            self._previous_hook = None
+
+    def _unraisable(self, info: Any) -> None:
+        if isinstance(info.exc_value, (KeyboardInterrupt, Terminated)) and self.requested:
+            return  # our own interrupt, landed in a GC callback; the study stops on ``requested``
+        self._previous_hook(info)
 
     def _handle(self, signum: int, frame: Any) -> None:
         interrupt_now = self.requested or self.scoring

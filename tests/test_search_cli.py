@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -198,4 +199,36 @@ def test_ctrl_c_during_a_storage_write_leaves_no_running_trial(method, state, tm
     summary = run_search(cfg, _ConstScorer(), S, (1, 28, 28), 10)
     assert summary.interrupted and sent
     assert [t.state for t in load_study("s", cfg.storage).trials] == [state]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _Collected:
+    """An object whose finalizer runs `action`, as a garbage-collector callback (SQLAlchemy's) does."""
+
+    def __init__(self, action) -> None:
+        self.action = action
+
+    def __del__(self) -> None:
+        self.action()
+
+
+def test_ctrl_c_landing_in_a_gc_callback_prints_no_traceback_and_still_stops(tmp_path, monkeypatch,
+                                                                              interactive_sigint):
+    """Python cannot raise out of a finalizer: it prints "Exception ignored ... Traceback" and goes on.
+    A Ctrl-C that lands there (CI caught one in SQLAlchemy's) must still stop the search, silently;
+    any other exception in a finalizer is still reported."""
+
+    class Scorer(_ConstScorer):
+        def score(self, genome):
+            _Collected(lambda: os.kill(os.getpid(), signal.SIGINT))  # freed at once: the handler runs in __del__
+            _Collected(lambda: 1 / 0)
+            return super().score(genome)
+
+    reported: list[type] = []  # the hook Python prints "Exception ignored" with (pytest installs its own)
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: reported.append(info.exc_type))
+    cfg = SearchConfig(study="s", storage=f"sqlite:///{tmp_path / 's.db'}", trials=5, sampler="random")
+    summary = run_search(cfg, Scorer(), S, (1, 28, 28), 10)
+    assert summary.interrupted
+    assert reported == [ZeroDivisionError]
+    assert [t.state for t in load_study("s", cfg.storage).trials] == [TrialState.COMPLETE]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
