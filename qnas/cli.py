@@ -48,7 +48,10 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse would name `qnas --help`; the subcommand's help is the one that lists its arguments
+        _command_parser(parser, sys.argv[1:] if argv is None else list(argv)).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     # SIGTERM (kill, a scheduler's stop) runs the same cleanup as Ctrl-C instead of ending the process mid-write.
     own_sigterm = threading.current_thread() is threading.main_thread() and \
         signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -76,6 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if own_sigterm:
             signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)command parser that ``argv`` names, e.g. the one of ``qnas space info``."""
+    for token in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and token in subs[0].choices:
+            parser = subs[0].choices[token]
+    return parser
 
 
 # How torch words allocation failures raised as a plain RuntimeError (CPU allocator, older CUDA builds).

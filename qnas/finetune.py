@@ -856,8 +856,10 @@ def finetune_trial(
 ) -> dict[str, Any]:
     """FAQ-finetune one trial's architecture; writes ``<root>/<study>/finetune/<trial>.json`` (results
     per setting) and the final weights beside it, and the study user attribute
-    ``finetune_<trial>_<setting>`` (Optuna does not allow changing a finished trial's attributes).
-    Returns the run's record; a run already recorded is returned as it is unless ``restart``."""
+    ``finetune_<trial>_<setting>`` (Optuna does not allow changing a finished trial's attributes): the
+    report's summary, the latest run wherever its files went. Returns the run's record (with
+    ``replaced_summary``, the record file the summary named before, when that was another file); a run
+    already recorded is returned as it is unless ``restart``."""
     from safetensors.torch import save
 
     from qnas.study import StudyAttrs, StudyKey, TrialAttrs
@@ -912,7 +914,12 @@ def finetune_trial(
     summary = {"init": init, "epochs": config.epochs, "seconds": round(result.seconds, 1), "file": str(path),
                **{f"top1_{k}_before": v for k, v in result.before.items()},
                **{f"top1_{k}_after": v for k, v in result.after.items()}}
-    study.set_user_attr(StudyKey.finetune(trial.number, setting), summary)
+    key = StudyKey.finetune(trial.number, setting)
+    previous = study.user_attrs.get(key)
+    study.set_user_attr(key, summary)
+    if isinstance(previous, dict) and previous.get("file") not in (None, str(path)):
+        # the study keeps one summary per trial and setting (the report's): say which run it no longer shows
+        return {**run, "replaced_summary": previous["file"]}
     return run
 
 

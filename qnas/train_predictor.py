@@ -554,6 +554,14 @@ class Trainer:
         return threading.current_thread() is threading.main_thread()
 
 
+def run_config(out: str | Path) -> TrainConfig:
+    """The training settings stored in a run directory's checkpoint (one-line QnasError without one)."""
+    path = Path(out) / CHECKPOINT
+    if not path.is_file():
+        raise QnasError(f"no checkpoint {path}")
+    return _read_checkpoint(path)[1]
+
+
 def _read_checkpoint(path: Path) -> tuple[dict[str, Any], TrainConfig]:
     """A run checkpoint and its config, or a one-line QnasError for a truncated, foreign or unsafe file."""
     try:

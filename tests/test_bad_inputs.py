@@ -111,7 +111,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("search-bn-stats", [*SEARCH, "--bn-stats", "x"], "--bn-stats"),
     ("search-act-ranges", [*SEARCH, "--act-ranges", "x"], "--act-ranges"),
     ("search-val-size-zero", [*SEARCH, "--val-size", "0"], "--val-size"),
-    ("search-unknown-flag", [*SEARCH, "--frobnicate"], "unrecognized"),
+    ("search-unknown-flag", [*SEARCH, "--frobnicate"], "--frobnicate (see `qnas search --help`)"),
     ("score-garbage-arch", ["score", "--arch", "garbage"], "cannot parse"),
     ("score-bad-json-arch", ["score", "--arch", "{bad json"], "genome JSON"),
     ("score-oversized-arch", ["score", "--arch", OVERSIZED, "--val-size", "64"], "parameters, over the bound"),
@@ -208,6 +208,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("score-init-pickle", ["score", "--arch", TINY, "--init", "ghn:pickle.pt", "--val-size", "8"], NOT_A_PREDICTOR),
     ("search-predictor-pickle", [*SEARCH[:-3], "--predictor", "pickle.pt", "--quiet"], NOT_A_PREDICTOR),
     ("train-start-from-pickle", [*TRAIN, "--start-from", "pickle.pt"], NOT_A_PREDICTOR),
+    # an extra argument points to the help that lists the subcommand's arguments, not `qnas --help`
+    ("space-info-extra-argument", ["space", "info", TINY, "b"],
+     "unrecognized arguments: b (see `qnas space info --help`)"),
 ]
 
 

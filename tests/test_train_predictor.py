@@ -201,3 +201,17 @@ def test_exported_qat_predictor_counts_the_steps_of_its_start(tmp_path):
     qat.run(progress=False)
     header = load_predictor(str(export_predictor(qat, tmp_path / "qat.pt", "qat"))).header
     assert header.train_steps == 5 and json.loads(header.notes)["steps"] == {"init": 2, "run": 3}
+
+
+def test_cli_export_only_reads_the_training_settings_from_the_checkpoint(tmp_path):
+    """`--export-only` should not need the run's training flags again (they are in last.pt)."""
+    from qnas.cli import main
+    from qnas.predictors import read_header
+
+    cfg = tiny(regime="qat", bits=("w4a4",), steps=1)
+    Trainer(cfg, tmp_path / "run").run(progress=False)
+    out = tmp_path / "ghn.pt"
+    assert main(["train-predictor", "--out", str(tmp_path / "run"), "--export-only", "--export", str(out),
+                 "--quiet"]) == 0
+    assert read_header(out).bits_trained == ("w4a4",)
+    assert main(["train-predictor", "--out", str(tmp_path / "none"), "--export-only", "--export", str(out)]) == 2

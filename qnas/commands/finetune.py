@@ -88,7 +88,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--test-size", type=positive_int, default=None, help="test images for before/after (default all)")
     f.add_argument("--data-dir", default=None, help="where the dataset files are (default: standard places)")
     f.add_argument("--out-root", type=Path, default=Path("studies"), help="results go to OUT_ROOT/NAME/finetune "
-                   "(default studies)")
+                   "(default studies); the study's report shows the latest run of each trial and setting, "
+                   "whichever OUT_ROOT it used")
     f.add_argument("--restart", action="store_true", help="redo candidates already finetuned at this setting and "
                    "ignore their checkpoints")
     f.add_argument("--seed", type=seed, default=0, help="data order and subset (default 0)")
@@ -163,6 +164,10 @@ def _finetune(args: argparse.Namespace) -> int:
             train_size=args.train_size, freeze_bn_at=args.freeze_bn_at, seed=args.seed)
         for task, run in zip(progress.task_ids, runs):
             progress.update(task, status="already done (--restart to redo)" if run.get("skipped") else "done")
+    for r in runs:
+        if "replaced_summary" in r:
+            print(f"note: the study's report now shows this run for trial {r['trial']} at {r['setting']} "
+                  f"(it showed {r['replaced_summary']})", file=sys.stderr)
     setting = runs[0]["setting"] if runs else ""
     if args.json:
         keep = ("trial", "arch", "setting", "init", "before", "after", "seconds", "weights", "bn_reestimated",

@@ -61,7 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "replaced only when it is an export of this same run, or with --force")
     p.add_argument("--force", action="store_true", help="let --export replace files that are not this run's export")
     p.add_argument("--export-only", action="store_true",
-                   help="write --export from the run's last checkpoint without training")
+                   help="write --export from the run's last checkpoint without training (its training settings are "
+                   "read from the checkpoint; flags such as --regime or --steps are not needed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -88,18 +89,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qnas.quant import QuantSpec
-    from qnas.train_predictor import Trainer, check_device, check_run_dir, export_predictor
+    from qnas.train_predictor import Trainer, check_device, check_run_dir, export_predictor, run_config
 
     check_device(args.device)  # before anything: torch fails late and with a traceback
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = config_from_args(args)
-    for b in cfg.bits:
-        QuantSpec.parse(b)  # one-line error for a bad setting before any work
     if args.export_only and not args.export:
         raise QnasError("--export-only needs --export PATH.pt")
-    if args.export_only and not (Path(args.out) / "last.pt").exists():
-        raise QnasError(f"no checkpoint {Path(args.out) / 'last.pt'} to export")
+    # exporting a finished run should not need its training flags repeated: the checkpoint has them
+    cfg = run_config(args.out) if args.export_only else config_from_args(args)
+    for b in cfg.bits:
+        QuantSpec.parse(b)  # one-line error for a bad setting before any work
     check_run_dir(args.out)
     if args.export:
         check_export_target(Path(args.export), cfg, force=args.force)
