@@ -911,13 +911,13 @@ def finetune_trial(
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)
     ckpt.unlink(missing_ok=True)
-    summary = {"init": init, "epochs": config.epochs, "seconds": round(result.seconds, 1), "file": str(path),
+    summary = {"init": init, "epochs": config.epochs, "seconds": round(result.seconds, 1), "file": str(path.resolve()),
                **{f"top1_{k}_before": v for k, v in result.before.items()},
                **{f"top1_{k}_after": v for k, v in result.after.items()}}
     key = StudyKey.finetune(trial.number, setting)
     previous = study.user_attrs.get(key)
     study.set_user_attr(key, summary)
-    if isinstance(previous, dict) and previous.get("file") not in (None, str(path)):
+    if isinstance(previous, dict) and previous.get("file") not in (None, summary["file"]):
         # the study keeps one summary per trial and setting (the report's): say which run it no longer shows
         return {**run, "replaced_summary": previous["file"]}
     return run

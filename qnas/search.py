@@ -753,7 +753,8 @@ class _CtrlC:
     Ctrl-C interrupts wherever it lands. Installed only in the main thread, over Python's default SIGINT
     handler and over the default (or the qnas CLI's) SIGTERM handler; an ignored signal stays ignored.
     An interrupt raised inside a garbage-collector callback (e.g. SQLAlchemy's) is swallowed by Python as
-    "Exception ignored ... Traceback"; ``requested`` already stops the study, so that report is dropped.
+    "Exception ignored ... Traceback"; ``requested`` already stops the study, so that report is dropped
+    (the trial being scored then finishes before the study stops).
     """
 
     def __init__(self) -> None:
@@ -779,13 +780,14 @@ class _CtrlC:
             signal.signal(signum, previous)
         self._previous.clear()
         if self._previous_hook is not None:
-            sys.unraisablehook = self._previous_hook
+            if sys.unraisablehook == self._unraisable:  # never undo a hook installed inside the block
+                sys.unraisablehook = self._previous_hook
             self._previous_hook = None
 
     def _unraisable(self, info: Any) -> None:
         if isinstance(info.exc_value, (KeyboardInterrupt, Terminated)) and self.requested:
             return  # our own interrupt, landed in a GC callback; the study stops on ``requested``
-        self._previous_hook(info)
+        (self._previous_hook or sys.__unraisablehook__)(info)
 
     def _handle(self, signum: int, frame: Any) -> None:
         interrupt_now = self.requested or self.scoring

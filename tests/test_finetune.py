@@ -217,10 +217,10 @@ def test_cli_finetune_records_results_and_skips_done_trials(small_fashion, tmp_p
     scratch = args[:args.index("--out-root") + 1] + [str(tmp_path / "scratch")] + args[args.index("--out-root") + 2:]
     assert main([a for a in scratch if a != "--json"]) == 0
     err = capsys.readouterr().err
-    first = str(root / "ft" / "finetune" / "0.json")
+    first = str((root / "ft" / "finetune" / "0.json").resolve())
     assert f"report now shows this run for trial 0 at w4a4 (it showed {first})" in err
     attrs = optuna.load_study(study_name="ft", storage=url).user_attrs["finetune_0_w4a4"]
-    assert attrs["file"] == str(tmp_path / "scratch" / "ft" / "finetune" / "0.json")
+    assert attrs["file"] == str((tmp_path / "scratch" / "ft" / "finetune" / "0.json").resolve())
 
 
 @pytest.mark.parametrize(("extra", "message"), [

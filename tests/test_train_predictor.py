@@ -214,4 +214,9 @@ def test_cli_export_only_reads_the_training_settings_from_the_checkpoint(tmp_pat
     assert main(["train-predictor", "--out", str(tmp_path / "run"), "--export-only", "--export", str(out),
                  "--quiet"]) == 0
     assert read_header(out).bits_trained == ("w4a4",)
+    # a flag given anyway must be the run's: an export is never of other settings than asked for
+    assert main(["train-predictor", "--out", str(tmp_path / "run"), "--export-only", "--export", str(out),
+                 "--regime", "qat", "--quiet"]) == 0
+    assert main(["train-predictor", "--out", str(tmp_path / "run"), "--export-only", "--export", str(out),
+                 "--regime", "float", "--bits", "w2a2", "--quiet"]) == 2
     assert main(["train-predictor", "--out", str(tmp_path / "none"), "--export-only", "--export", str(out)]) == 2

@@ -62,7 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="let --export replace files that are not this run's export")
     p.add_argument("--export-only", action="store_true",
                    help="write --export from the run's last checkpoint without training (its training settings are "
-                   "read from the checkpoint; flags such as --regime or --steps are not needed)")
+                   "read from the checkpoint; flags such as --regime or --steps are not needed, and must match "
+                   "the run when given)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         raise QnasError("--export-only needs --export PATH.pt")
     # exporting a finished run should not need its training flags repeated: the checkpoint has them
     cfg = run_config(args.out) if args.export_only else config_from_args(args)
+    if args.export_only:
+        _check_given_flags(args, cfg)
     for b in cfg.bits:
         QuantSpec.parse(b)  # one-line error for a bad setting before any work
     check_run_dir(args.out)
@@ -114,6 +117,18 @@ def run(args: argparse.Namespace) -> int:
         path = export_predictor(trainer, args.export, name=Path(args.export).stem)
         trainer.log(f"exported predictor {path}")
     return 130 if result["interrupted"] else 0
+
+
+def _check_given_flags(args: argparse.Namespace, stored) -> None:
+    """Training flags given with --export-only must match the run's: an export is never of other settings."""
+    from qnas.cli import build_parser
+
+    default = config_from_args(build_parser().parse_args(["train-predictor", "--out", str(args.out)])).to_json()
+    given, run = config_from_args(args).to_json(), stored.to_json()
+    differ = [k for k in given if given[k] != default[k] and given[k] != run[k]]
+    if differ:
+        raise QnasError(f"{Path(args.out) / 'last.pt'} was trained with other settings ({', '.join(differ)}); "
+                        "--export-only exports the run as trained: drop those flags")
 
 
 def check_export_target(path: Path, cfg, force: bool) -> None:
