@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--head", default="keep", choices=("keep", "fit"),
                     help="classifier: the GHN's own (default: GHN-Q's table compares predicted parameters) or the "
                     "fitted head the search scores with")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, like every benchmark here)")
     ap.add_argument("--json", default=None, help="write all results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
