@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -65,8 +66,15 @@ def main() -> None:
         if not name:
             continue
         pred = load_predictor(name, dataset="fashion-mnist")
+        done = iter(range(1, args.n + 1))  # progress on stderr: with the fitted head a column takes ~an hour
+
+        def progress(split: str, arch: str, label: str = label, done=done) -> None:
+            print(f"{label}: {next(done, args.n)}/{args.n} architectures, {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
+
         res = _rename(evaluate_predictor(pred, ds, splits=["id"], n=args.n, settings=specs, bn_stats=args.bn_stats,
-                                         images=args.images, floor=floor is None, head=args.head), specs)
+                                         images=args.images, floor=floor is None, head=args.head,
+                                         on_arch=progress), specs)
         if floor is None:
             floor = {s: res["table"][s]["random"] for s in SETTINGS}
         rows.append((label, f"{args.bn_stats}/{args.granularity}", res))
