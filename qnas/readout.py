@@ -12,6 +12,11 @@ last layer costs one ridge solve per setting and a forward pass over the fit ima
 nothing trained. A temperature fitted on the same images scales the logits, so the cross-entropy is
 meaningful (least squares on one-hot targets gives near-uniform softmax otherwise).
 
+Scaling: the ridge standardizes each feature when the head's weights are float or 8-bit, and gives every
+feature one common scale when they are quantized below 8 bits (``scaling="auto"``): per-feature
+standardization hands rarely active, low-variance features large raw weights, and a 4- or 2-bit grid
+sized by those leaves the rest at zero (``benchmarks/head_scaling.py``, docs/predictor.md).
+
 Heads it solves: a ``Linear`` layer, or a 1x1 ``Conv2d`` whose output is pooled to the logits
 (SqueezeNet), fitted on every pixel (subsampled to ``max_rows``). Other last layers (a spatial conv,
 one followed by BatchNorm) keep the GHN's parameters: :func:`head_step` returns None for them.
@@ -28,16 +33,19 @@ import numpy as np
 import torch
 
 from qnas.errors import QnasError
-from qnas.quant import Calibration, QuantModel, QuantSpec, Step
+from qnas.quant import Calibration, QuantModel, QuantSpec, Step, layer_bits
 
-__all__ = ["DEFAULT_RIDGE", "Readout", "fit_head", "head_label", "head_step", "make_readout"]
+__all__ = ["DEFAULT_RIDGE", "SCALINGS", "Readout", "fit_head", "head_label", "head_step", "make_readout"]
 
 DEFAULT_RIDGE = 10.0  # on standardized features; the same prior as benchmarks/head_probe.py
+SCALINGS = ("auto", "feature", "global")  # how features are scaled for the ridge (module docstring)
 
 
 @dataclass(frozen=True, eq=False)
 class Readout:
-    """The labelled images a head is fitted on (normalized, N x C x H x W) and the ridge penalty."""
+    """The labelled images a head is fitted on (normalized, N x C x H x W), the ridge penalty and how the
+    features are scaled for it (``auto``: per feature, or one scale for all where the head's weights are
+    quantized below 8 bits; ``feature`` or ``global`` always)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -45,6 +53,7 @@ class Readout:
     batch_size: int = 64  # as scoring batches: the same results, faster than larger ones (scoring_overhead.py)
     max_rows: int = 50_000  # pixels of a convolutional head: a random subset of them beyond this
     seed: int = 0
+    scaling: str = "auto"
 
     @classmethod
     def from_dataset(cls, ds: Any, size: int, seed: int = 0) -> Readout:
@@ -65,6 +74,8 @@ class Readout:
         if not self.ridge > 0 or self.batch_size <= 0 or self.max_rows <= 0:
             raise QnasError(f"a readout needs a positive ridge penalty, batch size and row cap, got {self.ridge}, "
                             f"{self.batch_size}, {self.max_rows}")
+        if self.scaling not in SCALINGS:
+            raise QnasError(f"a readout's scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
 
     @property
     def label(self) -> str:
@@ -77,6 +88,12 @@ class Readout:
         from qnas.defaults import DEFAULT_FIT_SIZE
 
         return "fit" if len(self.labels) == DEFAULT_FIT_SIZE else self.label
+
+    def protocol_tag_for(self, first_last_bits: int | None) -> str:
+        """:attr:`protocol_tag` in a protocol with that first/last-layer rule, ``-gs`` added where heads below 8
+        bits get one common feature scale (``auto`` without the rule, where the head has the setting's bits)."""
+        common = self.scaling == "global" or (self.scaling == "auto" and first_last_bits is None)
+        return self.protocol_tag + ("-gs" if common else "")
 
 
 def make_readout(ds: Any, head: str, fit_size: int | None, *, default: int, seed: int = 0) -> Readout | None:
@@ -161,6 +178,8 @@ def fit_head(
     has_bias = step.pnames[1] in own
     # Centre only where a bias can carry the mean back: without one, logits = x @ coef.T exactly.
     mu, sd = (x.mean(0) if has_bias else np.zeros(x.shape[1])), x.std(0) + 1e-6
+    if _scaling(readout.scaling, layer_bits(spec.w_bits, step.w8, spec)) == "global":
+        sd = np.full_like(sd, math.sqrt(float(np.mean(x.var(0)))) + 1e-6)  # the features' RMS spread, shared
     y = np.zeros((len(labels), classes))  # one-hot targets for every class, whether the fit images hold it or not
     y[np.arange(len(labels)), labels.numpy()] = 1.0
     # Cholesky solves the (F, F) system, or the (N, N) one where features outnumber images (a flatten).
@@ -174,6 +193,13 @@ def fit_head(
     if has_bias:
         out[name_b] = torch.from_numpy(intercept * scale).float()
     return out
+
+
+def _scaling(scaling: str, head_bits: int | None) -> str:
+    """``auto`` resolved: one scale for every feature when the head's weights are quantized below 8 bits."""
+    if scaling != "auto":
+        return scaling
+    return "global" if head_bits is not None and head_bits < 8 else "feature"
 
 
 def _temperature(logits: np.ndarray, labels: np.ndarray) -> float:

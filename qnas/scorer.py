@@ -54,13 +54,14 @@ class GHNScorer:
     def protocol(self) -> str:
         """How scores are measured: BN statistics / weight scales / activation ranges / first-last rule /
         8-bit grid, then ``/fit`` when the head is solved (qnas.readout; nothing: the GHN's head) on the default
-        number of images, ``/fit<N>`` on another (a smaller fit scores systematically lower). ``val_size`` is
+        number of images, ``/fit<N>`` on another (a smaller fit scores systematically lower), ``-gs`` added
+        where a head below 8 bits is fitted on one feature scale (``--first-last-bits same``). ``val_size`` is
         not part of it: it moves scores by noise, not by method."""
         from qnas.quant import LOW_BIT_ACT_PERCENTILE, LOW_BITS
 
         act = "minmax" if self.act_ranges == "minmax" else f"a{LOW_BITS}p{LOW_BIT_ACT_PERCENTILE:g}"
         first_last = "same" if self.first_last_bits is None else f"fl{self.first_last_bits}"
-        head = "" if self.readout is None else f"/{self.readout.protocol_tag}"
+        head = "" if self.readout is None else f"/{self.readout.protocol_tag_for(self.first_last_bits)}"
         return f"{self.bn_stats}/{self.granularity}/{act}/{first_last}/w8sym{head}"
 
     def spec_name(self, setting: str) -> str:

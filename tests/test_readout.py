@@ -161,3 +161,40 @@ def test_the_protocol_names_a_fit_size_other_than_the_default() -> None:
     big = Readout(torch.zeros(DEFAULT_FIT_SIZE, 1, 2, 2), torch.zeros(DEFAULT_FIT_SIZE, dtype=torch.long))
     assert big.protocol_tag == "fit" and big.label == f"fit{DEFAULT_FIT_SIZE}"
     assert head_label(None) == "keep"
+
+
+def _with_rare_features(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eight informative features and eight that are zero but on a few images (tiny variance)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    x = 0.5 * torch.randn(n, 16, generator=gen)
+    x[torch.arange(n), y] += 1.5
+    x[torch.arange(n), 4 + y] += 1.5
+    rare = torch.zeros(n, 8)
+    rare[torch.randperm(n, generator=gen)[:16], torch.arange(16) % 8] = 0.05
+    return torch.cat([x, rare], 1).view(n, 1, 1, 24), y
+
+
+def test_a_head_quantized_below_8_bits_is_fitted_with_one_scale_for_every_feature() -> None:
+    # Standardized, the rare features get raw weights that size the 4-bit grid and zero the rest.
+    torch.manual_seed(0)
+    qm = prepare(nn.Sequential(nn.Flatten(), nn.Linear(24, 4)))
+    x, y = _with_rare_features(400, 0)
+    tx, ty = _with_rare_features(400, 1)
+    settings = ["fp32", "w8a8-channel", "w4a8-channel", "w2a8-channel"]
+    acc = {s: {k: v["top1"] for k, v in evaluate(qm, None, tx, ty, settings, readout=Readout(x, y, scaling=s)).items()}
+           for s in ("auto", "feature", "global")}
+    for low in ("w4a8-channel", "w2a8-channel"):
+        assert acc["auto"][low] == acc["global"][low] > 0.9
+    assert acc["feature"]["w4a8-channel"] < 0.7 and acc["feature"]["w2a8-channel"] < 0.5
+    for at_8_bits_or_float in ("fp32", "w8a8-channel"):
+        assert acc["auto"][at_8_bits_or_float] == acc["feature"][at_8_bits_or_float] > 0.9
+    # Under the first/last-layer rule the head stays at 8 bits: standardized per feature again.
+    fl8 = evaluate(qm, None, tx, ty, ["w4a8-channel-fl8"], readout=Readout(x, y))["w4a8-channel-fl8"]["top1"]
+    assert fl8 == evaluate(qm, None, tx, ty, ["w4a8-channel-fl8"],
+                           readout=Readout(x, y, scaling="feature"))["w4a8-channel-fl8"]["top1"]
+    # Protocols say so where the scores differ: without the rule (the head at the setting's bits).
+    assert Readout(x, y).protocol_tag_for(8) == "fit400" == Readout(x, y, scaling="feature").protocol_tag_for(None)
+    assert Readout(x, y).protocol_tag_for(None) == "fit400-gs" == Readout(x, y, scaling="global").protocol_tag_for(8)
+    with pytest.raises(QnasError, match="scaling"):
+        Readout(x, y, scaling="none")
