@@ -31,7 +31,7 @@ from qnas.errors import QnasError  # noqa: E402
 from qnas.graph import batch_graphs, to_graph  # noqa: E402
 from qnas.predictors import load_predictor  # noqa: E402
 from qnas.predictors.evaluation import SPLITS, split_networks, test_subset  # noqa: E402
-from qnas.quant import FIRST_LAST_BITS, layer_bits, parse_specs, prepare  # noqa: E402
+from qnas.quant import layer_bits, parse_specs, prepare  # noqa: E402
 from qnas.readout import Readout, head_step  # noqa: E402
 from qnas.score import evaluate  # noqa: E402
 from search_spaces import get_space  # noqa: E402
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             got = {how: evaluate(qmodel, lambda s, p=preds: p[s.name], x, y, specs, readout=r)
                    for how, r in readouts.items()}
             for spec in specs:
-                bits = layer_bits(spec.w_bits, step.w8, spec)
-                auto = "global" if bits is not None and bits < FIRST_LAST_BITS else "feature"
+                auto = fit.scaling_at(layer_bits(spec.w_bits, step.w8, spec))  # what the default fits
                 for how in ("feature", "global"):
                     acc[how][spec.name].append(100 * got[how][spec.name]["top1"])
                 acc["auto"][spec.name].append(acc[auto][spec.name][-1])

@@ -89,6 +89,13 @@ class Readout:
 
         return "fit" if len(self.labels) == DEFAULT_FIT_SIZE else self.label
 
+    def scaling_at(self, head_bits: int | None) -> str:
+        """``feature`` or ``global`` for a head whose weights have ``head_bits`` (None: float); ``auto`` takes one
+        scale below 8 bits, where the grid is too coarse for the large weights of rare features."""
+        if self.scaling != "auto":
+            return self.scaling
+        return "global" if head_bits is not None and head_bits < 8 else "feature"
+
     def protocol_tag_for(self, first_last_bits: int | None) -> str:
         """:attr:`protocol_tag` in a protocol with that first/last-layer rule, ``-gs`` added where heads below 8
         bits get one common feature scale (``auto`` without the rule, where the head has the setting's bits)."""
@@ -178,7 +185,7 @@ def fit_head(
     has_bias = step.pnames[1] in own
     # Centre only where a bias can carry the mean back: without one, logits = x @ coef.T exactly.
     mu, sd = (x.mean(0) if has_bias else np.zeros(x.shape[1])), x.std(0) + 1e-6
-    if _scaling(readout.scaling, layer_bits(spec.w_bits, step.w8, spec)) == "global":
+    if readout.scaling_at(layer_bits(spec.w_bits, step.w8, spec)) == "global":
         sd = np.full_like(sd, math.sqrt(float(np.mean(x.var(0)))) + 1e-6)  # the features' RMS spread, shared
     y = np.zeros((len(labels), classes))  # one-hot targets for every class, whether the fit images hold it or not
     y[np.arange(len(labels)), labels.numpy()] = 1.0
@@ -193,13 +200,6 @@ def fit_head(
     if has_bias:
         out[name_b] = torch.from_numpy(intercept * scale).float()
     return out
-
-
-def _scaling(scaling: str, head_bits: int | None) -> str:
-    """``auto`` resolved: one scale for every feature when the head's weights are quantized below 8 bits."""
-    if scaling != "auto":
-        return scaling
-    return "global" if head_bits is not None and head_bits < 8 else "feature"
 
 
 def _temperature(logits: np.ndarray, labels: np.ndarray) -> float:

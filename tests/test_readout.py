@@ -193,6 +193,7 @@ def test_a_head_quantized_below_8_bits_is_fitted_with_one_scale_for_every_featur
     fl8 = evaluate(qm, None, tx, ty, ["w4a8-channel-fl8"], readout=Readout(x, y))["w4a8-channel-fl8"]["top1"]
     assert fl8 == evaluate(qm, None, tx, ty, ["w4a8-channel-fl8"],
                            readout=Readout(x, y, scaling="feature"))["w4a8-channel-fl8"]["top1"]
+    assert [Readout(x, y).scaling_at(b) for b in (None, 8, 4, 2)] == ["feature", "feature", "global", "global"]
     # Protocols say so where the scores differ: without the rule (the head at the setting's bits).
     assert Readout(x, y).protocol_tag_for(8) == "fit400" == Readout(x, y, scaling="feature").protocol_tag_for(None)
     assert Readout(x, y).protocol_tag_for(None) == "fit400-gs" == Readout(x, y, scaling="global").protocol_tag_for(8)
