@@ -1,6 +1,7 @@
 """Low-bit activation ranges: min/max vs percentiles, same predicted parameters.
 
     OMP_NUM_THREADS=1 python benchmarks/activation_ranges.py [--predictor NAME|PATH] [--archs 12] [--images 500]
+        [--head keep|fit]
 
 For the first ``--archs`` architectures of the ``id`` split with at most 5e5 parameters (the GHN's
 training range), the predictor's parameters for each setting are evaluated on ``--images`` fixed
@@ -9,7 +10,9 @@ statistics and activation ranges measured in the network quantized at that setti
 ranges (``-minmax``, GHN-Q), with the engine's default rule (``LOW_BIT_ACT_PERCENTILE`` at 2 bits) and
 at each percentile of a sweep (``-pQ``); and with FAQ's calibration (``qnas.finetune.faq_calibration``:
 BN statistics and percentile ranges of the *float* network on 256 training images). Prints mean top-1
-per setting and rule; the last line is ``w2a2_minmax=<v> w2a2_default=<v> w2a2_best=<v>``.
+per setting and rule (``--head fit``: the search's classifier, a head fitted per setting and rule on
+``DEFAULT_FIT_SIZE`` training images, ``qnas.readout``; the FAQ rows keep the GHN's classifier, which is
+what FAQ starts from); the last line is ``w2a2_minmax=<v> w2a2_default=<v> w2a2_best=<v>``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qnas import data  # noqa: E402
 from qnas import finetune as ft  # noqa: E402
+from qnas.defaults import DEFAULT_FIT_SIZE  # noqa: E402
 from qnas.predictors import default_predictor, load_predictor  # noqa: E402
 from qnas.quant import QuantSpec  # noqa: E402
+from qnas.readout import make_readout  # noqa: E402
 from qnas.score import evaluate  # noqa: E402
 from search_spaces import convnets250k  # noqa: E402
 
@@ -40,13 +45,18 @@ def main() -> int:
     ap.add_argument("--archs", type=int, default=12, help="id-split architectures (default 12)")
     ap.add_argument("--images", type=int, default=500, help="validation images (default 500)")
     ap.add_argument("--settings", default="w4a4-channel,w2a2-channel", help="settings (default w4a4/w2a2 per-channel)")
+    ap.add_argument("--head", default="keep", choices=("keep", "fit"),
+                    help="classifier: the GHN's own (default) or the fitted head the search scores with")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.archs < 1 or args.images < 1 or args.threads < 1:
+        ap.error("--archs, --images and --threads must be positive")
     torch.set_num_threads(args.threads)
 
     ds = data.load_dataset("fashion-mnist")
     pred = load_predictor(args.predictor or default_predictor("fashion-mnist"), dataset="fashion-mnist")
     x, y = data.val_subset(ds, args.images, seed=0)
+    readout = make_readout(ds, args.head, None, default=DEFAULT_FIT_SIZE)
     calib = data.normalize(ds.train_images[:256], ds.info)
     archs = [g for g in convnets250k.load_split("id") if convnets250k.count_params(g) <= 5e5][: args.archs]
     means: dict[tuple[str, str], float] = {}
@@ -58,7 +68,7 @@ def main() -> int:
         for genome in archs:
             module = convnets250k.build(genome)
             params = pred.predict(module, setting.split("-")[0])
-            res = evaluate(module, params, x, y, list(rules.values()), bn_stats="calibrated")
+            res = evaluate(module, params, x, y, list(rules.values()), bn_stats="calibrated", readout=readout)
             for how, rule in rules.items():
                 acc.setdefault(how, []).append(res[rule.name]["top1"])
             with torch.no_grad():
