@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/search_efficiency.py [--trials 200] [--random-trials 400]
         [--seeds 0,1,2] [--samplers nsga2,tpe] [--val-size 256] [--max-params 1e7] [--max-minutes M]
+        [--cache scores.json]
 
 Every run is ``qnas.search.run_search`` (the loop ``qnas search`` runs: same space, constraint, duplicate
 check) on an in-memory Optuna storage, so database commits cost nothing here (their cost is
@@ -21,14 +22,20 @@ Hypervolume: objectives top-1 (up) and log10(params) (down); only feasible trial
 Reference point: accuracy 0 and params = the bound, so a point (a, p) dominates the rectangle
 a x log10(bound / p) ("accuracy x decades under the bound"). Log scale, because the front spans three
 orders of magnitude and is read on a log axis; in linear params every net far under the bound would
-count almost alike. The last line is ``hv_ratio=<median HV of the default sampler / median HV of random>``.
+count almost alike. ``--cache FILE`` keeps the scores on disk (rewritten atomically after each new
+architecture, with the scorer's version, target and image count): a run killed part-way and started
+again with the same file replays the scores it has (the samplers are seeded, so every run retraces its
+trials) and scores only the rest; a file written by another scorer is refused.
+The last line is ``hv_ratio=<median HV of the default sampler / median HV of random>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -50,12 +57,27 @@ from search_spaces import convnets250k  # noqa: E402
 
 
 class CachedScorer:
-    """One scorer for every run: memoized by architecture string, timing the real scoring."""
+    """One scorer for every run: memoized by architecture string, timing the real scoring; with ``path``,
+    the memo lives in that JSON file too (``--cache``), under a header that must match this scorer."""
 
-    def __init__(self, scorer) -> None:
+    def __init__(self, scorer, path: Path | None = None) -> None:
         self.scorer, self.name, self.version = scorer, scorer.name, scorer.version
+        self.path = path
+        self.header = {"version": scorer.version, "protocol": scorer.protocol, "settings": list(scorer.settings),
+                       "val_size": len(scorer.labels)}
         self.cache: dict[str, dict[str, float]] = {}
         self.seconds = 0.0
+        if path is not None and path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                print(f"search_efficiency.py: error: --cache {path} is not a score cache: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+            if not isinstance(saved, dict) or saved.get("header") != self.header:
+                print(f"search_efficiency.py: error: {path} holds scores of another scorer "
+                      f"(not {self.header}); give another --cache file", file=sys.stderr)
+                raise SystemExit(2)
+            self.cache, self.seconds = saved["scores"], saved["seconds"]
 
     def score(self, genome) -> dict[str, float]:
         arch = convnets250k.to_string(genome)
@@ -63,6 +85,10 @@ class CachedScorer:
             t = time.perf_counter()
             self.cache[arch] = self.scorer.score(genome)
             self.seconds += time.perf_counter() - t
+            if self.path is not None:
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                tmp.write_text(json.dumps({"header": self.header, "seconds": self.seconds, "scores": self.cache}))
+                os.replace(tmp, self.path)
         return self.cache[arch]
 
 
@@ -110,6 +136,8 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=256, help="validation images per candidate (default 256)")
     ap.add_argument("--predictor", default=None, help="predictor (default: the shipped one for fashion-mnist)")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop starting trials after this many minutes")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="keep the scores in this JSON file; a killed run started again with it resumes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = ap.parse_args()
     args.target = parse_target(args.target)
@@ -125,7 +153,9 @@ def main() -> None:
                       "the hypervolumes then rank samplers on a meaningless objective", stacklevel=1)
         predictor = "random"
     base = make_scorer(space=convnets250k, predictor=predictor, val_size=args.val_size)
-    scorer = CachedScorer(dataclasses.replace(base, settings=(args.target,)))
+    scorer = CachedScorer(dataclasses.replace(base, settings=(args.target,)), args.cache)
+    if scorer.cache:
+        print(f"{len(scorer.cache)} scores replayed from {args.cache}", flush=True)
     se = math.sqrt(0.25 / args.val_size)
     print(f"predictor {predictor} ({base.version}); {args.val_size} images at {args.target} "
           f"(standard error of accuracy <= {100 * se:.1f} points); bound {args.max_params:,} params; "
