@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ground_truth import CALIB_IMAGES, DATASET, SPACE, balanced, build_arch  # noqa: E402
-from ranking import load_v2  # noqa: E402
+from ranking import STORE, load_v2  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.quant import QuantSpec, calibrate, prepare  # noqa: E402
@@ -60,18 +60,19 @@ def correctness(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, calib
     return (pred == y).numpy()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", type=Path, default=STORE, help=f"the ground-truth store (default {STORE})")
     ap.add_argument("--budget", default="k20e5", help="v2 budget (default k20e5, the truth budget)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "qnas" / "ground_truth",
                     help="the ground-truth workers' cache of trained weights")
     ap.add_argument("--draws", type=int, default=2000, help="redraws per target (default 2000)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.draws < 1:
         ap.error("--draws must be positive")
     torch.set_num_threads(1)
 
-    truth, seed1, _, what = load_v2(args.budget)
+    truth, seed1, _, what = load_v2(args.budget, args.store)
     print(what, flush=True)
     ds = data.load_dataset(DATASET)
     tx, ty = balanced(ds.test_images, ds.test_labels, TEST_IMAGES, ds.info.num_classes)
@@ -81,7 +82,7 @@ def main() -> int:
     calib = data.normalize(balanced(ds.train_images, ds.train_labels, CALIB_IMAGES, ds.info.num_classes)[0], ds.info)
     space = get_space(SPACE)
 
-    results = Path(__file__).resolve().parent / "ground_truth" / "v2" / "results"
+    results = args.store / "results"
     cached = {json.loads((results / f"{d.name}.json").read_text())["arch"]: d
               for d in sorted(args.cache.glob(f"*_{args.budget}_s0"))
               if (d / "fp32.pt").exists() and (results / f"{d.name}.json").exists()}
@@ -113,6 +114,9 @@ def main() -> int:
     figures: dict[str, float] = {}
     for target in ("fp32", "w4a4", "w2a2"):
         p = np.array(list(truth[target].values()))
+        if len(p) < 2:
+            print(f"{target}: {len(p)} nets measured, no ranking to bound")
+            continue
         se = np.sqrt(pairing * p * (1 - p) / TEST_IMAGES)
         # Seed noise from the second-seed retrains: var(s0 - s1) = 2 var(seed), both on the same images.
         diffs = np.array([truth[target][a] - s1 for a, s1 in seed1[target].items() if a in truth[target]])
@@ -130,7 +134,7 @@ def main() -> int:
                   "last line)")
             del figures[f"ceiling_seed_{target}"]
     print(f"pairing={pairing:.3f} " + " ".join(f"{k}={v:.3f}" for k, v in figures.items())
-          + f" n={len(truth['w4a4'])} n_pairing={len(hits)} seed_pairs={len(seed1['w4a4'])}")
+          + f" n={len(truth['w4a4'])} n_pairing={len(hits)} seed_pairs={len(seed1['w4a4'])}", flush=True)
     return 0
 
 
