@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -47,6 +46,9 @@ import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ground_truth import atomic_write  # noqa: E402
 
 from qnas import search  # noqa: E402
 from qnas.predictors import default_predictor  # noqa: E402
@@ -86,9 +88,8 @@ class CachedScorer:
             self.cache[arch] = self.scorer.score(genome)
             self.seconds += time.perf_counter() - t
             if self.path is not None:
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text(json.dumps({"header": self.header, "seconds": self.seconds, "scores": self.cache}))
-                os.replace(tmp, self.path)
+                atomic_write(self.path, json.dumps({"header": self.header, "seconds": self.seconds,
+                                                    "scores": self.cache}))
         return self.cache[arch]
 
 
