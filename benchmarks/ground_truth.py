@@ -57,7 +57,10 @@ finished stages and resumes an interrupted training from its checkpoint (in ``--
 work tree). Trained FP32 weights are kept there too, so a later stage (W2A2 in the truth phase) reuses
 them; if they are gone the deterministic training is repeated, and a re-measured ``ptq`` stage must
 reproduce the row's FP32 accuracy (another net is refused). Jobs with a trained net and stages left go
-first. A job that raises (a diverged finetuning, a damaged checkpoint) is recorded in
+first; then a worker follows the plan's order, or with ``--order cheap`` the fewest MACs first (one such
+worker beside one in plan order turns small nets and their second seeds into rows within hours while the
+other trains the big ones; the final table is the same, only the order of its rows differs).
+A job that raises (a diverged finetuning, a damaged checkpoint) is recorded in
 ``STORE/failed/<key>.json`` and skipped, also by later runs until ``--retry-failed``; the others go on.
 Every stage records its provenance: command, git commit, hashes of the engine files, torch and Python
 versions, device, threads, CPU and wall seconds.
@@ -230,6 +233,9 @@ def user_architectures() -> list[dict[str, Any]]:
                     "params": sum(p.numel() for p in module.parameters()),
                     "macs": ranker_macs(module, info.input_shape)})
     return out
+
+
+ORDERS = ("plan", "cheap")  # how a worker walks the jobs: work_order
 
 
 def jobs(archs: dict[str, Any], phase: str, budget: str | None) -> list[Job]:
@@ -520,12 +526,19 @@ def failed_path(store: Path, key: str) -> Path:
     return store / "failed" / f"{key}.json"
 
 
+def work_order(todo: list[Job], store: Path, order: str) -> list[Job]:
+    """The order a worker tries jobs in: ``plan`` keeps ``jobs``'s order; ``cheap`` takes the fewest MACs
+    first (a net's seed 0 before its seed 1), for a worker that adds rows and seed pairs fast beside one
+    that works through the big nets. Either way jobs whose net is trained already go first: minutes, not hours."""
+    if order == "cheap":
+        todo = sorted(todo, key=lambda j: (j.arch["macs"], j.seed))
+    return sorted(todo, key=lambda j: "fp32" in j.todo(read_result(store, j.key)))
+
+
 def worker_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     worker = Worker(args)
-    todo = jobs(load_plan(args.store), args.phase, args.budget)
-    # Jobs whose net is trained already (ptq/faq left, e.g. a re-measurement) first: minutes, not hours.
-    todo.sort(key=lambda j: "fp32" in j.todo(read_result(args.store, j.key)))
+    todo = work_order(jobs(load_plan(args.store), args.phase, args.budget), args.store, args.order)
     done = 0
     for job in todo:
         result = read_result(args.store, job.key)
@@ -561,7 +574,7 @@ def run_main(args: argparse.Namespace) -> int:
     for i in range(args.workers):
         cmd = [sys.executable, __file__, "worker", "--phase", args.phase, "--worker-id", str(i),
                "--store", str(args.store), "--cache", str(args.cache), "--device", args.device,
-               "--test-images", str(args.test_images)]
+               "--test-images", str(args.test_images), "--order", args.order]
         if args.budget:
             cmd += ["--budget", args.budget]
         if args.limit is not None:
@@ -710,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="training device (default cuda when present)")
             p.add_argument("--test-images", type=int, default=2000, help="class-balanced test images (2000)")
             p.add_argument("--limit", type=int, default=None, help="stop each worker after this many jobs")
+            p.add_argument("--order", choices=ORDERS, default="plan",
+                           help="plan: the plan's order (default); cheap: fewest MACs first")
             p.add_argument("--retry-failed", action="store_true",
                            help="retry jobs that failed before (recorded in STORE/failed/)")
             p.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)

@@ -49,6 +49,20 @@ def test_truth_jobs_cover_every_architecture_once_and_retrain_seed1_after_every_
     assert keys[8:] == sorted(keys[8:], key=lambda k: keys.index(k.replace("_s1", "_s0")))  # in seed-0 order
 
 
+def test_a_cheap_worker_takes_the_fewest_macs_first_and_trained_nets_before_all(tmp_path: Path) -> None:
+    archs = {"architectures": [{"id": f"id-{i:03d}", "macs": m} for i, m in enumerate([50, 10, 30, 20])],
+             "agreement": [], "seed1": ["id-000", "id-002"]}
+    todo = gt.jobs(archs, "truth", "k20e5")
+    assert gt.work_order(todo, tmp_path, "plan") == todo
+    cheap = [j.key for j in gt.work_order(todo, tmp_path, "cheap")]
+    assert cheap == ["id-001_k20e5_s0", "id-003_k20e5_s0", "id-002_k20e5_s0", "id-002_k20e5_s1",
+                     "id-000_k20e5_s0", "id-000_k20e5_s1"]
+    (tmp_path / "results").mkdir()  # id-000 trained, its quantized stages left: it goes first in either order
+    (tmp_path / "results" / "id-000_k20e5_s0.json").write_text(json.dumps({"stages": {"fp32": {}}}))
+    for order in gt.ORDERS:
+        assert gt.work_order(todo, tmp_path, order)[0].key == "id-000_k20e5_s0"
+
+
 def test_a_claim_is_released_when_its_process_is_killed(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time, fcntl, os
