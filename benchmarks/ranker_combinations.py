@@ -8,7 +8,9 @@ unstable, so this study compares it with three lower-variance combinations of th
 * ``avg-all``: the mean prediction of the ridges on all subsets of at most three groups;
 * ``avg-top3``: the mean of the three subsets with the best inner leave-one-out tau;
 * ``bag-select``: ``select`` run on 15 bootstrap resamples of the training rows, predictions averaged;
-* ``ridge``: one ridge over every feature (the kind the sensitivity rule weighs against ``select``).
+* ``ridge``: one ridge over every feature (the kind the sensitivity rule weighs against ``select``);
+* ``pool-select``: ``select`` fitted on one label pooled from FP32, W4A8 and W4A4 (``pooled_label``; at
+  those targets only): after FAQ the three orders nearly agree, so their mean carries less noise.
 
 Every prediction is out of fold (the held-out net in no fit and no choice) and relative to its model's
 training mean, as ``benchmarks/ranking.py`` scores rankers. A study, not a shipped path (docs/ranking.md).
@@ -39,7 +41,8 @@ from ranking import FEATURES, STORE, load_v2, tau  # noqa: E402
 
 from qnas.ranker import SELECT_MAX_GROUPS, cross_val_predict, feature_groups, fit, loo_tau  # noqa: E402
 
-PROCEDURES = ("select", "avg-all", "avg-top3", "bag-select", "ridge")
+PROCEDURES = ("select", "avg-all", "avg-top3", "bag-select", "ridge", "pool-select")
+POOLED = ("fp32", "w4a8", "w4a4")  # the settings pool-select pools (docs/ranking.md, session 19)
 BAGS = 15
 RULES = Path(__file__).resolve().parent / "ground_truth"  # ranker_rule*.json
 
@@ -57,6 +60,14 @@ def _relative(rows: list[dict[str, float]], y: np.ndarray, new: list[dict[str, f
     return fit(rows, {target: y}, **kind).predict_many(new)[target] - y.mean()
 
 
+def pooled_label(labels: np.ndarray, target: str) -> np.ndarray:
+    """Rows x ``POOLED`` labels (NaN where not measured) -> one label per row: the mean of the columns, each
+    standardized over these rows, in the units of ``target``'s column (a ridge on it predicts accuracy)."""
+    z = (labels - np.nanmean(labels, 0)) / np.nanstd(labels, 0)
+    own = labels[:, POOLED.index(target)]
+    return np.nanmean(own) + np.nanstd(own) * np.nanmean(z, 1)
+
+
 def _average(subsets: dict[str, list[str]], keys: list[str], rows: list[dict[str, float]], y: np.ndarray,
              train: np.ndarray, i: int, target: str) -> float:
     return float(np.mean([_relative([rows[j] for j in train], y[train], [rows[i]], target, kind="ridge",
@@ -64,7 +75,8 @@ def _average(subsets: dict[str, list[str]], keys: list[str], rows: list[dict[str
 
 
 def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]], archs: list[str],
-                y: np.ndarray, seed: int) -> np.ndarray:
+                y: np.ndarray, seed: int, pooled: np.ndarray | None = None) -> np.ndarray:
+    """``pooled``: for ``pool-select``, the rows' labels at every ``POOLED`` setting (``y`` is among them)."""
     if procedure in ("select", "ridge"):
         return cross_val_predict([feats[a] for a in archs], y, kind="ridge-select" if procedure == "select" else
                                  "ridge", folds=len(y), relative=True, target=target)
@@ -75,7 +87,11 @@ def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]],
     pred = np.empty(len(y))
     for i in range(len(y)):
         train = np.flatnonzero(np.arange(len(y)) != i)
-        if procedure == "avg-all":
+        if procedure == "pool-select":
+            assert pooled is not None, "pool-select needs the pooled labels"
+            pred[i] = _relative([rows[j] for j in train], pooled_label(pooled[train], target), [rows[i]],
+                                target, kind="ridge-select")[0]
+        elif procedure == "avg-all":
             pred[i] = _average(subsets, list(subsets), rows, y, train, i, target)
         elif procedure == "avg-top3":
             inner = {k: loo_tau(x[train], y[train]) for k, x in columns.items()}
@@ -110,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     feats = json.loads(args.features.read_text())["features"]
     print(f"ground truth {what}; nested leave-one-out Kendall tau", flush=True)
     figures, n = [], 0
-    procedures = {t: list(PROCEDURES) for t in args.targets.split(",")}  # the study: every procedure
+    procedures = {t: [p for p in PROCEDURES if p != "pool-select" or t in POOLED]  # the study: every procedure
+                  for t in args.targets.split(",")}
     for rule in rules:  # a rule's own targets: its two procedures
         for t in rule["targets"]:
             procedures.setdefault(t, []).extend(p for p in (rule["incumbent"], rule["candidate"])
@@ -127,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         n = max(n, len(archs))
         line = []
         for procedure in procs:
-            pred = out_of_fold(procedure, target, feats, archs, y, args.seed)
+            pooled = np.array([[truth.get(s, {}).get(a, np.nan) for s in POOLED] for a in archs]) \
+                if procedure == "pool-select" else None
+            pred = out_of_fold(procedure, target, feats, archs, y, args.seed, pooled)
             t = tau(y, pred)
             preds.setdefault(target, {})[procedure] = ([ids.get(a, a) for a in archs], y, pred)
             line.append(f"{procedure} {t:+.3f}")
@@ -145,6 +164,8 @@ def read_rule(path: Path) -> dict:
         rule = json.loads(path.read_text())
         if {rule["incumbent"], rule["candidate"]} - set(PROCEDURES) or not rule["targets"] or not rule["seen"]:
             raise ValueError("an unknown procedure or an empty list")
+        if "pool-select" in (rule["incumbent"], rule["candidate"]) and set(rule["targets"]) - set(POOLED):
+            raise ValueError(f"pool-select ranks only {', '.join(POOLED)}")
         int(rule["min_new_nets"])
         str(rule.get("name", ""))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

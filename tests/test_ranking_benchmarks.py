@@ -190,9 +190,26 @@ def test_a_named_rule_on_its_own_targets_beside_the_committed_ones(tmp_path, cap
 
 def test_the_committed_rules_are_readable():
     paths = sorted((ROOT / "benchmarks" / "ground_truth").glob("ranker_rule*.json"))
-    assert [p.name for p in paths] == ["ranker_rule.json", "ranker_rule_drop.json"]
+    assert [p.name for p in paths] == ["ranker_rule.json", "ranker_rule_drop.json", "ranker_rule_pool.json"]
     for path in paths:  # well-formed, naming only procedures the study has
         assert ranker_combinations.read_rule(path)["seen"]
+
+
+def test_the_pooled_label_is_in_the_targets_units_and_skips_missing_settings(tmp_path):
+    own = np.array([0.80, 0.85, 0.90, 0.95])
+    same = np.column_stack([own * 2 + 1, own - 0.1, own])  # three settings in one order: the label is w4a4's own
+    assert np.allclose(ranker_combinations.pooled_label(same, "w4a4"), own)
+    noisy = same.copy()
+    noisy[:, 0] = [0.95, 0.80, 0.85, 0.90]  # FP32 ranks the first net best: the pooled label lifts it
+    noisy[1, 1] = np.nan  # a net without a W4A8 row is pooled over the two settings it has
+    pooled = ranker_combinations.pooled_label(noisy, "w4a4")
+    assert np.all(np.isfinite(pooled))
+    assert pooled[0] > own[0] and np.argmax(pooled) == 3
+    rule = tmp_path / "pool.json"
+    rule.write_text(json.dumps({"incumbent": "select", "candidate": "pool-select", "targets": ["w2a2"],
+                                "min_new_nets": 1, "seen": ["id-000"]}))
+    with pytest.raises(ValueError, match="pool-select ranks only"):
+        ranker_combinations.read_rule(rule)
 
 
 def test_ranking_without_the_user_split(tmp_path, capsys):
