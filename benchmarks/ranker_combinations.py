@@ -7,7 +7,8 @@ unstable, so this study compares it with three lower-variance combinations of th
 * ``select``: the shipped procedure (``qnas.ranker.cross_val_predict(kind="ridge-select")``);
 * ``avg-all``: the mean prediction of the ridges on all subsets of at most three groups;
 * ``avg-top3``: the mean of the three subsets with the best inner leave-one-out tau;
-* ``bag-select``: ``select`` run on 15 bootstrap resamples of the training rows, predictions averaged;
+* ``bag-select``: ``select`` run on 15 bootstrap resamples of the training rows, predictions averaged
+  (``qnas.ranker``'s kind, shipped since the rule below was read in session 19);
 * ``ridge``: one ridge over every feature (the kind the sensitivity rule weighs against ``select``);
 * ``pool-select``: ``select`` fitted on one label pooled from FP32, W4A8 and W4A4 (``pooled_label``; at
   those targets only): after FAQ the three orders nearly agree, so their mean carries less noise.
@@ -43,7 +44,6 @@ from qnas.ranker import SELECT_MAX_GROUPS, cross_val_predict, feature_groups, fi
 
 PROCEDURES = ("select", "avg-all", "avg-top3", "bag-select", "ridge", "pool-select")
 POOLED = ("fp32", "w4a8", "w4a4")  # the settings pool-select pools (docs/ranking.md, session 19)
-BAGS = 15
 RULES = Path(__file__).resolve().parent / "ground_truth"  # ranker_rule*.json
 
 
@@ -77,13 +77,13 @@ def _average(subsets: dict[str, list[str]], keys: list[str], rows: list[dict[str
 def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]], archs: list[str],
                 y: np.ndarray, seed: int, pooled: np.ndarray | None = None) -> np.ndarray:
     """``pooled``: for ``pool-select``, the rows' labels at every ``POOLED`` setting (``y`` is among them)."""
-    if procedure in ("select", "ridge"):
-        return cross_val_predict([feats[a] for a in archs], y, kind="ridge-select" if procedure == "select" else
-                                 "ridge", folds=len(y), relative=True, target=target)
+    kinds = {"select": "ridge-select", "bag-select": "bag-select", "ridge": "ridge"}  # qnas.ranker's own kinds
+    if procedure in kinds:
+        return cross_val_predict([feats[a] for a in archs], y, kind=kinds[procedure], folds=len(y), relative=True,
+                                 target=target, seed=seed)
     rows = [feats[a] for a in archs]
     subsets = _subsets(target)
     columns = {k: np.array([[r[c] for c in cols] for r in rows]) for k, cols in subsets.items()}
-    rng = np.random.default_rng(seed)
     pred = np.empty(len(y))
     for i in range(len(y)):
         train = np.flatnonzero(np.arange(len(y)) != i)
@@ -96,14 +96,6 @@ def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]],
         elif procedure == "avg-top3":
             inner = {k: loo_tau(x[train], y[train]) for k, x in columns.items()}
             pred[i] = _average(subsets, sorted(inner, key=lambda k: -inner[k])[:3], rows, y, train, i, target)
-        else:  # bag-select: the shipped procedure itself on each resample
-            bags = []
-            for _ in range(BAGS):
-                bag = np.unique(rng.choice(train, len(train)))
-                p = _relative([rows[j] for j in bag], y[bag], [rows[i]] + [rows[j] for j in train], target,
-                              kind="ridge-select")
-                bags.append(p[0] - p[1:].mean())  # relative to the bag model's mean over all training rows
-            pred[i] = float(np.mean(bags))
     return pred
 
 

@@ -54,11 +54,12 @@ from ground_truth import stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
 from qnas import user_split  # noqa: E402
-from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_predict, feature_groups, fit, load_ranker  # noqa: E402
+from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_scores, feature_groups, fit, load_ranker  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
 STORE = HERE / "v2"  # the committed v2 store (benchmarks/ground_truth.py's STORE)
-SHIPPED_KIND = "ridge-select"
+SHIPPED_KIND = "bag-select"  # since session 19, by the rule of ground_truth/ranker_rule.json (docs/ranking.md)
+SELECT_KIND = "ridge-select"  # one selection: its fold choices are printed; drop rows keep it (ranker_rule_drop.json)
 SIZE_FEATURES = ("log_params", "log_macs")
 N_BOOT = 2000
 
@@ -166,11 +167,11 @@ def groups_of(features: tuple[str, ...], target: str) -> str:
 
 
 def nested_choices(rows: list[dict[str, float]], y: np.ndarray, target: str) -> dict[str, int]:
-    """How often each group choice of the shipped kind occurs over the leave-one-out folds, most often first."""
+    """How often each group choice of ridge-select occurs over the leave-one-out folds, most often first."""
     counts: dict[str, int] = {}
     for i in range(len(y)):
         keep = [j for j in range(len(y)) if j != i]
-        model = fit([rows[j] for j in keep], {target: y[keep]}, kind=SHIPPED_KIND)
+        model = fit([rows[j] for j in keep], {target: y[keep]}, kind=SELECT_KIND)
         choice = groups_of(model.models[target].features, target)
         counts[choice] = counts.get(choice, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
@@ -257,14 +258,16 @@ def main(argv: list[str] | None = None) -> int:
         folds = args.folds or len(archs)
         setting = target.removeprefix("drop_")
         scores: dict[str, np.ndarray] = {}
-        for kind in kinds:
-            label = f"ranker ({kind})" + (" [shipped]" if kind == SHIPPED_KIND else "")
-            scores[label] = cross_val_predict(rows, y, kind=kind, folds=folds, relative=True, target=target)
-            absolute[target][label] = figure(y, cross_val_predict(rows, y, kind=kind, folds=folds, target=target))
+        # The drop is not shipped: its rows use the drop rule's incumbent in place of the shipped kind.
+        main_kind = SELECT_KIND if target.startswith("drop_") else SHIPPED_KIND
+        for kind in dict.fromkeys(main_kind if k == SHIPPED_KIND else k for k in kinds):
+            label = f"ranker ({kind})" + (" [shipped]" if kind == main_kind else "")
+            pooled, scores[label] = cross_val_scores(rows, y, kind=kind, folds=folds, target=target)
+            absolute[target][label] = figure(y, pooled)
         if compared is not None and target in compared.targets:
             scores[f"{args.compare.name} (as fitted)"] = compared.predict_many(rows)[target]
-        scores["size-only ranker"] = cross_val_predict(rows, y, kind=SHIPPED_KIND, features=SIZE_FEATURES,
-                                                       folds=folds, relative=True)
+        scores["size-only ranker"] = cross_val_scores(rows, y, kind=main_kind, features=SIZE_FEATURES,
+                                                      folds=folds)[1]
         ghn = np.array([r[f"ghn_top1_{setting}"] for r in rows])
         if target.startswith("drop_"):
             ghn = np.array([r["ghn_top1_fp32"] for r in rows]) - ghn
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         print_rows(target, rows)
         folds = choices[target]
         ghn = sum(c for k, c in folds.items() if "ghn" in k)
-        print(f"  nested choices of {SHIPPED_KIND}: " + ", ".join(f"{k} {c}" for k, c in folds.items())
+        print(f"  nested choices of {SELECT_KIND}: " + ", ".join(f"{k} {c}" for k, c in folds.items())
               + f" (a GHN group in {ghn} of {sum(folds.values())} folds)")
     user_figures = user_split_figures(truth, user, feats)
     for target, rows in user_figures.items():

@@ -20,10 +20,11 @@ learned model over several cheap signals fitted on a few dozen trained architect
 A :class:`Ranker` holds one model per target setting, each either a ridge regression on standardized
 features (stored as its coefficients) or a LightGBM booster (stored as LightGBM's own text model), with
 the feature list, the projection, the predictor it was fitted with (its weights digest: features depend on it),
-the training table's provenance and its cross-validated metrics. A ``ridge-select`` fit (the shipped
-kind) first picks, per target, at most three of :func:`feature_groups` (size, proxies, the GHN at FP32,
-the GHN at the target's setting, shape) by leave-one-out tau on its own rows, then stores the ridge on
-those features. :func:`fit` and
+the training table's provenance and its cross-validated metrics. A ``ridge-select`` fit first picks,
+per target, at most three of :func:`feature_groups` (size, proxies, the GHN at FP32, the GHN at the
+target's setting, shape) by leave-one-out tau on its own rows, then stores the ridge on those features.
+A ``bag-select`` fit (the shipped kind) runs ridge-select on ``BAGS`` bootstrap resamples and stores their
+average, which is again one linear model (on the union of the chosen features). :func:`fit` and
 :func:`cross_val_predict` are what ``benchmarks/ranking.py`` uses.
 """
 
@@ -49,6 +50,7 @@ __all__ = [
     "Ranker",
     "candidate_features",
     "cross_val_predict",
+    "cross_val_scores",
     "feature_groups",
     "fit",
     "graph_features",
@@ -65,11 +67,14 @@ FEATURE_VERSION = 1  # bump when a feature's definition changes: stored tables a
 # quantized at 8-bit activations (as `qnas export` ships them), FAQ-finetuned at 4 and 2 bits.
 TARGETS = {"fp32": "trained", "w8a8": "trained, post-training quantized", "w4a8": "trained, post-training quantized",
            "w4a4": "trained, FAQ-finetuned", "w2a2": "trained, FAQ-finetuned"}
-MODEL_KINDS = ("ridge", "ridge-select", "lgbm", "lgbm-rank")
-_STORED_KINDS = ("ridge", "lgbm", "lgbm-rank")  # a ridge-select fit is stored as the ridge it selected
+MODEL_KINDS = ("ridge", "ridge-select", "bag-select", "lgbm", "lgbm-rank")
+_STORED_KINDS = ("ridge", "lgbm", "lgbm-rank")  # ridge-select and bag-select fits are stored as one linear model
 # ridge-select: a few dozen trained architectures cannot carry a ridge over every feature, so each target's
 # fit picks at most this many of FEATURE_GROUPS by leave-one-out tau on its own rows (docs/ranking.md).
 SELECT_MAX_GROUPS = 3
+# bag-select: ridge-select on this many bootstrap resamples, averaged, since one selection on a few dozen
+# rows is unstable (adopted by the rule in benchmarks/ground_truth/ranker_rule.json; docs/ranking.md).
+BAGS = 15
 _RIDGE_ALPHAS = tuple(np.logspace(-2, 3, 21).tolist())
 EMBED_COMPONENTS = 4
 LOSS_CAP = 20.0  # cross-entropy of a net whose logits blew up: capped so one broken net cannot dominate a fit
@@ -331,7 +336,26 @@ def _select_features(x: np.ndarray, y: np.ndarray, names: list[str], target: str
     return best
 
 
+def _mean_linear(models: Sequence[_Model], names: Sequence[str]) -> _Model:
+    """The average of linear models (each on its own standardized columns) as one linear model on raw columns."""
+    coef = dict.fromkeys(names, 0.0)
+    intercept = 0.0
+    for m in models:
+        intercept += m.intercept
+        for f, mu, sd, w in zip(m.features, m.mean, m.scale, m.coef, strict=True):
+            coef[f] += w / sd
+            intercept -= w * mu / sd
+    used = [f for f in names if coef[f] != 0.0]
+    k = len(models)
+    return _Model("ridge", tuple(used), (0.0,) * len(used), (1.0,) * len(used),
+                  tuple(coef[f] / k for f in used), intercept / k)
+
+
 def _fit_model(x: np.ndarray, y: np.ndarray, names: list[str], kind: str, seed: int, target: str) -> _Model:
+    if kind == "bag-select":
+        rng = np.random.default_rng(seed)
+        bags = [np.unique(rng.choice(len(y), len(y))) for _ in range(BAGS)]
+        return _mean_linear([_fit_model(x[b], y[b], names, "ridge-select", seed, target) for b in bags], names)
     if kind == "ridge-select":
         chosen = _select_features(x, y, names, target)
         x, names, kind = x[:, [names.index(c) for c in chosen]], chosen, "ridge"
@@ -492,16 +516,30 @@ def cross_val_predict(
     architectures that mean anti-correlates with the held-out label (leave-one-out: it moves by
     -(y_i - mean y) / (n - 1)); no single fitted model ranks with that offset.
     """
+    absolute, rel = cross_val_scores(rows, y, kind=kind, features=features, folds=folds, seed=seed, target=target)
+    return rel if relative else absolute
+
+
+def cross_val_scores(
+    rows: Sequence[Mapping[str, float]],
+    y: Sequence[float],
+    *,
+    kind: str = "ridge",
+    features: Sequence[str] | None = None,
+    folds: int = 10,
+    seed: int = 0,
+    target: str = "t",
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cross_val_predict`'s absolute and relative predictions from one set of fold models."""
     from sklearn.model_selection import KFold
 
     y = np.asarray(y, dtype=np.float64)
-    out = np.empty(len(y))
+    out, rel = np.empty(len(y)), np.empty(len(y))
     for train_idx, test_idx in KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=seed).split(y):
         ranker = fit([rows[i] for i in train_idx], {target: y[train_idx]}, kind=kind, features=features, seed=seed)
         out[test_idx] = ranker.predict_many([rows[i] for i in test_idx])[target]
-        if relative:
-            out[test_idx] -= ranker.predict_many([rows[i] for i in train_idx])[target].mean()
-    return out
+        rel[test_idx] = out[test_idx] - ranker.predict_many([rows[i] for i in train_idx])[target].mean()
+    return out, rel
 
 
 # ----------------------------------------------------------------------------- shipped rankers

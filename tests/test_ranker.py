@@ -19,6 +19,7 @@ from qnas.ranker import (
     Ranker,
     candidate_features,
     cross_val_predict,
+    cross_val_scores,
     feature_groups,
     fit,
     graph_features,
@@ -42,7 +43,7 @@ def _rows(n: int = 40, seed: int = 0) -> tuple[list[dict[str, float]], np.ndarra
     return rows, y
 
 
-@pytest.mark.parametrize("kind", ["ridge", "ridge-select", "lgbm", "lgbm-rank"])
+@pytest.mark.parametrize("kind", ["ridge", "ridge-select", "bag-select", "lgbm", "lgbm-rank"])
 def test_json_round_trip_predicts_the_same(kind: str, tmp_path: Path) -> None:
     rows, y = _rows()
     ranker = fit(rows, {"w4a4": y}, kind=kind, predictor_digest="abc", provenance={"truth": "synthetic"})
@@ -75,6 +76,30 @@ def test_ridge_select_keeps_the_groups_that_carry_the_target() -> None:
     # a drop target reads its setting's GHN columns; fp32 has no separate setting group
     assert feature_groups("drop_w2a2")["ghn_setting"] == ("ghn_top1_w2a2", "ghn_loss_w2a2")
     assert "ghn_setting" not in feature_groups("fp32")
+
+
+def test_bag_select_is_the_mean_of_ridge_select_on_bootstrap_resamples() -> None:
+    """The stored bag-select model is one linear model that predicts the mean of its BAGS ridge-select fits,
+    each on the unique rows of a seeded bootstrap resample; another seed draws other resamples."""
+    from qnas import ranker as rk
+
+    rows, y = _rows(30)
+    bagged = fit(rows, {"w4a4": y}, kind="bag-select", components=0, seed=3)
+    assert bagged.models["w4a4"].kind == "ridge"
+    rng = np.random.default_rng(3)
+    bags = [np.unique(rng.choice(len(y), len(y))) for _ in range(rk.BAGS)]
+    by_hand = np.mean([fit([rows[i] for i in b], {"w4a4": y[b]}, kind="ridge-select", components=0)
+                       .predict_many(rows)["w4a4"] for b in bags], axis=0)
+    assert np.allclose(bagged.predict_many(rows)["w4a4"], by_hand)
+    other = fit(rows, {"w4a4": y}, kind="bag-select", components=0, seed=4).predict_many(rows)["w4a4"]
+    assert not np.allclose(other, by_hand)
+
+
+def test_cross_val_scores_are_the_absolute_and_relative_predictions() -> None:
+    rows, y = _rows(20)
+    absolute, relative = cross_val_scores(rows, y, kind="ridge", folds=5, target="w4a4")
+    assert np.allclose(absolute, cross_val_predict(rows, y, kind="ridge", folds=5))
+    assert np.allclose(relative, cross_val_predict(rows, y, kind="ridge", folds=5, relative=True))
 
 
 def test_each_target_is_fitted_on_the_rows_measured_at_it() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fakes import load_benchmark
 
-from qnas import user_split
+from qnas import ranker, user_split
 from qnas.defaults import SETTINGS
 from search_spaces import get_space
 
@@ -104,6 +104,7 @@ def _figures(line: str) -> dict[str, str]:
 def _few_resamples(monkeypatch):
     for mod in (ranking, budget_agreement):  # the intervals' resamples dominate the run time
         monkeypatch.setattr(mod, "N_BOOT", 50)
+    monkeypatch.setattr(ranker, "BAGS", 3)  # and the shipped kind's bootstrap fits
 
 
 def test_ranking_on_a_synthetic_store(tmp_path, capsys):
@@ -124,13 +125,12 @@ def test_ranking_on_a_synthetic_store(tmp_path, capsys):
     assert sum(choices.values()) == N_ARCHS and sum(c for k, c in choices.items() if "size" in k) > N_ARCHS // 2
     assert "nested choices of ridge-select" in out
     written = json.loads(out_json.read_text())
-    assert written["figures"]["w4a4"]["ranker (ridge-select) [shipped]"]["n"] == N_ARCHS
+    assert written["figures"]["w4a4"]["ranker (bag-select) [shipped]"]["n"] == N_ARCHS
     assert written["user_split"]["w4a4"]["params"]["n"] == len(user_split.names())
 
 
 def test_ranker_combinations_on_a_synthetic_store(tmp_path, capsys, monkeypatch):
     store, features = _store(tmp_path)
-    monkeypatch.setattr(ranker_combinations, "BAGS", 3)
     rule = _rule(tmp_path / "r.json", store, N_ARCHS, 6)  # every net seen: never read
     assert ranker_combinations.main(["--store", str(store), "--features", str(features), "--targets", "w4a4",
                                      "--rule", str(rule)]) == 0
@@ -226,7 +226,7 @@ def test_a_shipped_ranker_can_be_compared_as_fitted(tmp_path, capsys):
     base = ["--store", str(store), "--features", str(features), "--kinds", "ridge-select"]
     assert ranking.main([*base, "--ship", str(shipped)]) == 0
     out = capsys.readouterr().out
-    assert "shipped ranker (ridge-select" in out and "w4a4 size" in out and shipped.exists()
+    assert "shipped ranker (bag-select" in out and "w4a4 size" in out and shipped.exists()
     assert ranking.main([*base, "--compare", str(shipped)]) == 0
     assert "old.ranker.json (as fitted)" in capsys.readouterr().out
 
