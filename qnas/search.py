@@ -575,6 +575,7 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=cfg.study, storage=store, sampler=sampler)
         _check_continued(study)  # before any write: another program's study is left as it is
+    # The target first: a worker joining a study being created waits for it (_check_continued).
     contract = {StudyKey.TARGET: cfg.target, StudyKey.MAX_PARAMS: cfg.max_params, StudyKey.SPACE: cfg.space,
                 StudyKey.DATASET: cfg.dataset, StudyKey.PREDICTOR: cfg.predictor, StudyKey.PROTOCOL: cfg.protocol,
                 StudyKey.OBJECTIVE: cfg.objective,
@@ -601,14 +602,16 @@ def _check_continued(study: optuna.Study) -> None:
     """:func:`qnas.study.check_made_by_qnas`, waiting up to CREATION_GRACE_S for a study that may have just
     been created by a worker started together with this one (no settings and no trials yet)."""
     deadline = time.monotonic() + CREATION_GRACE_S
+    qnas_directions = tuple(d.name.lower() for d in study.directions) == QNAS_DIRECTIONS  # never change
     while True:
+        # Looked at before the check: the creating worker writes the target first, so settings seen here
+        # without a target at the check that follows are another program's, while settings landing between
+        # the two reads (the creator was writing them) pass the check.
+        maybe_starting = qnas_directions and not study.user_attrs and not study.get_trials(deepcopy=False)
         try:
             check_made_by_qnas(study)
             return
         except QnasError:
-            directions = tuple(d.name.lower() for d in study.directions)  # never change: no use waiting
-            maybe_starting = directions == QNAS_DIRECTIONS and not study.user_attrs \
-                and not study.get_trials(deepcopy=False)
             if not maybe_starting or time.monotonic() >= deadline:
                 raise
         time.sleep(0.1)

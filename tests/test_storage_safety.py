@@ -189,6 +189,28 @@ def test_an_empty_foreign_study_is_refused_after_the_creation_grace(tmp_path, mo
     assert study.user_attrs[StudyKey.MAX_PARAMS] == 10_000_000
 
 
+def test_settings_landing_between_two_reads_are_not_taken_for_a_foreign_study(tmp_path, monkeypatch):
+    """The creating worker writes its settings right after the joining worker first finds none (the race
+    that failed two PostgreSQL workers started together): the joining worker continues the study."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    optuna.create_study(study_name="racing", storage=url, directions=["maximize", "minimize"])
+    creator = optuna.load_study(study_name="racing", storage=url)
+    read = optuna.Study.user_attrs.fget
+    reads: list[dict] = []
+
+    def user_attrs(study: optuna.Study) -> dict:
+        attrs = read(study)
+        reads.append(attrs)
+        if len(reads) == 1:  # the creator writes just after the first read
+            creator.set_user_attr(StudyKey.TARGET, "w4a4")
+            creator.set_user_attr(StudyKey.MAX_PARAMS, 10_000_000)
+        return attrs
+
+    monkeypatch.setattr(optuna.Study, "user_attrs", property(user_attrs))
+    study = create_or_continue(SearchConfig(study="racing", storage=url))
+    assert reads[0] == {} and read(study)[StudyKey.MAX_PARAMS] == 10_000_000
+
+
 def test_qnas_studies_are_continued_and_read(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     _qnas_study(url)
