@@ -1,10 +1,10 @@
 """Ways to combine the ranker's feature groups, under nested leave-one-out on ground truth v2.
 
-The shipped ``ridge-select`` picks one subset of at most three feature groups
+``ridge-select`` (shipped until session 19) picks one subset of at most three feature groups
 (``qnas.ranker.feature_groups``) by leave-one-out tau on its training rows. With ~20 rows that choice is
-unstable, so this study compares it with three lower-variance combinations of the same ridges:
+unstable, so this study compares it with lower-variance combinations of the same ridges:
 
-* ``select``: the shipped procedure (``qnas.ranker.cross_val_predict(kind="ridge-select")``);
+* ``select``: ridge-select (``qnas.ranker.cross_val_predict(kind="ridge-select")``);
 * ``avg-all``: the mean prediction of the ridges on all subsets of at most three groups;
 * ``avg-top3``: the mean of the three subsets with the best inner leave-one-out tau;
 * ``bag-select``: ``select`` run on 15 bootstrap resamples of the training rows, predictions averaged
@@ -24,7 +24,9 @@ A rule's own targets (e.g. the drop ``drop_w4a4``) are computed for its two proc
 
     OMP_NUM_THREADS=1 python benchmarks/ranker_combinations.py
 
-Last line: ``tau_<procedure>_<target>=<v> ... n=<archs>``, then per rule read ``rule[_<name>]_ships=<procedure>``.
+Last line: ``tau_<procedure>_<target>=<v> ... n=<archs>``, then per rule read ``rule[_<name>]_ships=<procedure>``:
+the candidate if it won, else the incumbent, i.e. the rule changes nothing (its JSON's ``decision`` says
+what either outcome means for the shipped ranker).
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def verdict(rule: dict, preds: dict[str, dict[str, tuple[list[str], np.ndarray, 
             new[t][p] = (y[keep], pred[keep])
     counts = {t: len(new[t][inc][0]) for t in targets}
     if min(counts.values()) < rule["min_new_nets"]:
-        print(f"{name} ({cand} vs the shipped {inc}): "
+        print(f"{name} ({cand} vs the incumbent {inc}): "
               + ", ".join(f"{t} {c} of {rule['min_new_nets']} new nets" for t, c in counts.items())
               + " trained; not read yet", flush=True)
         return []

@@ -15,9 +15,9 @@ size, shape, proxies, embedding; computed as the search computes them) and ranks
   mean, which anti-correlates with the held-out label and belongs to no single model's ranking. The
   pooled absolute figures are kept in ``--json`` (``absolute_out_of_fold``);
 * ``size-only ranker``: the same model fitted on log parameters and log MACs only, the fair baseline
-  that shows what everything else (proxies, shape, the GHN) adds; which feature groups the shipped kind
-  chose in each leave-one-out fold is printed per target ("nested choices"), and with ``--ship`` the
-  groups of the shipped models;
+  that shows what everything else (proxies, shape, the GHN) adds; which feature groups ridge-select (one
+  selection; the shipped bag-select averages 15) chose in each leave-one-out fold is printed per target
+  ("nested choices"), and with ``--ship`` the groups of the shipped models;
 * ``GHN``: the raw GHN-predicted parameters' accuracy at the setting (the old score);
 * ``params``, ``MACs``, ``synflow``, ``NASWOT``: one number per architecture, bigger is better;
 * ``seed-1 retrain``: the same training with another seed, the noise ceiling (on its subset).

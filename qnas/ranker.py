@@ -25,7 +25,7 @@ per target, at most three of :func:`feature_groups` (size, proxies, the GHN at F
 target's setting, shape) by leave-one-out tau on its own rows, then stores the ridge on those features.
 A ``bag-select`` fit (the shipped kind) runs ridge-select on ``BAGS`` bootstrap resamples and stores their
 average, which is again one linear model (on the union of the chosen features). :func:`fit` and
-:func:`cross_val_predict` are what ``benchmarks/ranking.py`` uses.
+:func:`cross_val_scores` (out-of-fold predictions) are what ``benchmarks/ranking.py`` uses.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ SELECT_MAX_GROUPS = 3
 # bag-select: ridge-select on this many bootstrap resamples, averaged, since one selection on a few dozen
 # rows is unstable (adopted by the rule in benchmarks/ground_truth/ranker_rule.json; docs/ranking.md).
 BAGS = 15
+_MIN_BAG_ROWS = 3  # distinct rows in a bootstrap resample (fewer: leave-one-out tau is undefined)
 _RIDGE_ALPHAS = tuple(np.logspace(-2, 3, 21).tolist())
 EMBED_COMPONENTS = 4
 LOSS_CAP = 20.0  # cross-entropy of a net whose logits blew up: capped so one broken net cannot dominate a fit
@@ -354,7 +355,11 @@ def _mean_linear(models: Sequence[_Model], names: Sequence[str]) -> _Model:
 def _fit_model(x: np.ndarray, y: np.ndarray, names: list[str], kind: str, seed: int, target: str) -> _Model:
     if kind == "bag-select":
         rng = np.random.default_rng(seed)
-        bags = [np.unique(rng.choice(len(y), len(y))) for _ in range(BAGS)]
+        bags = []
+        while len(bags) < BAGS:
+            bag = np.unique(rng.choice(len(y), len(y)))
+            if len(bag) >= _MIN_BAG_ROWS:  # else drawn again (likely only on a handful of rows)
+                bags.append(bag)
         return _mean_linear([_fit_model(x[b], y[b], names, "ridge-select", seed, target) for b in bags], names)
     if kind == "ridge-select":
         chosen = _select_features(x, y, names, target)

@@ -80,26 +80,53 @@ def test_ridge_select_keeps_the_groups_that_carry_the_target() -> None:
 
 def test_bag_select_is_the_mean_of_ridge_select_on_bootstrap_resamples() -> None:
     """The stored bag-select model is one linear model that predicts the mean of its BAGS ridge-select fits,
-    each on the unique rows of a seeded bootstrap resample; another seed draws other resamples."""
+    each on the unique rows of a seeded bootstrap resample, even where the fits chose different features (the
+    stored model is on their union); another seed draws other resamples."""
     from qnas import ranker as rk
 
-    rows, y = _rows(30)
+    rng = np.random.default_rng(2)
+    cols = [c for g in feature_groups("w4a4").values() for c in g]
+    rows = [{c: float(rng.normal()) for c in cols} for _ in range(30)]
+    y = np.array([r["naswot"] + 0.5 * r["ghn_top1_w4a4"] + 0.5 * r["log_params"] + 0.5 * rng.normal()
+                  for r in rows])
     bagged = fit(rows, {"w4a4": y}, kind="bag-select", components=0, seed=3)
     assert bagged.models["w4a4"].kind == "ridge"
     rng = np.random.default_rng(3)
     bags = [np.unique(rng.choice(len(y), len(y))) for _ in range(rk.BAGS)]
-    by_hand = np.mean([fit([rows[i] for i in b], {"w4a4": y[b]}, kind="ridge-select", components=0)
-                       .predict_many(rows)["w4a4"] for b in bags], axis=0)
+    fits = [fit([rows[i] for i in b], {"w4a4": y[b]}, kind="ridge-select", components=0) for b in bags]
+    assert len({f.models["w4a4"].features for f in fits}) >= 2  # the union is exercised
+    assert set(bagged.models["w4a4"].features) == set().union(*(f.models["w4a4"].features for f in fits))
+    by_hand = np.mean([f.predict_many(rows)["w4a4"] for f in fits], axis=0)
     assert np.allclose(bagged.predict_many(rows)["w4a4"], by_hand)
     other = fit(rows, {"w4a4": y}, kind="bag-select", components=0, seed=4).predict_many(rows)["w4a4"]
     assert not np.allclose(other, by_hand)
 
 
+def test_bag_select_fits_the_fewest_rows_fit_accepts() -> None:
+    """Five rows: some bootstrap resamples hold one or two distinct rows, where a selection cannot be
+    scored; those are drawn again, so every seed fits."""
+    rows, y = _rows(5)
+    for seed in range(40):
+        assert np.isfinite(fit(rows, {"w4a4": y}, kind="bag-select", components=0, seed=seed)
+                           .predict_many(rows)["w4a4"]).all()
+
+
 def test_cross_val_scores_are_the_absolute_and_relative_predictions() -> None:
+    """Each held-out row: its fold model's prediction, and that minus the model's mean prediction on its
+    own training rows; ``cross_val_predict`` returns one of the two."""
+    from sklearn.model_selection import KFold
+
     rows, y = _rows(20)
     absolute, relative = cross_val_scores(rows, y, kind="ridge", folds=5, target="w4a4")
-    assert np.allclose(absolute, cross_val_predict(rows, y, kind="ridge", folds=5))
-    assert np.allclose(relative, cross_val_predict(rows, y, kind="ridge", folds=5, relative=True))
+    want_abs, want_rel = np.empty(20), np.empty(20)
+    for train, test in KFold(n_splits=5, shuffle=True, random_state=0).split(y):
+        model = fit([rows[i] for i in train], {"w4a4": y[train]}, kind="ridge")
+        pred = model.predict_many([rows[i] for i in test])["w4a4"]
+        want_abs[test] = pred
+        want_rel[test] = pred - model.predict_many([rows[i] for i in train])["w4a4"].mean()
+    assert np.allclose(absolute, want_abs) and np.allclose(relative, want_rel)
+    assert not np.allclose(absolute, relative)
+    assert np.allclose(relative, cross_val_predict(rows, y, kind="ridge", folds=5, relative=True, target="w4a4"))
 
 
 def test_each_target_is_fitted_on_the_rows_measured_at_it() -> None:

@@ -185,7 +185,7 @@ def test_a_named_rule_on_its_own_targets_beside_the_committed_ones(tmp_path, cap
         "tau_select_drop_w4a4", "tau_ridge_drop_w4a4"} and "tau_ridge_w4a4" in figures
     new = {p: float(figures[f"tau_new_drop_{p}_drop_w4a4"]) for p in ("select", "ridge")}
     assert figures["rule_drop_ships"] == ("ridge" if new["ridge"] > new["select"] else "select")
-    assert "rule_ships" not in figures and "rule (avg-all vs the shipped select): w4a4 6 of 7" in out
+    assert "rule_ships" not in figures and "rule (avg-all vs the incumbent select): w4a4 6 of 7" in out
 
 
 def test_the_committed_rules_are_readable():
