@@ -53,14 +53,20 @@ def test_a_cheap_worker_takes_the_fewest_macs_first_and_trained_nets_before_all(
     archs = {"architectures": [{"id": f"id-{i:03d}", "macs": m} for i, m in enumerate([50, 10, 30, 20])],
              "agreement": [], "seed1": ["id-000", "id-002"]}
     todo = gt.jobs(archs, "truth", "k20e5")
-    assert gt.work_order(todo, tmp_path, "plan") == todo
-    cheap = [j.key for j in gt.work_order(todo, tmp_path, "cheap")]
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    assert gt.work_order(todo, store, "plan", cache) == todo
+    cheap = [j.key for j in gt.work_order(todo, store, "cheap", cache)]
     assert cheap == ["id-001_k20e5_s0", "id-003_k20e5_s0", "id-002_k20e5_s0", "id-002_k20e5_s1",
                      "id-000_k20e5_s0", "id-000_k20e5_s1"]
-    (tmp_path / "results").mkdir()  # id-000 trained, its quantized stages left: it goes first in either order
-    (tmp_path / "results" / "id-000_k20e5_s0.json").write_text(json.dumps({"stages": {"fp32": {}}}))
+    (store / "results").mkdir(parents=True)  # id-000 trained, its quantized stages left...
+    (store / "results" / "id-000_k20e5_s0.json").write_text(json.dumps({"stages": {"fp32": {}}}))
+    for order in gt.ORDERS:  # ...but trained on another machine: it must train again, so no head start
+        assert [j.key for j in gt.work_order(todo, store, order, cache)] == (
+            [j.key for j in todo] if order == "plan" else cheap)
+    (cache / "id-000_k20e5_s0").mkdir(parents=True)  # its weights here: it goes first in either order
+    (cache / "id-000_k20e5_s0" / "fp32.pt").write_bytes(b"")
     for order in gt.ORDERS:
-        assert gt.work_order(todo, tmp_path, order)[0].key == "id-000_k20e5_s0"
+        assert gt.work_order(todo, store, order, cache)[0].key == "id-000_k20e5_s0"
 
 
 def test_a_claim_is_released_when_its_process_is_killed(tmp_path: Path) -> None:
