@@ -190,7 +190,8 @@ def test_a_named_rule_on_its_own_targets_beside_the_committed_ones(tmp_path, cap
 
 def test_the_committed_rules_are_readable():
     paths = sorted((ROOT / "benchmarks" / "ground_truth").glob("ranker_rule*.json"))
-    assert [p.name for p in paths] == ["ranker_rule.json", "ranker_rule_drop.json", "ranker_rule_pool.json"]
+    assert [p.name for p in paths] == [
+        "ranker_rule.json", "ranker_rule_avg.json", "ranker_rule_drop.json", "ranker_rule_pool.json"]
     for path in paths:  # well-formed, naming only procedures the study has
         assert ranker_combinations.read_rule(path)["seen"]
 
