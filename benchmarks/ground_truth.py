@@ -60,6 +60,11 @@ reproduce the row's FP32 accuracy (another net is refused). Jobs with a trained 
 first; then a worker follows the plan's order, or with ``--order cheap`` the fewest MACs first (one such
 worker beside one in plan order turns small nets and their second seeds into rows within hours while the
 other trains the big ones; the final table is the same, only the order of its rows differs).
+``--hours H`` bounds a run that must end by a known time (a machine lent for a session): a worker
+takes a job only if the cost model (``status``'s linear fit on the committed stages, with ``HOURS_MARGIN``
+for its misses) expects it to end within H hours of the start, a trained net whose weights are not in
+this machine's cache counting its training again; it stops when no job left fits, so no training is cut
+off half-way and lost with the machine.
 A job that raises (a diverged finetuning, a damaged checkpoint) is recorded in
 ``STORE/failed/<key>.json`` and skipped, also by later runs until ``--retry-failed``; the others go on.
 Every stage records its provenance: command, git commit, hashes of the engine files, torch and Python
@@ -544,11 +549,18 @@ def worker_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     worker = Worker(args)
     todo = work_order(jobs(load_plan(args.store), args.phase, args.budget), args.store, args.order, args.cache)
-    done = 0
+    deadline = None if args.hours is None else time.time() + args.hours * 3600
+    fits = cost_model(args.store) if deadline is not None else {}
+    done, skipped = 0, 0
     for job in todo:
         result = read_result(args.store, job.key)
         if not job.todo(result) or (failed_path(args.store, job.key).exists() and not args.retry_failed):
             continue
+        if deadline is not None:
+            need = HOURS_MARGIN * estimate_seconds(job, result, fits, (args.cache / job.key / "fp32.pt").exists())
+            if time.time() + need > deadline:
+                skipped += 1
+                continue
         with claimed(claims_dir(args.store), job.key) as mine:
             if not mine:
                 continue
@@ -566,7 +578,7 @@ def worker_main(args: argparse.Namespace) -> int:
             done += 1
             if args.limit is not None and done >= args.limit:
                 break
-    worker.log("no job left for this worker")
+    worker.log("no job left for this worker" + (f" ({skipped} would not end within --hours)" if skipped else ""))
     return 0
 
 
@@ -584,6 +596,8 @@ def run_main(args: argparse.Namespace) -> int:
             cmd += ["--budget", args.budget]
         if args.limit is not None:
             cmd += ["--limit", str(args.limit)]
+        if args.hours is not None:
+            cmd += ["--hours", str(args.hours)]
         if args.retry_failed:
             cmd += ["--retry-failed"]
         procs.append(subprocess.Popen(cmd, env=env))
@@ -609,11 +623,8 @@ def stage_work(stage: str, macs: int, budget: Budget) -> float:
     return float(macs)
 
 
-def cost_model(store: Path) -> dict[str, tuple[float, float]]:
-    """Per stage kind (fp32, ptq, faq), CPU seconds = a + b x work, least squares over every committed stage
-    (``numpy.polyfit``): the estimate ``status`` prints for what is left."""
-    import numpy as np
-
+def cost_points(store: Path) -> dict[str, list[tuple[float, float]]]:
+    """Per stage kind (fp32, ptq, faq): (work, CPU seconds) of every committed stage."""
     points: dict[str, list[tuple[float, float]]] = {"fp32": [], "ptq": [], "faq": []}
     for path in (store / "results").glob("*.json"):
         r = json.loads(path.read_text())
@@ -624,17 +635,60 @@ def cost_model(store: Path) -> dict[str, tuple[float, float]]:
             kind = "faq" if stage.startswith("faq_") else stage
             if kind in points:
                 points[kind].append((stage_work(stage, r["macs"], budget), out["provenance"]["cpu_seconds"]))
+    return points
+
+
+def cost_model(store: Path) -> dict[str, tuple[float, float]]:
+    """Per stage kind (fp32, ptq, faq), CPU seconds = a + b x work, least squares over every committed stage
+    (``numpy.polyfit``): the estimate ``status`` prints for what is left."""
+    import numpy as np
+
     fits = {}
-    for kind, pts in points.items():
+    for kind, pts in cost_points(store).items():
         if len(pts) >= 3:
             b, a = np.polyfit([w for w, _ in pts], [c for _, c in pts], 1)
             fits[kind] = (max(float(a), 0.0), float(b))
     return fits
 
 
+def cost_misses(store: Path, fits: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Per fitted stage kind, the median and 90th percentile of measured / estimated CPU seconds: how far
+    one stage's estimate can be off (what ``HOURS_MARGIN`` must cover)."""
+    import numpy as np
+
+    out = {}
+    for kind, pts in cost_points(store).items():
+        if kind in fits:
+            a, b = fits[kind]
+            ratio = [c / (a + b * w) for w, c in pts if a + b * w > 0]
+            out[kind] = (float(np.median(ratio)), float(np.percentile(ratio, 90)))
+    return out
+
+
+HOURS_MARGIN = 2.0  # the linear fit misses single stages both ways (docs/ground_truth.md, "Working to a deadline")
+
+
+def estimate_seconds(job: Job, result: dict[str, Any] | None, fits: dict[str, tuple[float, float]],
+                     weights_here: bool = True) -> float:
+    """The cost model's CPU seconds for ``job``'s stages left on ``result`` (one thread), with the FP32
+    training again when later stages need trained weights this machine does not have."""
+    left = job.todo(result)
+    if left and "fp32" not in left and not weights_here:
+        left = ["fp32", *left]
+    total = 0.0
+    for s in left:
+        a, b = fits.get("faq" if s.startswith("faq_") else s, (0.0, 0.0))
+        total += a + b * stage_work(s, job.arch["macs"], BUDGETS[job.budget])
+    return total
+
+
 def status_main(args: argparse.Namespace) -> int:
     archs = load_plan(args.store)
     fits = cost_model(args.store)
+    misses = cost_misses(args.store, fits)
+    if misses:
+        print("cost model, measured / estimated CPU time per stage (median, 90th percentile): "
+              + ", ".join(f"{k} {m:.2f} {p:.2f}" for k, (m, p) in misses.items()))
     for phase, budget in (("agreement", None), ("truth", args.budget), ("user", args.budget)):
         if phase != "agreement" and budget is None:
             continue
@@ -647,9 +701,7 @@ def status_main(args: argparse.Namespace) -> int:
             done += sum(s not in left for s in j.stages)
             cpu += sum(r["stages"][s]["provenance"]["cpu_seconds"] for s in j.stages
                        if s in r["stages"] and s not in left)
-            for s in left:
-                a, b = fits.get("faq" if s.startswith("faq_") else s, (0.0, 0.0))
-                estimate += a + b * stage_work(s, j.arch["macs"], BUDGETS[j.budget])
+            estimate += estimate_seconds(j, r, fits)
         failed = sum(failed_path(args.store, j.key).exists() for j in todo)
         print(f"{phase}: {done}/{stages} stages of {len(todo)} jobs done, {cpu / 3600:.2f} CPU-hours spent, "
               f"~{estimate / 3600:.1f} CPU-hours left (one thread; a linear fit on the committed stages)"
@@ -728,6 +780,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="training device (default cuda when present)")
             p.add_argument("--test-images", type=int, default=2000, help="class-balanced test images (2000)")
             p.add_argument("--limit", type=int, default=None, help="stop each worker after this many jobs")
+            p.add_argument("--hours", type=float, default=None,
+                           help="take only jobs the cost model expects to end within this many hours "
+                                "(a machine lent for a session); default: no bound")
             p.add_argument("--order", choices=ORDERS, default="plan",
                            help="plan: the plan's order (default); cheap: fewest MACs first")
             p.add_argument("--retry-failed", action="store_true",
@@ -750,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
             return merge_main(args)
         if args.workers < 1:
             raise QnasError("--workers must be >= 1")
+        if args.hours is not None and not args.hours > 0:
+            raise QnasError("--hours must be > 0")
         return worker_main(args) if args.command == "worker" else run_main(args)
     except QnasError as exc:
         print(f"error: {exc}", file=sys.stderr)

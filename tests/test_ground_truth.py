@@ -99,6 +99,32 @@ def _tiny_store(tmp_path: Path) -> Path:
     return store
 
 
+def test_the_estimate_counts_training_again_where_the_weights_are_not_here(tmp_path: Path) -> None:
+    fits = {"fp32": (100.0, 0.0), "ptq": (10.0, 0.0), "faq": (1.0, 0.0)}
+    job = gt.jobs(json.loads((_tiny_store(tmp_path) / "architectures.json").read_text()), "truth", "s63")[0]
+    assert gt.estimate_seconds(job, None, fits) == 112
+    trained = {"stages": {"fp32": {"provenance": {"git_commit": "0" * 40}}}}
+    assert gt.estimate_seconds(job, trained, fits) == 12
+    assert gt.estimate_seconds(job, trained, fits, weights_here=False) == 112
+
+
+def test_a_worker_under_hours_takes_no_job_the_cost_model_says_would_not_end(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store, cache = _tiny_store(tmp_path), tmp_path / "cache"
+    (store / "results").mkdir()
+    for i in range(3):  # committed stages of other nets: each stage ~28 CPU-hours
+        row = {"key": f"x-{i}", "budget": "s63", "macs": 10 ** i, "stages": {
+            s: {"provenance": {"cpu_seconds": 1e5}} for s in ("fp32", "ptq", "faq_w4a4")}}
+        (store / "results" / f"x-{i}.json").write_text(json.dumps(row))
+    args = ["worker", "--phase", "truth", "--budget", "s63", "--store", str(store), "--cache", str(cache),
+            "--device", "cpu", "--test-images", "200"]
+    assert gt.main([*args, "--hours", "1"]) == 0
+    assert "2 would not end within --hours" in capsys.readouterr().out  # seed 0 and seed 1
+    assert not (store / "results" / "id-000_s63_s0.json").exists()
+    assert gt.main([*args, "--hours", "0"]) == 2
+    assert "--hours" in capsys.readouterr().err
+
+
 def test_a_worker_runs_every_stage_and_a_rerun_resumes_the_missing_one(tmp_path: Path) -> None:
     store, cache = _tiny_store(tmp_path), tmp_path / "cache"
     args = ["worker", "--phase", "truth", "--budget", "s63", "--store", str(store), "--cache", str(cache),
@@ -283,4 +309,5 @@ def test_status_estimates_what_is_left_from_the_committed_stages(tmp_path: Path,
     a, b = gt.cost_model(store)["fp32"]
     assert a == pytest.approx(10) and b == pytest.approx(1e-9)
     assert gt.main(["status", "--store", str(store), "--budget", "s63"]) == 0
-    assert "CPU-hours left" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "CPU-hours left" in out and "fp32 1.00 1.00" in out  # an exact fit misses by nothing
