@@ -55,8 +55,10 @@ worker takes a job by an exclusive ``flock`` on its lock file (``STORE/.locks``,
 the kernel releases when the process dies, so ``kill -9`` leaves nothing stale; a restarted run skips
 finished stages and resumes an interrupted training from its checkpoint (in ``--cache``, outside the
 work tree). Trained FP32 weights are kept there too, so a later stage (W2A2 in the truth phase) reuses
-them; if they are gone the deterministic training is repeated, and a re-measured ``ptq`` stage must
-reproduce the row's FP32 accuracy (another net is refused). Jobs with a trained net and stages left go
+them; if they are gone the training is repeated, which is bit-reproducible only on the same kind of
+CPU (``cpu_capability`` in the provenance: AVX2 and AVX-512 kernels train different nets): when the
+weights' fingerprint differs from the row's, the row's stages are kept under ``superseded`` and every
+stage is measured again from the new net, so a row never mixes two nets. Jobs with a trained net and stages left go
 first; then a worker follows the plan's order, or with ``--order cheap`` the fewest MACs first (one such
 worker beside one in plan order turns small nets and their second seeds into rows within hours while the
 other trains the big ones; the final table is the same, only the order of its rows differs).
@@ -368,7 +370,7 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def cached_weights_match(weights: Path, fp32_stage: dict[str, Any]) -> bool:
     """Whether ``weights`` exist and are the net the row's FP32 stage recorded (rows before the fingerprint:
-    trusted, they were trained deterministically on the CPU)."""
+    trusted; a re-measured ``ptq`` stage must still reproduce their FP32 accuracy)."""
     if not weights.exists():
         return False
     want = fp32_stage.get("weights_sha256")
@@ -397,6 +399,8 @@ class Worker:
                            "qnas": qnas.__version__, "python": platform.python_version(),
                            "machine": platform.machine(), "host": socket.gethostname(),
                            "threads": torch.get_num_threads(), "device": args.device,
+                           # the float kernels torch picked: training is bit-reproducible only on the same kind
+                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                            "command": "python " + " ".join(sys.argv)}
 
     def dataset(self, budget: Budget) -> data.Dataset:
@@ -425,23 +429,30 @@ class Worker:
             weights.unlink(missing_ok=True)  # another net's weights (a crashed or another machine's run)
             trained_on = fp32["provenance"]["device"]
             if torch.device(trained_on).type != torch.device(self.args.device).type:
-                # The later stages must measure the recorded net, and retraining reproduces it on its device type.
+                # The later stages must measure the recorded net, which only its device type may reproduce.
                 self.log(f"{job.key}: trained on {trained_on}, weights not here: left for a {trained_on} worker")
                 return
-            if torch.device(self.args.device).type != "cpu":  # GPU training is not bit-reproducible: redo the row
-                self.log(f"{job.key}: trained weights not here; training the row again from scratch")
-                result["stages"], todo = {}, list(job.stages)
         budget = BUDGETS[job.budget]
         ds = self.dataset(budget)
         module = build_arch(self.space, job.arch["arch"], self.info)
-        for stage in todo:
+        if "fp32" not in todo and not weights.exists():
+            self.log(f"{job.key}: trained weights not in the cache; training again")
             t0, c0 = time.perf_counter(), time.process_time()
+            again = self.train_fp32(job, budget, ds, module, cache)
+            if fp32.get("weights_sha256") not in (None, again["weights_sha256"]):
+                # Another CPU's float kernels (or a GPU's) train another net; every stage must measure one net.
+                self.log(f"{job.key}: training again gave another net ({again['weights_sha256']}, the row's "
+                         f"{fp32['weights_sha256']}): the row is measured again from it (old stages: superseded)")
+                for stage, old in result["stages"].items():
+                    result.setdefault("superseded", {}).setdefault(stage, old)
+                result["stages"] = {"fp32": self.stamp(again, t0, c0)}
+                atomic_write(store / "results" / f"{job.key}.json", json.dumps(result, indent=1) + "\n")
+                todo = [s for s in job.stages if s != "fp32"]
+        for stage in todo:
+            t0, c0 = time.perf_counter(), time.process_time()  # the stage's own time: the cost model fits it
             if stage == "fp32":
                 out = self.train_fp32(job, budget, ds, module, cache)
             else:
-                if not weights.exists():
-                    self.log(f"{job.key}: trained weights not in the cache; training again (deterministic)")
-                    self.train_fp32(job, budget, ds, module, cache)
                 module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
                 if stage == "ptq":
                     out = self.ptq(module, ds)
@@ -449,9 +460,7 @@ class Worker:
                     start = (result["stages"].get("fp32", {}).get("weights_sha256")
                              or weights_sha256(module.state_dict()))
                     out = self.faq(job, stage[4:], ds, module, cache, start)
-            out["provenance"] = {**self.provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                 "wall_seconds": round(time.perf_counter() - t0, 1),
-                                 "cpu_seconds": round(time.process_time() - c0, 1)}
+            out = self.stamp(out, t0, c0)
             old = result["stages"].get(stage)
             if stage == "ptq" and old is not None and old["test_top1_fp32"] != out["test_top1_fp32"]:
                 raise QnasError(f"{job.key}: the cached trained weights score {out['test_top1_fp32']:.4f} at FP32, "
@@ -463,6 +472,12 @@ class Worker:
             acc = {k: v for k, v in out.items() if k.startswith("test_top1")}
             self.log(f"{job.key} {stage} done in {out['provenance']['wall_seconds']:.0f}s: "
                      + " ".join(f"{k[10:] or 'top1'}={v:.4f}" for k, v in acc.items()))
+
+    def stamp(self, out: dict[str, Any], t0: float, c0: float) -> dict[str, Any]:
+        """A stage's measurements with their provenance (wall and CPU seconds since t0 / c0)."""
+        return {**out, "provenance": {**self.provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                      "wall_seconds": round(time.perf_counter() - t0, 1),
+                                      "cpu_seconds": round(time.process_time() - c0, 1)}}
 
     def train_fp32(self, job: Job, budget: Budget, ds: data.Dataset, module: torch.nn.Module,
                    cache: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +152,41 @@ def test_a_worker_runs_every_stage_and_a_rerun_resumes_the_missing_one(tmp_path:
     resumed = json.loads(path.read_text())
     assert resumed["stages"]["faq_w4a4"] == w4a4 and "faq_w2a2" in resumed["stages"]
     assert time.time() - t0 < 300
+
+
+def test_a_retrained_net_that_is_another_net_is_measured_again_at_every_stage(tmp_path: Path) -> None:
+    store, cache = _tiny_store(tmp_path), tmp_path / "cache"
+    args = [sys.executable, str(ROOT / "benchmarks" / "ground_truth.py"), "worker", "--phase", "truth", "--budget",
+            "s63", "--store", str(store), "--cache", str(cache), "--device", "cpu", "--test-images", "200",
+            "--limit", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(args, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+    path = store / "results" / "id-000_s63_s0.json"
+    row = json.loads(path.read_text())
+    assert row["stages"]["fp32"]["provenance"]["cpu_capability"]
+
+    def lose_weights_and_w2a2(sha: str) -> None:  # a new machine: no cache, the last stage left
+        shutil.rmtree(cache)
+        changed = json.loads(json.dumps(row))
+        changed["stages"]["fp32"]["weights_sha256"] = sha
+        del changed["stages"]["faq_w2a2"]
+        path.write_text(json.dumps(changed))
+
+    # Retraining here reproduces the recorded net: only the missing stage is measured.
+    lose_weights_and_w2a2(row["stages"]["fp32"]["weights_sha256"])
+    same = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert same.returncode == 0 and "training again" in same.stdout and "another net" not in same.stdout
+    again = json.loads(path.read_text())
+    assert again["stages"]["faq_w4a4"] == row["stages"]["faq_w4a4"] and "superseded" not in again
+    # A row trained on another kind of CPU: the new net is measured at every stage, the old stages kept.
+    lose_weights_and_w2a2("0" * 16)
+    other = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0 and "gave another net" in other.stdout, other.stdout
+    again = json.loads(path.read_text())
+    assert list(again["stages"]) == ["fp32", "ptq", "faq_w4a4", "faq_w2a2"]
+    assert again["stages"]["fp32"]["weights_sha256"] == row["stages"]["fp32"]["weights_sha256"]
+    assert again["superseded"]["fp32"]["weights_sha256"] == "0" * 16
+    assert set(again["superseded"]) == {"fp32", "ptq", "faq_w4a4"}
 
 
 def test_a_failing_job_is_recorded_and_skipped_and_the_others_go_on(tmp_path: Path) -> None:
