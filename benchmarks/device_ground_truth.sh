@@ -14,7 +14,7 @@
 # One worker process per slot (one CPU thread each, all on the one GPU: small nets leave it mostly idle,
 # so it takes many). Every finished stage is in the store the moment it finishes; a job cut off by the
 # deadline is redone by a later run. Rows whose FP32 net was trained on the CPU and whose weights are not
-# here are left to CPU workers (retraining is deterministic on one device type only).
+# here are left to CPU workers (retraining reproduces a net at best on one kind of device).
 set -u
 phase=${1:?usage: device_ground_truth.sh PHASE BUDGET [MINUTES] [WORKERS]}
 budget=${2:?usage: device_ground_truth.sh PHASE BUDGET [MINUTES] [WORKERS]}

@@ -58,19 +58,22 @@ work tree). Trained FP32 weights are kept there too, so a later stage (W2A2 in t
 them; if they are gone the training is repeated, which is bit-reproducible only on the same kind of
 CPU (``cpu_capability`` in the provenance: AVX2 and AVX-512 kernels train different nets): when the
 weights' fingerprint differs from the row's, the row's stages are kept under ``superseded`` and every
-stage is measured again from the new net, so a row never mixes two nets. Jobs with a trained net and stages left go
-first; then a worker follows the plan's order, or with ``--order cheap`` the fewest MACs first (one such
-worker beside one in plan order turns small nets and their second seeds into rows within hours while the
-other trains the big ones; the final table is the same, only the order of its rows differs).
+stage is measured again from the new net (the old net's stages kept whole under ``retrained_away``),
+so a row's ``stages`` never mix two nets. Jobs with a trained net whose weights are in this machine's
+cache and stages left go first; then a worker follows the plan's order, or with ``--order cheap`` the
+fewest MACs first (one such worker beside one in plan order turns small nets and their second seeds
+into rows within hours while the other trains the big ones; the final table is the same, only the order
+of its rows differs).
 ``--hours H`` bounds a run that must end by a known time (a machine lent for a session): a worker
 takes a job only if the cost model (``status``'s linear fit on the committed stages, with ``HOURS_MARGIN``
 for its misses) expects it to end within H hours of the start, a trained net whose weights are not in
-this machine's cache counting its training again; it stops when no job left fits, so no training is cut
+this machine's cache counting its training again (and every stage again where it was trained on another
+kind of machine); it stops when no job left fits, so no training is cut
 off half-way and lost with the machine.
 A job that raises (a diverged finetuning, a damaged checkpoint) is recorded in
 ``STORE/failed/<key>.json`` and skipped, also by later runs until ``--retry-failed``; the others go on.
 Every stage records its provenance: command, git commit, hashes of the engine files, torch and Python
-versions, device, threads, CPU and wall seconds.
+versions, device, CPU capability (torch's kernels), threads, CPU and wall seconds.
 """
 
 from __future__ import annotations
@@ -439,12 +442,15 @@ class Worker:
             self.log(f"{job.key}: trained weights not in the cache; training again")
             t0, c0 = time.perf_counter(), time.process_time()
             again = self.train_fp32(job, budget, ds, module, cache)
-            if fp32.get("weights_sha256") not in (None, again["weights_sha256"]):
+            if fp32.get("weights_sha256") != again["weights_sha256"]:  # a row without one cannot be vouched for
                 # Another CPU's float kernels (or a GPU's) train another net; every stage must measure one net.
                 self.log(f"{job.key}: training again gave another net ({again['weights_sha256']}, the row's "
-                         f"{fp32['weights_sha256']}): the row is measured again from it (old stages: superseded)")
-                for stage, old in result["stages"].items():
-                    result.setdefault("superseded", {}).setdefault(stage, old)
+                         f"{fp32.get('weights_sha256')}): the row is measured again from it (the old net's stages "
+                         f"kept under 'retrained_away')")
+                away = {"weights_sha256": fp32.get("weights_sha256"), "stages": result["stages"]}
+                if "superseded" in result:
+                    away["superseded"] = result.pop("superseded")
+                result.setdefault("retrained_away", []).append(away)
                 result["stages"] = {"fp32": self.stamp(again, t0, c0)}
                 atomic_write(store / "results" / f"{job.key}.json", json.dumps(result, indent=1) + "\n")
                 todo = [s for s in job.stages if s != "fp32"]
@@ -462,7 +468,8 @@ class Worker:
                     out = self.faq(job, stage[4:], ds, module, cache, start)
             out = self.stamp(out, t0, c0)
             old = result["stages"].get(stage)
-            if stage == "ptq" and old is not None and old["test_top1_fp32"] != out["test_top1_fp32"]:
+            if (stage == "ptq" and old is not None and "weights_sha256" not in result["stages"]["fp32"]
+                    and old["test_top1_fp32"] != out["test_top1_fp32"]):
                 raise QnasError(f"{job.key}: the cached trained weights score {out['test_top1_fp32']:.4f} at FP32, "
                                 f"the row's net {old['test_top1_fp32']:.4f}: another net, not re-measuring it")
             if old is not None:  # a stale measurement, kept for provenance (the first one, if several)
@@ -564,7 +571,7 @@ def worker_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     worker = Worker(args)
     todo = work_order(jobs(load_plan(args.store), args.phase, args.budget), args.store, args.order, args.cache)
-    deadline = None if args.hours is None else time.time() + args.hours * 3600
+    deadline = args.deadline or (None if args.hours is None else time.time() + args.hours * 3600)
     fits = cost_model(args.store) if deadline is not None else {}
     done, skipped = 0, 0
     for job in todo:
@@ -572,7 +579,9 @@ def worker_main(args: argparse.Namespace) -> int:
         if not job.todo(result) or (failed_path(args.store, job.key).exists() and not args.retry_failed):
             continue
         if deadline is not None:
-            need = HOURS_MARGIN * estimate_seconds(job, result, fits, (args.cache / job.key / "fp32.pt").exists())
+            here = (args.cache / job.key / "fp32.pt").exists()
+            fp32 = None if result is None else result["stages"].get("fp32")
+            need = HOURS_MARGIN * estimate_seconds(job, result, fits, here, same_machine_kind(fp32, args.device))
             if time.time() + need > deadline:
                 skipped += 1
                 continue
@@ -602,6 +611,7 @@ def run_main(args: argparse.Namespace) -> int:
     load_plan(args.store)  # fail early, with one line
     jobs(load_plan(args.store), args.phase, args.budget)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    deadline = None if args.hours is None else time.time() + args.hours * 3600
     procs = []
     for i in range(args.workers):
         cmd = [sys.executable, __file__, "worker", "--phase", args.phase, "--worker-id", str(i),
@@ -611,8 +621,8 @@ def run_main(args: argparse.Namespace) -> int:
             cmd += ["--budget", args.budget]
         if args.limit is not None:
             cmd += ["--limit", str(args.limit)]
-        if args.hours is not None:
-            cmd += ["--hours", str(args.hours)]
+        if args.hours is not None:  # one deadline for all, from now
+            cmd += ["--deadline", str(deadline)]
         if args.retry_failed:
             cmd += ["--retry-failed"]
         procs.append(subprocess.Popen(cmd, env=env))
@@ -639,7 +649,7 @@ def stage_work(stage: str, macs: int, budget: Budget) -> float:
 
 
 def cost_points(store: Path) -> dict[str, list[tuple[float, float]]]:
-    """Per stage kind (fp32, ptq, faq): (work, CPU seconds) of every committed stage."""
+    """Per stage kind (fp32, ptq, faq): (work, CPU seconds) of every committed stage run on a CPU."""
     points: dict[str, list[tuple[float, float]]] = {"fp32": [], "ptq": [], "faq": []}
     for path in (store / "results").glob("*.json"):
         r = json.loads(path.read_text())
@@ -648,7 +658,7 @@ def cost_points(store: Path) -> dict[str, list[tuple[float, float]]]:
             continue
         for stage, out in r["stages"].items():
             kind = "faq" if stage.startswith("faq_") else stage
-            if kind in points:
+            if kind in points and out["provenance"].get("device", "cpu") == "cpu":
                 points[kind].append((stage_work(stage, r["macs"], budget), out["provenance"]["cpu_seconds"]))
     return points
 
@@ -676,7 +686,8 @@ def cost_misses(store: Path, fits: dict[str, tuple[float, float]]) -> dict[str, 
         if kind in fits:
             a, b = fits[kind]
             ratio = [c / (a + b * w) for w, c in pts if a + b * w > 0]
-            out[kind] = (float(np.median(ratio)), float(np.percentile(ratio, 90)))
+            if ratio:  # none where the fit is not positive anywhere
+                out[kind] = (float(np.median(ratio)), float(np.percentile(ratio, 90)))
     return out
 
 
@@ -684,17 +695,27 @@ HOURS_MARGIN = 2.0  # the linear fit misses single stages both ways (docs/ground
 
 
 def estimate_seconds(job: Job, result: dict[str, Any] | None, fits: dict[str, tuple[float, float]],
-                     weights_here: bool = True) -> float:
-    """The cost model's CPU seconds for ``job``'s stages left on ``result`` (one thread), with the FP32
-    training again when later stages need trained weights this machine does not have."""
+                     weights_here: bool = True, reproducible: bool = True) -> float:
+    """The cost model's CPU seconds for ``job``'s stages left on ``result`` (one thread). Where later stages
+    need trained weights this machine does not have, the FP32 training again, and every stage when the net
+    was trained on another kind of machine (``reproducible`` False: retraining gives another net)."""
     left = job.todo(result)
     if left and "fp32" not in left and not weights_here:
-        left = ["fp32", *left]
+        left = ["fp32", *left] if reproducible else list(job.stages)
     total = 0.0
     for s in left:
-        a, b = fits.get("faq" if s.startswith("faq_") else s, (0.0, 0.0))
-        total += a + b * stage_work(s, job.arch["macs"], BUDGETS[job.budget])
+        a, b = fits.get("faq" if s.startswith("faq_") else s, (0.0, 0.0))  # none yet: status counts 0, --hours refuses
+        total += max(a + b * stage_work(s, job.arch["macs"], BUDGETS[job.budget]), 0.0)
     return total
+
+
+def same_machine_kind(fp32: dict[str, Any] | None, device: str) -> bool:
+    """Whether training again here reproduces the row's FP32 net: same device type, same CPU kernels."""
+    if fp32 is None or "weights_sha256" not in fp32:
+        return False
+    prov = fp32.get("provenance", {})
+    return (torch.device(prov.get("device", "cpu")).type == torch.device(device).type == "cpu"
+            and prov.get("cpu_capability") == torch.backends.cpu.get_cpu_capability())
 
 
 def status_main(args: argparse.Namespace) -> int:
@@ -803,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--retry-failed", action="store_true",
                            help="retry jobs that failed before (recorded in STORE/failed/)")
             p.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
+            p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # run's --hours
     args = ap.parse_args(argv)
     try:
         if args.command == "plan":
@@ -822,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
             raise QnasError("--workers must be >= 1")
         if args.hours is not None and not args.hours > 0:
             raise QnasError("--hours must be > 0")
+        if args.hours is not None and set(cost_model(args.store)) != {"fp32", "ptq", "faq"}:
+            raise QnasError("--hours needs the cost model, fitted on at least 3 committed stages of each kind "
+                            "(fp32, ptq, faq): run without it first")
         return worker_main(args) if args.command == "worker" else run_main(args)
     except QnasError as exc:
         print(f"error: {exc}", file=sys.stderr)

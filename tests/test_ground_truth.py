@@ -104,24 +104,41 @@ def test_the_estimate_counts_training_again_where_the_weights_are_not_here(tmp_p
     fits = {"fp32": (100.0, 0.0), "ptq": (10.0, 0.0), "faq": (1.0, 0.0)}
     job = gt.jobs(json.loads((_tiny_store(tmp_path) / "architectures.json").read_text()), "truth", "s63")[0]
     assert gt.estimate_seconds(job, None, fits) == 112
-    trained = {"stages": {"fp32": {"provenance": {"git_commit": "0" * 40}}}}
-    assert gt.estimate_seconds(job, trained, fits) == 12
-    assert gt.estimate_seconds(job, trained, fits, weights_here=False) == 112
+    stage = {"provenance": {"git_commit": "0" * 40}}
+    trained = {"stages": {"fp32": stage, "ptq": stage}}
+    assert gt.estimate_seconds(job, trained, fits) == 2
+    assert gt.estimate_seconds(job, trained, fits, weights_here=False) == 102  # training again, then FAQ
+    assert gt.estimate_seconds(job, trained, fits, weights_here=False, reproducible=False) == 112  # all again
+    assert not gt.same_machine_kind(stage, "cpu")  # no fingerprint: nothing to vouch that it is the same net
+    here = {"weights_sha256": "f" * 16, "provenance": {"device": "cpu",
+                                                         "cpu_capability": torch.backends.cpu.get_cpu_capability()}}
+    assert gt.same_machine_kind(here, "cpu") and not gt.same_machine_kind(here, "cuda")
+    assert not gt.same_machine_kind({**here, "provenance": {"device": "cpu", "cpu_capability": "other"}}, "cpu")
 
 
 def test_a_worker_under_hours_takes_no_job_the_cost_model_says_would_not_end(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store, cache = _tiny_store(tmp_path), tmp_path / "cache"
     (store / "results").mkdir()
-    for i in range(3):  # committed stages of other nets: each stage ~28 CPU-hours
-        row = {"key": f"x-{i}", "budget": "s63", "macs": 10 ** i, "stages": {
-            s: {"provenance": {"cpu_seconds": 1e5}} for s in ("fp32", "ptq", "faq_w4a4")}}
-        (store / "results" / f"x-{i}.json").write_text(json.dumps(row))
     args = ["worker", "--phase", "truth", "--budget", "s63", "--store", str(store), "--cache", str(cache),
             "--device", "cpu", "--test-images", "200"]
+    assert gt.main([*args, "--hours", "1"]) == 2  # no committed stages: no cost model to bound by
+    assert "cost model" in capsys.readouterr().err
+
+    def committed(seconds: float) -> None:  # committed stages of other nets, each `seconds` of CPU
+        for i in range(3):
+            row = {"key": f"x-{i}", "budget": "s63", "macs": 10 ** i, "stages": {
+                s: {"provenance": {"cpu_seconds": seconds}} for s in ("fp32", "ptq", "faq_w4a4")}}
+            (store / "results" / f"x-{i}.json").write_text(json.dumps(row))
+
+    committed(1e5)  # ~28 CPU-hours a stage
     assert gt.main([*args, "--hours", "1"]) == 0
     assert "2 would not end within --hours" in capsys.readouterr().out  # seed 0 and seed 1
     assert not (store / "results" / "id-000_s63_s0.json").exists()
+    committed(1.0)
+    assert gt.main([*args, "--hours", "1", "--limit", "1"]) == 0
+    assert "would not end" not in capsys.readouterr().out
+    assert (store / "results" / "id-000_s63_s0.json").exists()
     assert gt.main([*args, "--hours", "0"]) == 2
     assert "--hours" in capsys.readouterr().err
 
@@ -178,15 +195,19 @@ def test_a_retrained_net_that_is_another_net_is_measured_again_at_every_stage(tm
     assert same.returncode == 0 and "training again" in same.stdout and "another net" not in same.stdout
     again = json.loads(path.read_text())
     assert again["stages"]["faq_w4a4"] == row["stages"]["faq_w4a4"] and "superseded" not in again
+    assert again["stages"]["faq_w2a2"]["test_top1"] == row["stages"]["faq_w2a2"]["test_top1"]  # on the same net
     # A row trained on another kind of CPU: the new net is measured at every stage, the old stages kept.
     lose_weights_and_w2a2("0" * 16)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "superseded": {"ptq": {"older": "quantizer"}}}))
     other = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert other.returncode == 0 and "gave another net" in other.stdout, other.stdout
     again = json.loads(path.read_text())
     assert list(again["stages"]) == ["fp32", "ptq", "faq_w4a4", "faq_w2a2"]
     assert again["stages"]["fp32"]["weights_sha256"] == row["stages"]["fp32"]["weights_sha256"]
-    assert again["superseded"]["fp32"]["weights_sha256"] == "0" * 16
-    assert set(again["superseded"]) == {"fp32", "ptq", "faq_w4a4"}
+    (away,) = again["retrained_away"]  # the old net whole, its own superseded stages with it
+    assert away["weights_sha256"] == "0" * 16 and set(away["stages"]) == {"fp32", "ptq", "faq_w4a4"}
+    assert away["stages"]["ptq"] == row["stages"]["ptq"] and away["superseded"] == {"ptq": {"older": "quantizer"}}
+    assert "superseded" not in again
 
 
 def test_a_failing_job_is_recorded_and_skipped_and_the_others_go_on(tmp_path: Path) -> None:
