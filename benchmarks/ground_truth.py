@@ -49,7 +49,8 @@ in the row under ``superseded``, which ``budget_agreement.py`` reads, so each st
 Accuracies are top-1 on a fixed class-balanced subset of the official test set (``--test-images``,
 first 200 per class), BatchNorm statistics and activation ranges calibrated on 256 training images.
 
-**Workers.** ``--workers N`` runs N processes with one torch thread each (``--device cuda`` trains,
+**Workers.** ``--workers N`` runs N processes with one torch thread each (``--threads T``: T each, for
+one worker on otherwise idle cores, e.g. for the biggest nets; ``--device cuda`` trains,
 finetunes and measures on a GPU: many small nets share it, one process each). They share the store: a
 worker takes a job by an exclusive ``flock`` on its lock file (``STORE/.locks``, ignored by git), which
 the kernel releases when the process dies, so ``kill -9`` leaves nothing stale; a restarted run skips
@@ -568,7 +569,7 @@ def work_order(todo: list[Job], store: Path, order: str, cache: Path) -> list[Jo
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     worker = Worker(args)
     todo = work_order(jobs(load_plan(args.store), args.phase, args.budget), args.store, args.order, args.cache)
     deadline = args.deadline or (None if args.hours is None else time.time() + args.hours * 3600)
@@ -581,7 +582,8 @@ def worker_main(args: argparse.Namespace) -> int:
         if deadline is not None:
             here = (args.cache / job.key / "fp32.pt").exists()
             fp32 = None if result is None else result["stages"].get("fp32")
-            need = HOURS_MARGIN * estimate_seconds(job, result, fits, here, same_machine_kind(fp32, args.device))
+            cpu = estimate_seconds(job, result, fits, here, same_machine_kind(fp32, args.device))
+            need = HOURS_MARGIN * cpu / args.threads  # wall time, if the threads sped it up fully
             if time.time() + need > deadline:
                 skipped += 1
                 continue
@@ -610,13 +612,13 @@ def run_main(args: argparse.Namespace) -> int:
     """Start ``--workers`` processes of this script (one torch thread each) and wait for them."""
     load_plan(args.store)  # fail early, with one line
     jobs(load_plan(args.store), args.phase, args.budget)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     deadline = None if args.hours is None else time.time() + args.hours * 3600
     procs = []
     for i in range(args.workers):
         cmd = [sys.executable, __file__, "worker", "--phase", args.phase, "--worker-id", str(i),
                "--store", str(args.store), "--cache", str(args.cache), "--device", args.device,
-               "--test-images", str(args.test_images), "--order", args.order]
+               "--test-images", str(args.test_images), "--order", args.order, "--threads", str(args.threads)]
         if args.budget:
             cmd += ["--budget", args.budget]
         if args.limit is not None:
@@ -823,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="plan: the plan's order (default); cheap: fewest MACs first")
             p.add_argument("--retry-failed", action="store_true",
                            help="retry jobs that failed before (recorded in STORE/failed/)")
+            p.add_argument("--threads", type=int, default=1,
+                           help="torch threads per worker (default 1; more only for one worker on idle cores, "
+                                "e.g. the biggest nets: several multi-threaded processes slow each other)")
             p.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
             p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # run's --hours
     args = ap.parse_args(argv)
@@ -842,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
             return merge_main(args)
         if args.workers < 1:
             raise QnasError("--workers must be >= 1")
+        if args.threads < 1:
+            raise QnasError("--threads must be >= 1")
         if args.hours is not None and not args.hours > 0:
             raise QnasError("--hours must be > 0")
         if args.hours is not None and set(cost_model(args.store)) != {"fp32", "ptq", "faq"}:

@@ -237,6 +237,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
     store = _tiny_store(tmp_path)
     assert gt.main(["run", "--phase", "truth", "--store", str(store)]) == 2  # truth needs --budget
     assert "--budget" in capsys.readouterr().err
+    assert gt.main(["run", "--phase", "truth", "--budget", "s63", "--store", str(store), "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
 
 
 def test_the_truth_phase_remeasures_stages_of_an_older_quantizer() -> None:
