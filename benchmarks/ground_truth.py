@@ -56,15 +56,15 @@ worker takes a job by an exclusive ``flock`` on its lock file (``STORE/.locks``,
 the kernel releases when the process dies, so ``kill -9`` leaves nothing stale; a restarted run skips
 finished stages and resumes an interrupted training from its checkpoint (in ``--cache``, outside the
 work tree). Trained FP32 weights are kept there too, so a later stage (W2A2 in the truth phase) reuses
-them; if they are gone the training is repeated, which is bit-reproducible only on the same kind of
-CPU (``cpu_capability`` in the provenance: AVX2 and AVX-512 kernels train different nets): when the
-weights' fingerprint differs from the row's, the row's stages are kept under ``superseded`` and every
-stage is measured again from the new net (the old net's stages kept whole under ``retrained_away``),
-so a row's ``stages`` never mix two nets. Jobs with a trained net whose weights are in this machine's
-cache and stages left go first; then a worker follows the plan's order, or with ``--order cheap`` the
-fewest MACs first (one such worker beside one in plan order turns small nets and their second seeds
-into rows within hours while the other trains the big ones; the final table is the same, only the order
-of its rows differs).
+them; if they are gone the training is repeated, which is bit-reproducible only on the same kind of CPU
+(``cpu_capability`` in the provenance: AVX2 and AVX-512 kernels train different nets): when the weights'
+fingerprint differs from the row's (or the row has none), every stage is measured again from the new
+net, the old net's stages kept whole under ``retrained_away`` (``superseded`` keeps meaning a stage of
+an older quantizer), so a row's ``stages`` never mix two nets. Jobs with a trained net whose weights are
+in this machine's cache and stages left go first; then a worker follows the plan's order, or with
+``--order cheap`` the fewest MACs first (one such worker beside one in plan order turns small nets and
+their second seeds into rows within hours while the other trains the big ones; the final table is the
+same, only the order of its rows differs).
 ``--hours H`` bounds a run that must end by a known time (a machine lent for a session): a worker
 takes a job only if the cost model (``status``'s linear fit on the committed stages, with ``HOURS_MARGIN``
 for its misses) expects it to end within H hours of the start, a trained net whose weights are not in
