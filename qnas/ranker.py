@@ -303,6 +303,12 @@ def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (x - mean) / scale, mean, scale
 
 
+def _neg_mse(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """sklearn's ``neg_mean_squared_error``, the same figure without its input validation at every alpha,
+    which was most of a ``ridge-select`` fit's time (``tests/test_ranker.py`` checks they agree exactly)."""
+    return -float(np.mean((y - estimator.predict(x)) ** 2))
+
+
 def loo_tau(x: np.ndarray, y: np.ndarray) -> float:
     """How ``ridge-select`` scores a feature subset: Kendall tau of exact leave-one-out predictions of a
     ridge on standardized ``x`` (RidgeCV's closed form), each relative to its fold's label mean as
@@ -311,7 +317,7 @@ def loo_tau(x: np.ndarray, y: np.ndarray) -> float:
     from sklearn.linear_model import RidgeCV
 
     z, _, _ = _standardize(x)
-    model = RidgeCV(alphas=_RIDGE_ALPHAS, store_cv_results=True, scoring="neg_mean_squared_error").fit(z, y)
+    model = RidgeCV(alphas=_RIDGE_ALPHAS, store_cv_results=True, scoring=_neg_mse).fit(z, y)
     loo = model.cv_results_[:, _RIDGE_ALPHAS.index(model.alpha_)]
     fold_mean = (y.sum() - y) / (len(y) - 1)  # each leave-one-out model's training label mean
     t = kendalltau(y, loo - fold_mean).statistic

@@ -24,6 +24,7 @@ from qnas.ranker import (
     fit,
     graph_features,
     load_ranker,
+    loo_tau,
     macs,
     ranker_path,
 )
@@ -76,6 +77,24 @@ def test_ridge_select_keeps_the_groups_that_carry_the_target() -> None:
     # a drop target reads its setting's GHN columns; fp32 has no separate setting group
     assert feature_groups("drop_w2a2")["ghn_setting"] == ("ghn_top1_w2a2", "ghn_loss_w2a2")
     assert "ghn_setting" not in feature_groups("fp32")
+
+
+def test_loo_tau_is_the_tau_of_sklearn_ridgecv_leave_one_out_predictions() -> None:
+    """loo_tau scores alphas with its own mean squared error (sklearn's scorer validated its inputs at every
+    alpha, most of a fit's time): the same alpha and the same predictions as sklearn's, bit for bit."""
+    from sklearn.linear_model import RidgeCV
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        n, k = int(rng.integers(6, 40)), int(rng.integers(1, 8))
+        x = rng.normal(size=(n, k)) * rng.uniform(0.1, 10, size=k)
+        y = x @ rng.normal(size=k) * rng.uniform(0, 2) + rng.normal(size=n)
+        z = (x - x.mean(0)) / x.std(0)
+        alphas = tuple(np.logspace(-2, 3, 21).tolist())
+        ref = RidgeCV(alphas=alphas, store_cv_results=True, scoring="neg_mean_squared_error").fit(z, y)
+        loo = ref.cv_results_[:, alphas.index(ref.alpha_)]
+        want = stats.kendalltau(y, loo - (y.sum() - y) / (n - 1)).statistic
+        assert loo_tau(x, y) == want, trial
 
 
 def test_bag_select_is_the_mean_of_ridge_select_on_bootstrap_resamples() -> None:
