@@ -19,6 +19,7 @@ import torch
 
 from qnas.defaults import (
     ACT_RANGES,
+    DEFAULT_CALIB_SIZE,
     DEFAULT_DATASET,
     DEFAULT_FIT_SIZE,
     DEFAULT_GRANULARITY,
@@ -49,6 +50,9 @@ class GHNScorer:
     ranker: Any = None  # qnas.ranker.Ranker: predicted trained accuracy from the scores and cheap features
     readout: Any = None  # qnas.readout.Readout: the last layer solved on these images; None: the GHN's head
     ranker_note: str = ""  # why the ranker shipped beside the predictor is not used ("": it is, or none was asked)
+    calib_size: int = DEFAULT_CALIB_SIZE  # qnas.score.evaluate's calibration images (the first of `images`)
+    batch_size: int = 64  # qnas.score.evaluate's batch size
+    seed: int = 0  # the validation subset's seed, also the noise of -noise settings
 
     @property
     def protocol(self) -> str:
@@ -67,12 +71,12 @@ class GHNScorer:
     def spec_name(self, setting: str) -> str:
         """The engine's setting for a reported one: ``w4a4`` -> ``w4a4-channel-fl8`` under per-channel scales
         and the first/last-layer rule (``w4a4-channel-fl8-minmax`` with min/max activation ranges)."""
-        from qnas.quant import first_last_rule
+        from qnas.quant import first_last_rule, with_granularity
 
         if setting == "fp32":
             return setting
-        name = setting if self.granularity == "tensor" else f"{setting}-{self.granularity}"
-        name = f"{name}-minmax" if self.act_ranges == "minmax" else name
+        name = with_granularity([setting], self.granularity)[0]  # a name saying -channel/-tensor keeps it
+        name = f"{name}-minmax" if self.act_ranges == "minmax" and "minmax" not in name.split("-") else name
         return first_last_rule(name, self.first_last_bits).name
 
     def predict(self, genome) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
@@ -104,7 +108,8 @@ class GHNScorer:
 
         by_spec = {self.spec_name(s): params[s] for s in self.settings}
         acc = evaluate(module, lambda spec: by_spec[spec.name], self.images, self.labels,
-                       [self.spec_name(s) for s in self.settings], bn_stats=self.bn_stats, readout=self.readout)
+                       [self.spec_name(s) for s in self.settings], bn_stats=self.bn_stats, readout=self.readout,
+                       calib_size=self.calib_size, batch_size=self.batch_size, seed=self.seed)
         out: dict[str, float] = {}
         for s in self.settings:
             out[f"top1_{s}"] = acc[self.spec_name(s)]["top1"]
@@ -205,7 +210,7 @@ def make_scorer(
     scorer = GHNScorer(space=space, predictor=pred, images=x, labels=y, input_shape=tuple(info.input_shape),
                        num_classes=info.num_classes, bn_stats=bn_stats or DEFAULT_BN_STATS, name=pred.header.name,
                        version=pred.header.notes or "untrained", granularity=granularity, act_ranges=act_ranges,
-                       first_last_bits=first_last, readout=readout)
+                       first_last_bits=first_last, readout=readout, seed=seed)
     if pred.path is None:
         return scorer
     version = f"{pred.header.train_steps} steps, weights sha256 {pred.digest[:12]}"

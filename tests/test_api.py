@@ -67,6 +67,26 @@ def test_score_of_an_architecture_has_the_rankers_prediction() -> None:
     assert 0.0 < result.predicted["w4a4"] < 1.0 and "ranker" in result.predictor
 
 
+def test_cli_score_of_an_architecture_is_qnas_score_with_the_prediction(capsys: pytest.CaptureFixture[str]) -> None:
+    """`qnas score --arch` scores as qnas.score and the search do (the same numbers) and prints the ranker's
+    prediction beside them; --ranker none leaves it out; a setting naming its own weight scales is scored so."""
+    argv = ["score", "--arch", ARCH, "--bits", "w4a4,w2a2", "--val-size", "32", "--json"]
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    result = qnas.score(ARCH, bits="w4a4,w2a2", val_size=32)
+    assert record["accuracy"] == result.accuracy and record["predicted"] == result.predicted
+    assert set(record["predicted"]) == {"w4a4", "w2a2"} and record["protocol"] == result.protocol
+    assert main([*argv[:-1], "--ranker", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "pred." not in out and "w2a2" in out
+    assert main(["score", "--arch", ARCH, "--bits", "w4a4-tensor", "--val-size", "32", "--json", "--ranker", "none",
+                 "--init", "ghn:random"]) == 0
+    tensor = json.loads(capsys.readouterr().out)
+    assert tensor["settings"] == {"w4a4-tensor": "w4a4-fl8-minmax"} and tensor["predicted"] == {}
+    api = qnas.score(ARCH, bits="w4a4-tensor", predictor="random", ranker="none", val_size=32)
+    assert tensor["accuracy"] == api.accuracy
+
+
 def test_score_of_any_module() -> None:
     torch.manual_seed(0)
     net = TinyResNet()

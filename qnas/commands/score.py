@@ -70,7 +70,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-stats", choices=BN_MODES, default=DEFAULT_BN_STATS,
                    help=f"{_BN_HELP} (default {DEFAULT_BN_STATS})")
     add_head_args(p, default=None, default_text="fit with --init ghn, as `qnas search` scores; keep otherwise",
-                  fit_size_default="--val-size")
+                  fit_size_default="with --init ghn and the ranker, as many as its features were scored with (1000 "
+                  "for the shipped one), as `qnas search`; --val-size otherwise")
+    p.add_argument("--ranker", default="auto",
+                   help="with --init ghn and --arch, also print the ranker's predicted trained top-1 ('pred.'): "
+                   "'auto' (default) the ranker shipped beside the predictor, 'none', or a ranker JSON file")
     p.add_argument("--val-size", type=positive_int, default=1000,
                    help="validation images, a fixed subset for a given --seed (default 1000)")
     p.add_argument("--calib-size", type=positive_int, default=None,
@@ -110,6 +114,9 @@ def _score(args: argparse.Namespace) -> int:
     elif args.bn_stats == "calibrated" and args.calib_size > args.val_size:
         raise QnasError(f"--calib-size {args.calib_size} is larger than --val-size {args.val_size}: calibration "
                         "images are taken from the validation subset")
+    if args.ranker not in ("auto", "none") and (args.module or args.init.split(":")[0] != "ghn"):
+        raise QnasError("--ranker applies to --init ghn on an --arch (the ranker predicts from the GHN's scores of "
+                        "an architecture of the space)")
     info = data.dataset_info(args.dataset)
     if args.module:
         from qnas.api import check_io, load_factory
@@ -130,11 +137,16 @@ def _score(args: argparse.Namespace) -> int:
         genome = space.parse(_arch_text(args.arch))
         n_params, n_macs = check_arch_size(space, genome, info.input_shape, info.num_classes,
                                            max_params=args.max_params, max_macs=args.max_macs)
+        arch = space.to_string(genome)
+        if args.init.split(":")[0] == "ghn":
+            _emit({"arch": arch, "space": args.space, "dataset": args.dataset, "params": n_params, "macs": n_macs,
+                   "init": args.init, "bn_stats": args.bn_stats, "granularity": args.granularity,
+                   **_score_as_search(args, space, genome, names, Console(stderr=True))}, args.json)
+            return 0
         ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
             module = space.build(genome, info.input_shape, info.num_classes)
-        arch = space.to_string(genome)
     err = Console(stderr=True)
     start = time.perf_counter()
     params = _init(module, args, ds, err)
@@ -163,12 +175,56 @@ def _score(args: argparse.Namespace) -> int:
         "accuracy": {name: acc[spec.name] for name, spec in zip(names, specs)},
         "seconds": {"init": round(init_seconds, 3), "score": round(time.perf_counter() - start, 3)},
     }
-    if args.json:
+    _emit(record, args.json)
+    return 0
+
+
+def _emit(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         json.dump(record, sys.stdout)
         sys.stdout.write("\n")
     else:
         _print(record)
-    return 0
+
+
+def _score_as_search(args: argparse.Namespace, space: Any, genome: Any, names: list[str], err: Any) -> dict[str, Any]:
+    """``--init ghn`` on an architecture of the space: scored by the scorer ``qnas search`` and ``qnas.score`` use
+    (the same numbers they record), with the ranker's predicted trained top-1 where it applies."""
+    import warnings
+    from dataclasses import replace
+
+    from qnas.defaults import SETTINGS
+    from qnas.errors import QnasWarning
+    from qnas.quant import parse_specs
+    from qnas.readout import head_label
+    from qnas.scorer import make_scorer
+
+    data_dir = None if args.data_dir is None else str(args.data_dir)
+    scorer = make_scorer(space=space, dataset=args.dataset, data_dir=data_dir,
+                         predictor=args.init.partition(":")[2] or None, val_size=args.val_size, bn_stats=args.bn_stats,
+                         granularity=args.granularity, seed=args.seed, ranker=args.ranker,
+                         first_last_bits=args.first_last_bits, head=args.head, fit_size=args.fit_size)
+    if scorer.ranker_note:
+        warnings.warn(scorer.ranker_note, QnasWarning, stacklevel=2)
+    # The ranker reads the raw scores at every default setting: score those too, report what was asked.
+    wanted = tuple(dict.fromkeys([*names, *(SETTINGS if scorer.ranker is not None else ())]))
+    scorer = replace(scorer, settings=wanted, calib_size=args.calib_size, batch_size=args.batch_size)
+    specs = parse_specs([scorer.spec_name(n) for n in names])
+    start = time.perf_counter()
+    with err.status(f"scoring at {', '.join(s.name for s in specs)}", spinner="dots"):
+        flat = scorer.score(genome)
+    return {
+        "head": head_label(scorer.readout),
+        "settings": {name: spec.spelled_out().name for name, spec in zip(names, specs)},
+        "val_size": args.val_size,
+        "calib_size": args.calib_size if args.bn_stats == "calibrated" else None,
+        "seed": args.seed,
+        "accuracy": {n: {k: flat[f"{k}_{n}"] for k in ("top1", "top5", "loss")} for n in names},
+        "predicted": {n: flat[f"pred_top1_{n}"] for n in names if f"pred_top1_{n}" in flat},
+        "predictor": f"{scorer.name} ({scorer.version})",
+        "protocol": scorer.protocol,
+        "seconds": {"score": round(time.perf_counter() - start, 3)},
+    }
 
 
 def _arch_text(value: str) -> str:
@@ -203,6 +259,8 @@ def _print(record: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from qnas.commands._output import pct
+
     acc = record["accuracy"]
     ref = acc.get("fp32", {}).get("top1")
     console = Console(soft_wrap=True)
@@ -213,11 +271,16 @@ def _print(record: dict[str, Any]) -> None:
                f"{record['seconds']['score']:.1f} s")
     table = Table(title=f"{record['params']:,} params, {record['macs']:,} MACs", title_justify="left",
                   caption=caption, caption_justify="left")
-    for col in ("setting", "top-1 %", "top-5 %") + (("top-1 vs fp32",) if ref is not None else ()):
+    predicted = record.get("predicted", {})
+    for col in (("setting",) + (("pred. %",) if predicted else ()) + ("top-1 %", "top-5 %")
+                + (("top-1 vs fp32",) if ref is not None else ())):
         table.add_column(col, justify="right" if col != "setting" else "left")
     for name, a in acc.items():
-        row = [name, f"{100 * a['top1']:.2f}", f"{100 * a['top5']:.2f}"]
+        row = [name] + ([pct(predicted.get(name))] if predicted else []) + [pct(a["top1"]), pct(a["top5"])]
         if ref is not None:
             row.append("" if name == "fp32" else f"{100 * (a['top1'] - ref):+.2f}")
         table.add_row(*row)
     console.print(table)
+    if predicted:
+        console.print("pred. = the ranker's predicted top-1 after training (qnas.ranker); top-1/top-5 = the "
+                      f"GHN-predicted parameters as scored; {record['predictor']}", highlight=False)
