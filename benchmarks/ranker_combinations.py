@@ -5,7 +5,8 @@
 unstable, so this study compares it with lower-variance combinations of the same ridges:
 
 * ``select``: ridge-select (``qnas.ranker.cross_val_predict(kind="ridge-select")``);
-* ``avg-all``: the mean prediction of the ridges on all subsets of at most three groups;
+* ``avg-all``: the mean prediction of the ridges on all subsets of at most three groups (``qnas.ranker``'s
+  kind since session 22, stored as one linear model; the same predictions as this study's own mean before);
 * ``avg-top3``: the mean of the three subsets with the best inner leave-one-out tau;
 * ``bag-select``: ``select`` run on 15 bootstrap resamples of the training rows, predictions averaged
   (``qnas.ranker``'s kind, shipped since the rule below was read in session 19);
@@ -79,7 +80,8 @@ def _average(subsets: dict[str, list[str]], keys: list[str], rows: list[dict[str
 def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]], archs: list[str],
                 y: np.ndarray, seed: int, pooled: np.ndarray | None = None) -> np.ndarray:
     """``pooled``: for ``pool-select``, the rows' labels at every ``POOLED`` setting (``y`` is among them)."""
-    kinds = {"select": "ridge-select", "bag-select": "bag-select", "ridge": "ridge"}  # qnas.ranker's own kinds
+    kinds = {"select": "ridge-select", "bag-select": "bag-select", "avg-all": "avg-all",
+             "ridge": "ridge"}  # qnas.ranker's own kinds
     if procedure in kinds:
         return cross_val_predict([feats[a] for a in archs], y, kind=kinds[procedure], folds=len(y), relative=True,
                                  target=target, seed=seed)
@@ -93,8 +95,6 @@ def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]],
             assert pooled is not None, "pool-select needs the pooled labels"
             pred[i] = _relative([rows[j] for j in train], pooled_label(pooled[train], target), [rows[i]],
                                 target, kind="ridge-select")[0]
-        elif procedure == "avg-all":
-            pred[i] = _average(subsets, list(subsets), rows, y, train, i, target)
         elif procedure == "avg-top3":
             inner = {k: loo_tau(x[train], y[train]) for k, x in columns.items()}
             pred[i] = _average(subsets, sorted(inner, key=lambda k: -inner[k])[:3], rows, y, train, i, target)

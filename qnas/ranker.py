@@ -24,7 +24,9 @@ the training table's provenance and its cross-validated metrics. A ``ridge-selec
 per target, at most three of :func:`feature_groups` (size, proxies, the GHN at FP32, the GHN at the
 target's setting, shape) by leave-one-out tau on its own rows, then stores the ridge on those features.
 A ``bag-select`` fit (the shipped kind) runs ridge-select on ``BAGS`` bootstrap resamples and stores their
-average, which is again one linear model (on the union of the chosen features). :func:`fit` and
+average, which is again one linear model (on the union of the chosen features). An ``avg-all`` fit averages
+the ridges on every subset of at most three groups, with no choice (compared by ``benchmarks/ranking.py``;
+it ships only by the rule of ``benchmarks/ground_truth/ranker_rule_avg.json``). :func:`fit` and
 :func:`cross_val_scores` (out-of-fold predictions) are what ``benchmarks/ranking.py`` uses.
 """
 
@@ -67,8 +69,8 @@ FEATURE_VERSION = 1  # bump when a feature's definition changes: stored tables a
 # quantized at 8-bit activations (as `qnas export` ships them), FAQ-finetuned at 4 and 2 bits.
 TARGETS = {"fp32": "trained", "w8a8": "trained, post-training quantized", "w4a8": "trained, post-training quantized",
            "w4a4": "trained, FAQ-finetuned", "w2a2": "trained, FAQ-finetuned"}
-MODEL_KINDS = ("ridge", "ridge-select", "bag-select", "lgbm", "lgbm-rank")
-_STORED_KINDS = ("ridge", "lgbm", "lgbm-rank")  # ridge-select and bag-select fits are stored as one linear model
+MODEL_KINDS = ("ridge", "ridge-select", "bag-select", "avg-all", "lgbm", "lgbm-rank")
+_STORED_KINDS = ("ridge", "lgbm", "lgbm-rank")  # ridge-select, bag-select and avg-all: stored as one linear model
 # ridge-select: a few dozen trained architectures cannot carry a ridge over every feature, so each target's
 # fit picks at most this many of FEATURE_GROUPS by leave-one-out tau on its own rows (docs/ranking.md).
 SELECT_MAX_GROUPS = 3
@@ -324,22 +326,25 @@ def loo_tau(x: np.ndarray, y: np.ndarray) -> float:
     return t if math.isfinite(t) else -math.inf
 
 
+def _group_subsets(names: Sequence[str], target: str) -> list[list[str]]:
+    """The columns of every subset of at most SELECT_MAX_GROUPS of ``target``'s feature groups present in
+    ``names``, fewest groups first (empty where none is)."""
+    from itertools import combinations
+
+    groups = {g: f for g, f in feature_groups(target).items() if set(f) <= set(names)}
+    return [[c for g in combo for c in groups[g]]
+            for k in range(1, SELECT_MAX_GROUPS + 1) for combo in combinations(groups, k)]
+
+
 def _select_features(x: np.ndarray, y: np.ndarray, names: list[str], target: str) -> list[str]:
     """The feature groups (at most SELECT_MAX_GROUPS) whose ridge ranks ``y`` best out of fold
     (:func:`loo_tau`); ties go to fewer groups."""
-    from itertools import combinations
-
     col = {n: i for i, n in enumerate(names)}
-    groups = {g: f for g, f in feature_groups(target).items() if all(c in col for c in f)}
-    if not groups:
-        return names
     best, best_tau = names, -math.inf
-    for k in range(1, SELECT_MAX_GROUPS + 1):
-        for combo in combinations(groups, k):
-            chosen = [c for g in combo for c in groups[g]]
-            t = loo_tau(x[:, [col[c] for c in chosen]], y)
-            if t > best_tau:
-                best, best_tau = chosen, t
+    for chosen in _group_subsets(names, target):
+        t = loo_tau(x[:, [col[c] for c in chosen]], y)
+        if t > best_tau:
+            best, best_tau = chosen, t
     return best
 
 
@@ -367,15 +372,20 @@ def _fit_model(x: np.ndarray, y: np.ndarray, names: list[str], kind: str, seed: 
             if len(bag) >= _MIN_BAG_ROWS:  # else drawn again (likely only on a handful of rows)
                 bags.append(bag)
         return _mean_linear([_fit_model(x[b], y[b], names, "ridge-select", seed, target) for b in bags], names)
+    if kind == "avg-all" and _group_subsets(names, target):
+        # every subset's ridge, averaged: no choice to make on a few dozen rows (ranker_rule_avg.json)
+        col = {n: i for i, n in enumerate(names)}
+        return _mean_linear([_fit_model(x[:, [col[c] for c in cols]], y, cols, "ridge", seed, target)
+                             for cols in _group_subsets(names, target)], names)
     if kind == "ridge-select":
         chosen = _select_features(x, y, names, target)
         x, names, kind = x[:, [names.index(c) for c in chosen]], chosen, "ridge"
-    if kind == "ridge":
+    if kind in ("ridge", "avg-all"):  # avg-all without any feature group: one ridge on every feature
         from sklearn.linear_model import RidgeCV
 
         z, mean, scale = _standardize(x)
         model = RidgeCV(alphas=_RIDGE_ALPHAS).fit(z, y)
-        return _Model(kind, tuple(names), tuple(mean.tolist()), tuple(scale.tolist()),
+        return _Model("ridge", tuple(names), tuple(mean.tolist()), tuple(scale.tolist()),
                       tuple(model.coef_.tolist()), float(model.intercept_))
     import lightgbm as lgb
 

@@ -44,7 +44,7 @@ def _rows(n: int = 40, seed: int = 0) -> tuple[list[dict[str, float]], np.ndarra
     return rows, y
 
 
-@pytest.mark.parametrize("kind", ["ridge", "ridge-select", "bag-select", "lgbm", "lgbm-rank"])
+@pytest.mark.parametrize("kind", ["ridge", "ridge-select", "bag-select", "avg-all", "lgbm", "lgbm-rank"])
 def test_json_round_trip_predicts_the_same(kind: str, tmp_path: Path) -> None:
     rows, y = _rows()
     ranker = fit(rows, {"w4a4": y}, kind=kind, predictor_digest="abc", provenance={"truth": "synthetic"})
@@ -119,6 +119,29 @@ def test_bag_select_is_the_mean_of_ridge_select_on_bootstrap_resamples() -> None
     assert np.allclose(bagged.predict_many(rows)["w4a4"], by_hand)
     other = fit(rows, {"w4a4": y}, kind="bag-select", components=0, seed=4).predict_many(rows)["w4a4"]
     assert not np.allclose(other, by_hand)
+
+
+def test_avg_all_is_the_mean_of_the_ridges_on_every_small_subset_of_groups() -> None:
+    """avg-all: one stored linear model predicting the mean of the ridges on every subset of at most
+    SELECT_MAX_GROUPS feature groups (5 groups at w4a4: 5 + 10 + 10 subsets); fp32 has no setting group."""
+    from itertools import combinations
+
+    from qnas.ranker import SELECT_MAX_GROUPS
+
+    rng = np.random.default_rng(4)
+    groups = feature_groups("w4a4")
+    rows = [{c: float(rng.normal()) for g in groups.values() for c in g} for _ in range(25)]
+    y = np.array([r["naswot"] + 0.5 * r["log_params"] + 0.5 * rng.normal() for r in rows])
+    model = fit(rows, {"w4a4": y}, kind="avg-all", components=0).models["w4a4"]
+    assert model.kind == "ridge" and set(model.features) == {c for g in groups.values() for c in g}
+    subsets = [[c for g in combo for c in groups[g]] for k in range(1, SELECT_MAX_GROUPS + 1)
+               for combo in combinations(groups, k)]
+    assert len(subsets) == 25
+    want = np.mean([fit(rows, {"w4a4": y}, kind="ridge", features=cols).predict_many(rows)["w4a4"]
+                    for cols in subsets], axis=0)
+    np.testing.assert_allclose(fit(rows, {"w4a4": y}, kind="avg-all", components=0).predict_many(rows)["w4a4"],
+                               want, rtol=0, atol=1e-12)
+    assert "ghn_top1_w4a4" not in fit(rows, {"fp32": y}, kind="avg-all", components=0).models["fp32"].features
 
 
 def test_bag_select_fits_the_fewest_rows_fit_accepts() -> None:
