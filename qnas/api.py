@@ -18,6 +18,7 @@ Accuracies are fractions in [0, 1] (the CLI prints them as percentages).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -51,6 +52,7 @@ class Score:
     predictor: str  # the predictor and ranker versions
     protocol: str  # BN statistics / weight scales / activation ranges / first-last rule / 8-bit grid
     warnings: tuple[str, ...] = ()  # layers the predictor never saw, chance-level scores
+    head: str = ""  # the classifier scored with: "fit<N>" (solved on N training images) or "keep" (the GHN's)
 
     def top1(self, setting: str) -> float:
         """Top-1 (a fraction) of the GHN-predicted parameters at ``setting``."""
@@ -60,19 +62,9 @@ class Score:
 
 
 def _settings(bits: Bits) -> tuple[str, ...]:
-    """Setting names from ``"w4a4"``, ``"fp32,w4a4"``, ``4`` (= w4a4) or a list of those."""
-    items: list[str | int] = (
-        [t for t in bits.split(",") if t.strip()] if isinstance(bits, str) else
-        [bits] if isinstance(bits, int) else list(bits)
-    )
-    names = [f"w{b}a{b}" if isinstance(b, int) or str(b).strip() in ("8", "4", "2") else str(b).strip().lower()
-             for b in items]
-    names = [f"w{n}a{n}" if n in ("8", "4", "2") else n for n in names]
-    if not names:
-        raise QnasError("bits names no setting (e.g. 'w4a4' or ['fp32', 'w4a4'])")
-    if len(set(names)) != len(names):
-        raise QnasError(f"bits names a setting twice: {', '.join(names)}")
-    return tuple(names)
+    from qnas.quant import setting_names  # the one parser of settings lists (the CLI's too)
+
+    return setting_names(bits)
 
 
 def _scorer(*, settings: Sequence[str], space: str, dataset: str, data_dir: str | os.PathLike[str] | None,
@@ -88,7 +80,8 @@ def _scorer(*, settings: Sequence[str], space: str, dataset: str, data_dir: str 
                          act_ranges=act_ranges, seed=seed, ranker=ranker, first_last_bits=first_last_bits,
                          head=head, fit_size=fit_size)
     scorer = replace(scorer, settings=tuple(settings))
-    parse_specs([scorer.spec_name(s) for s in settings])  # a bad setting fails before any GHN pass
+    # A bad setting fails before any GHN pass; a default one the caller spelled out is measured once.
+    parse_specs(list(dict.fromkeys(scorer.spec_name(s) for s in settings)))
     return scorer
 
 
@@ -112,6 +105,8 @@ def score(
     strict: bool = False,
     max_params: int | None = None,
     max_macs: int | None = None,
+    calib_size: int | None = None,
+    batch_size: int = 64,
 ) -> Score:
     """Accuracy of ``model`` at each setting of ``bits`` with GHN-predicted parameters, as ``qnas search``
     scores candidates (``w4a4`` means per-channel weight scales and the 8-bit first/last-layer rule; the
@@ -130,36 +125,54 @@ def score(
     :class:`qnas.coverage.UnseenLayerWarning` (``strict``: a QnasError), and an FP32 score at chance level as a
     :class:`qnas.coverage.ChanceScoreWarning`; both are kept in ``Score.warnings``. Layers the quantized
     executor cannot run faithfully (GELU, LayerNorm, attention, ...) raise QnasError; ReLU, ReLU6,
-    hard-swish and SiLU run.
+    hard-swish and SiLU run. ``max_params`` / ``max_macs`` (default the space's bounds, 1e7 and 2e9) refuse
+    larger models before any GHN pass. ``calib_size``: calibration images of ``bn_stats="calibrated"`` (the
+    first of the validation subset; default 64 or ``val_size`` if smaller); ``batch_size``: evaluation batch.
     """
     from qnas.coverage import ChanceScoreWarning
+    from qnas.defaults import DEFAULT_CALIB_SIZE
+    from qnas.readout import head_label
 
     names = _settings(bits)
     is_arch = isinstance(model, str)
+    if not is_arch and ranker not in (None, "none", "auto"):
+        raise QnasError("a ranker predicts from the scores of an architecture of the space, not of a module")
+    if calib_size is None:
+        calib_size = min(DEFAULT_CALIB_SIZE, val_size)
+    elif calib_size <= 0 or batch_size <= 0 or (bn_stats != "batch" and calib_size > val_size):
+        raise QnasError(f"calib_size {calib_size} must be positive and at most val_size {val_size} (calibration "
+                        "images are the first of the validation subset)")
     # The ranker reads the raw scores at every default setting: score those too, report what was asked.
     wanted = tuple(dict.fromkeys([*names, *SETTINGS])) if is_arch and ranker not in (None, "none") else names
     scorer = _scorer(settings=wanted, space=space, dataset=dataset, data_dir=data_dir, predictor=predictor,
                      val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
                      first_last_bits=first_last_bits, seed=seed, ranker=ranker if is_arch else "none", head=head,
                      fit_size=fit_size)  # a module has no ranker features
+    scorer = replace(scorer, calib_size=calib_size, batch_size=batch_size)
+    from qnas.quant import parse_specs
+
+    parse_specs([scorer.spec_name(n) for n in names])  # two names of one setting (w4a4, w4a4-channel): an error
+    from qnas import limits
+
+    max_params, max_macs = max_params or limits.DEFAULT_MAX_PARAMS, max_macs or limits.DEFAULT_MAX_MACS
     notes: list[str] = []
     if scorer.ranker_note:
         warnings.warn(scorer.ranker_note, QnasWarning, stacklevel=3)
         notes.append(scorer.ranker_note)
+    head_used = head_label(scorer.readout)
     if is_arch:
-        from qnas import limits
-
         genome = scorer.space.parse(model)
         limits.check_arch_size(scorer.space, genome, scorer.input_shape, scorer.num_classes,
-                               max_params=max_params or limits.DEFAULT_MAX_PARAMS,
-                               max_macs=max_macs or limits.DEFAULT_MAX_MACS,
+                               max_params=max_params, max_macs=max_macs,
                                hint="pass larger max_params / max_macs to qnas.score if it is meant")
         flat = scorer.score(genome)
         arch = scorer.space.to_string(genome)
         n_params = int(scorer.space.count_params(genome, scorer.input_shape, scorer.num_classes))
         n_macs = int(scorer.space.count_macs(genome, scorer.input_shape, scorer.num_classes))
     else:
-        flat, n_params, n_macs = _score_module(model, scorer, strict=strict, notes=notes)
+        flat, n_params, n_macs, fitted = _score_module(model, scorer, strict=strict, notes=notes,
+                                                       max_params=max_params, max_macs=max_macs)
+        head_used = head_used if fitted else "keep"
         arch = type(model).__name__
     fp32 = flat.get("top1_fp32")
     chance = 1.0 / scorer.num_classes
@@ -174,11 +187,13 @@ def score(
         accuracy={s: {k: flat[f"{k}_{s}"] for k in ("top1", "top5", "loss")} for s in names},
         predicted={s: flat[f"pred_top1_{s}"] for s in names if f"pred_top1_{s}" in flat},
         predictor=f"{scorer.name} ({scorer.version})", protocol=scorer.protocol, warnings=tuple(notes),
+        head=head_used,
     )
 
 
-def _score_module(module: nn.Module, scorer: Any, *, strict: bool, notes: list[str]) -> tuple[dict[str, float],
-                                                                                            int, int]:
+def _score_module(module: nn.Module, scorer: Any, *, strict: bool, notes: list[str], max_params: int,
+                  max_macs: int) -> tuple[dict[str, float], int, int, bool]:
+    """Scores, parameters, MACs of a module, and whether its head was fitted (else scored with the GHN's)."""
     from torch import nn
 
     from qnas.coverage import check_graph
@@ -190,20 +205,25 @@ def _score_module(module: nn.Module, scorer: Any, *, strict: bool, notes: list[s
         raise QnasError(f"qnas.score takes an nn.Module or an architecture string, not {type(module).__name__}")
     qmodel = prepare(module)  # layers the quantized executor cannot run fail here, before the GHN
     check_io(module, scorer.input_shape, scorer.num_classes)
+    n_params, n_macs = sum(p.numel() for p in module.parameters()), int(macs(module, scorer.input_shape))
+    if n_params > max_params or n_macs > max_macs:
+        raise QnasError(f"{type(module).__name__} has {n_params:,} parameters and {n_macs:,} MACs per image, over the "
+                        f"bounds of {max_params:,} and {max_macs:,} (pass larger max_params / max_macs if it is meant)")
     graph = scorer.graph(module)
+    fitted = scorer.readout is not None and head_step(qmodel, scorer.num_classes) is not None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         header = scorer.predictor.header
         check_graph(graph, header.search_space, families=header.families, strict=strict)
-        if scorer.readout is not None and head_step(qmodel, scorer.num_classes) is None:
+        if scorer.readout is not None and not fitted:
             warnings.warn("the last weight layer is not a head qnas can fit (a Linear, or a pooled 1x1 convolution, "
                           "with one output per class and no BatchNorm): scored with the GHN's", QnasWarning,
                           stacklevel=2)
     for w in caught:  # re-raised at the caller of qnas.score, and kept in the result
-        warnings.warn(w.message, w.category, stacklevel=5)
+        warnings.warn(w.message, w.category, stacklevel=4)  # 4: through score() and qnas.score's module
         notes.append(str(w.message))
     flat = scorer.evaluate(qmodel, scorer.predict_params(module, graph))
-    return flat, sum(p.numel() for p in module.parameters()), int(macs(module, scorer.input_shape))
+    return flat, n_params, n_macs, fitted
 
 
 def load_factory(spec: str) -> nn.Module:
@@ -304,7 +324,10 @@ def predict_params(
     from qnas.graph import to_graph
     from qnas.predictors import load_predictor, resolve_predictor_name
 
-    (name,) = _settings(bits)
+    names = _settings(bits)
+    if len(names) != 1:
+        raise QnasError(f"predict_params takes one setting, got {', '.join(names)}")
+    name = names[0]
     module = build(model, space=space, dataset=dataset) if isinstance(model, str) else model
     info = dataset_info(dataset)
     pred = load_predictor(resolve_predictor_name(predictor, dataset), dataset=dataset, input_shape=info.input_shape,
@@ -368,7 +391,14 @@ def make_search(
 
     target = parse_target(str(bits))
     check_study_name(study)
-    scorer = _scorer(settings=SETTINGS, space=space, dataset=dataset, data_dir=data_dir, predictor=predictor,
+    if not (isinstance(max_params, int | float) and math.isfinite(max_params) and max_params >= 1):
+        raise QnasError(f"max_params must be a positive parameter count, got {max_params!r}")
+    for label, value in (("trials", trials), ("total_trials", total_trials), ("timeout", timeout)):
+        if value is not None and not value > 0:
+            raise QnasError(f"{label} must be positive, got {value!r}")
+    # The default settings (the ranker reads them all) and the target, scored whichever it is (e.g. w8a4).
+    scorer = _scorer(settings=tuple(dict.fromkeys([*SETTINGS, target])), space=space, dataset=dataset,
+                     data_dir=data_dir, predictor=predictor,
                      val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
                      first_last_bits=first_last_bits, seed=0, ranker=ranker, head=head, fit_size=fit_size)
     runs = trials if trials or timeout or total_trials else 50
@@ -436,7 +466,7 @@ def finetune(
     granularity: str | None = None,
     init: str = "ghn",
     predictor: str | None = None,
-    first_last_bits: int | str | None = 8,
+    first_last_bits: int | str | None = "study",
     storage: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] = "studies",
@@ -449,7 +479,8 @@ def finetune(
     candidates of its front, default 3) at ``bits`` (default: the study's target); ``faq``: fields of
     ``qnas.finetune.FAQConfig`` (``epochs``, ``lr``, ``train_size``, ...). Returns one record per trial
     (``before``/``after`` top-1 fractions per setting, ...), as ``qnas finetune --json`` prints them.
-    ``hooks(trial, setting)`` may return a ``qnas.finetune.Hooks`` for progress."""
+    ``first_last_bits``: ``"study"`` (default) the first/last-layer rule the study was searched with, or 8 /
+    ``"same"``. ``hooks(trial, setting)`` may return a ``qnas.finetune.Hooks`` for progress."""
     from qnas.finetune import FAQConfig, choose_trials, finetune_trial
     from qnas.quant import parse_first_last_bits
     from qnas.search import parse_target
@@ -458,8 +489,9 @@ def finetune(
     opened, dataset = _open_study(study, storage, data_dir)
     attrs = StudyAttrs.of(opened)
     setting = parse_target(str(bits)) if bits else attrs.target
+    rule = attrs.first_last_bits if first_last_bits == "study" else parse_first_last_bits(first_last_bits)
     config = FAQConfig(setting=setting, granularity=granularity or attrs.granularity,
-                       first_last_8bit=parse_first_last_bits(first_last_bits) is not None, **faq)
+                       first_last_8bit=rule is not None, **faq)
     chosen = choose_trials(opened, list(trials) if trials else None, top_k)
     pred = None
     if init == "ghn":

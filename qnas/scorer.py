@@ -19,6 +19,7 @@ import torch
 
 from qnas.defaults import (
     ACT_RANGES,
+    BN_MODES,
     DEFAULT_CALIB_SIZE,
     DEFAULT_DATASET,
     DEFAULT_FIT_SIZE,
@@ -71,13 +72,10 @@ class GHNScorer:
     def spec_name(self, setting: str) -> str:
         """The engine's setting for a reported one: ``w4a4`` -> ``w4a4-channel-fl8`` under per-channel scales
         and the first/last-layer rule (``w4a4-channel-fl8-minmax`` with min/max activation ranges)."""
-        from qnas.quant import first_last_rule, with_granularity
+        from qnas.quant import engine_setting
 
-        if setting == "fp32":
-            return setting
-        name = with_granularity([setting], self.granularity)[0]  # a name saying -channel/-tensor keeps it
-        name = f"{name}-minmax" if self.act_ranges == "minmax" and "minmax" not in name.split("-") else name
-        return first_last_rule(name, self.first_last_bits).name
+        return engine_setting(setting, granularity=self.granularity, act_ranges=self.act_ranges,
+                              first_last_bits=self.first_last_bits)
 
     def predict(self, genome) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
         """The built module and its predicted parameters per setting."""
@@ -91,13 +89,22 @@ class GHNScorer:
         return to_graph(module, self.input_shape, self.predictor.ghn.config.s_max)
 
     def predict_params(self, module: Any, graph: Any = None) -> dict[str, dict[str, torch.Tensor]]:
-        """Predicted parameters of any traceable ``module`` per setting, keyed like ``named_parameters()``."""
+        """Predicted parameters of any traceable ``module`` per setting, keyed like ``named_parameters()``.
+
+        Each bit-width is predicted once, in one batch that always holds the default settings' first, in their
+        order: a batched matmul's rounding depends on the batch, so this keeps a setting's parameters (and on
+        some CPUs a few images of its score) independent of what else is asked."""
+        from qnas.ghn import parse_bits
+
         ghn = self.predictor.ghn
         graph = self.graph(module) if graph is None else graph
         with torch.no_grad():
             if ghn.config.bit_conditioning:
-                preds = self.predictor.predict_many([graph] * len(self.settings), list(self.settings))
-                return dict(zip(self.settings, preds))
+                batch: dict[Any, str] = {}  # bit-widths -> a setting of them, in prediction order
+                for s in (*SETTINGS, *self.settings):
+                    batch.setdefault(parse_bits(s), s)
+                preds = dict(zip(batch, self.predictor.predict_many([graph] * len(batch), list(batch.values()))))
+                return {s: preds[parse_bits(s)] for s in self.settings}
             shared = self.predictor.predict(graph, "fp32")
         return {s: shared for s in self.settings}
 
@@ -106,9 +113,9 @@ class GHNScorer:
         with ``params`` per setting, under this scorer's protocol."""
         from qnas.score import evaluate
 
-        by_spec = {self.spec_name(s): params[s] for s in self.settings}
+        by_spec = {self.spec_name(s): params[s] for s in self.settings}  # w4a4 and w4a4-channel: measured once
         acc = evaluate(module, lambda spec: by_spec[spec.name], self.images, self.labels,
-                       [self.spec_name(s) for s in self.settings], bn_stats=self.bn_stats, readout=self.readout,
+                       list(by_spec), bn_stats=self.bn_stats, readout=self.readout,
                        calib_size=self.calib_size, batch_size=self.batch_size, seed=self.seed)
         out: dict[str, float] = {}
         for s in self.settings:
@@ -178,6 +185,8 @@ def make_scorer(
         raise QnasError(f"granularity must be tensor or channel, got {granularity!r}")
     if head not in HEADS:
         raise QnasError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if bn_stats is not None and bn_stats not in BN_MODES:
+        raise QnasError(f"bn_stats must be one of {', '.join(BN_MODES)}, got {bn_stats!r}")
     if act_ranges not in ACT_RANGES:
         raise QnasError(f"activation ranges must be one of {', '.join(ACT_RANGES)}, got {act_ranges!r}")
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import qnas
+from qnas.api import load_factory
 from qnas.cli import main
 from qnas.coverage import UnseenLayerWarning, unseen_layers
 from qnas.defaults import SETTINGS
@@ -125,7 +126,7 @@ def test_swish_activations_are_scored(act: type[nn.Module]) -> None:
 def test_wrong_output_or_input_is_an_error() -> None:
     with pytest.raises(qnas.QnasError, match=r"\(batch, 10\)"):
         qnas.score(TinyResNet(classes=100), bits="w4a4", predictor="random", val_size=32)
-    with pytest.raises(qnas.QnasError, match="bits names a setting twice"):
+    with pytest.raises(qnas.QnasError, match="a setting is named twice"):
         qnas.score(TinyResNet(), bits="w4a4,w4a4", predictor="random", val_size=32)
     with pytest.raises(qnas.QnasError, match="nn.Module or an architecture"):
         qnas.score(42, predictor="random", val_size=32)  # type: ignore[arg-type]
@@ -205,3 +206,48 @@ def test_cli_score_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert main([*argv, "--module", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("qnas: error:") and "\n" not in err and message in err
+
+
+def test_the_api_checks_what_the_cli_checks(tmp_path: Path) -> None:
+    """Bad values fail at the call, before a study is made or a GHN runs (the CLI's argparse checks them too)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for kwargs, message in (({"bn_stats": "bogus"}, "bn_stats must be one of"), ({"trials": -3}, "trials must be"),
+                            ({"max_params": float("nan")}, "max_params must be"), ({"timeout": 0}, "timeout must")):
+        with pytest.raises(qnas.QnasError, match=message):
+            qnas.make_search("checks", storage=url, predictor="random", val_size=16, **kwargs)
+    assert not (tmp_path / "s.db").exists()
+    # a target outside the default settings is scored too (it was asked for, not just recorded)
+    assert qnas.make_search("w84", bits="w8a4", storage=url, predictor="random", val_size=16).scorer.settings == (
+        *SETTINGS, "w8a4")
+    with pytest.raises(qnas.QnasError, match="one setting"):
+        qnas.predict_params(ARCH, bits=["w4a4", "fp32"], predictor="random")
+    with pytest.raises(qnas.QnasError, match="over the bounds"):
+        qnas.score(TinyResNet(), bits="fp32", predictor="random", val_size=16, max_macs=10)
+    with pytest.raises(qnas.QnasError, match="not of a module"):
+        qnas.score(TinyResNet(), bits="fp32", val_size=16, ranker=str(tmp_path / "r.json"))
+    assert list(qnas.score(ARCH, bits=" 4, 2", predictor="random", ranker="none", val_size=16).accuracy) == [
+        "w4a4", "w2a2"]
+
+
+def test_cli_score_takes_the_apis_settings_and_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--bits 4` is w4a4 as everywhere; --act-ranges reaches the scorer; a module is scored as qnas.score scores
+    it (the same numbers, bounds checked); a default setting spelled out is scored once, as its short name."""
+    base = ["score", "--arch", ARCH, "--val-size", "32", "--init", "ghn:random", "--ranker", "none", "--json"]
+    assert main([*base, "--bits", "4", "--act-ranges", "minmax"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    api = qnas.score(ARCH, bits="w4a4", predictor="random", ranker="none", val_size=32, act_ranges="minmax")
+    assert record["accuracy"] == {"w4a4": api.accuracy["w4a4"]} and "minmax" in record["protocol"]
+    assert main([*base, "--bits", "w4a4-channel"]) == 0
+    spelled = json.loads(capsys.readouterr().out)["accuracy"]["w4a4-channel"]
+    assert spelled == qnas.score(ARCH, bits="w4a4", predictor="random", ranker="none", val_size=32).accuracy["w4a4"]
+    path = tmp_path / "mynet.py"
+    path.write_text(MODULE_FILE)
+    argv = ["score", "--module", f"{path}:net", "--val-size", "32", "--bits", "fp32,w4a4", "--init", "ghn:random",
+            "--json"]
+    assert main(argv) == 0
+    module = json.loads(capsys.readouterr().out)
+    torch.manual_seed(0)  # as the CLI seeds the factory with --seed
+    net = load_factory(f"{path}:net")
+    assert module["accuracy"] == qnas.score(net, bits="fp32,w4a4", predictor="random", val_size=32).accuracy
+    assert main([*argv, "--max-macs", "10"]) == 2
+    assert "over the bounds" in capsys.readouterr().err

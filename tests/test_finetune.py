@@ -61,10 +61,12 @@ def fashion(small_fashion: Path) -> data.Dataset:
     return data.load_dataset("fashion-mnist", data_dir=small_fashion)
 
 
-def make_study(tmp_path: Path, archs=TINY, infeasible: str | None = BIG) -> tuple[str, optuna.Study]:
+def make_study(tmp_path: Path, archs=TINY, infeasible: str | None = BIG,
+               first_last_bits: int | None = 8) -> tuple[str, optuna.Study]:
     """A study as `qnas search` leaves it, with chosen architectures and fake scores (no scoring)."""
     url = f"sqlite:///{tmp_path / 'ft.db'}"
-    study = create_or_continue(SearchConfig(study="ft", storage=url, max_params=50_000, predictor="random"))
+    study = create_or_continue(SearchConfig(study="ft", storage=url, max_params=50_000, predictor="random",
+                                            first_last_bits=first_last_bits))
     for i, text in enumerate([*archs, *([infeasible] if infeasible else [])]):
         g = S.from_string(text)
         params = S.count_params(g)
@@ -221,6 +223,20 @@ def test_cli_finetune_records_results_and_skips_done_trials(small_fashion, tmp_p
     assert f"report now shows this run for trial 0 at w4a4 (it showed {first})" in err
     attrs = optuna.load_study(study_name="ft", storage=url).user_attrs["finetune_0_w4a4"]
     assert attrs["file"] == str((tmp_path / "scratch" / "ft" / "finetune" / "0.json").resolve())
+
+
+def test_finetune_follows_the_studys_first_last_rule_unless_told(small_fashion, tmp_path, capsys):
+    """A study searched with every layer at the setting (--first-last-bits same) is finetuned so by default;
+    --first-last-bits 8 overrides it."""
+    url, _ = make_study(tmp_path, first_last_bits=None)
+    args = ["finetune", "--study", "ft", "--storage", url, "--trials", "0", "--bits", "4", "--epochs", "1",
+            "--train-size", "64", "--test-size", "50", "--init", "random", "--data-dir", str(small_fashion),
+            "--quiet"]
+    for extra, spec in (([], "w4a4-channel"), (["--first-last-bits", "8"], "w4a4-channel-fl8")):
+        root = tmp_path / f"studies{len(extra)}"
+        assert main([*args, "--out-root", str(root), *extra]) == 0
+        assert json.loads((root / "ft" / "finetune" / "0.json").read_text())["runs"]["w4a4"]["spec"] == spec
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize(("extra", "message"), [

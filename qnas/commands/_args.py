@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 __all__ = [
+    "add_act_ranges_arg",
     "add_head_args",
     "fraction",
     "non_negative_float",
@@ -112,6 +113,15 @@ def population(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected a population of at least 2, got {text!r}")
     return value
+
+
+def add_act_ranges_arg(p: argparse.ArgumentParser) -> None:
+    """``--act-ranges``, declared once for every command that scores with GHN-predicted parameters."""
+    from qnas.defaults import ACT_RANGES
+
+    p.add_argument("--act-ranges", choices=ACT_RANGES, default="auto",
+                   help="activation ranges: auto (default; min/max at 3+ bits, 99.5th percentile at 2 bits) or "
+                   "minmax at every bit-width (GHN-Q's protocol)")
 
 
 def add_head_args(p: argparse.ArgumentParser, *, default: str | None, default_text: str, fit_size_default: str) -> None:

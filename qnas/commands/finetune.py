@@ -80,7 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--predictor", default=None,
                    help="GHN name or checkpoint for --init ghn (default: the study's predictor, else the shipped one)")
     fl = f.add_mutually_exclusive_group()
-    fl.add_argument("--first-last-bits", type=_first_last_bits, default="8", help=_FIRST_LAST_HELP + " (default 8)")
+    fl.add_argument("--first-last-bits", type=_first_last_bits, default="study",
+                    help=_FIRST_LAST_HELP + ", or 'study' (default: the rule the study was searched with)")
     fl.add_argument("--no-first-last-8bit", action="store_true", help="the same as --first-last-bits same")
     f.add_argument("--freeze-bn-at", type=float, default=d.freeze_bn_at, metavar="FRACTION",
                    help="train the first FRACTION of the steps with BatchNorm on batch statistics, then freeze "

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qnas.commands._args import add_head_args, param_count, positive_int, seed
+from qnas.commands._args import add_act_ranges_arg, add_head_args, param_count, positive_int, seed
 from qnas.errors import QnasError
 
 __all__ = ["add_parser"]
@@ -64,6 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", choices=GRANULARITIES, default=DEFAULT_GRANULARITY,
                    help="weight scales of settings that do not name theirs (-channel/-tensor): one per output "
                    f"channel or one per tensor (GHN-Q) (default {DEFAULT_GRANULARITY}, as `qnas search`)")
+    add_act_ranges_arg(p)
     p.add_argument("--first-last-bits", default="8", metavar="8|same",
                    help="first and last weight layers (and the input and the last layer's input) at 8 bits when a "
                    "setting is lower (default, as `qnas search`, finetune and export), or 'same': at the setting")
@@ -97,27 +98,26 @@ def _score(args: argparse.Namespace) -> int:
     from qnas import data
     from qnas.defaults import DEFAULT_CALIB_SIZE, DEFAULT_HEAD
     from qnas.limits import check_arch_size
-    from qnas.quant import first_last_rule, parse_specs, with_granularity
-    from qnas.readout import head_label, make_readout
-    from qnas.score import evaluate
+    from qnas.quant import engine_setting, parse_specs, setting_names
     from search_spaces import get_space
 
-    # Results keep the names asked for (w4a4), as `qnas search` reports them; "granularity" says the scales.
+    # Results keep the names asked for (w4a4), as `qnas search` reports them; "settings" spells out the engine's.
+    ghn = args.init.split(":")[0] == "ghn"
     if args.head is None:
-        args.head = DEFAULT_HEAD if args.init.split(":")[0] == "ghn" else "keep"
-    names = [name.strip().lower() for name in args.bits.split(",")]
-    specs = parse_specs(with_granularity(names, args.granularity))  # bad input fails before any work
-    specs = [s if s.is_float else first_last_rule(s, args.first_last_bits) for s in specs]  # the one rule
-
+        args.head = DEFAULT_HEAD if ghn else "keep"
+    names = list(setting_names(args.bits))
+    specs = parse_specs([engine_setting(n, granularity=args.granularity, act_ranges=args.act_ranges,
+                                        first_last_bits=args.first_last_bits) for n in names])  # fails before work
     if args.calib_size is None:
         args.calib_size = min(DEFAULT_CALIB_SIZE, args.val_size)
     elif args.bn_stats == "calibrated" and args.calib_size > args.val_size:
         raise QnasError(f"--calib-size {args.calib_size} is larger than --val-size {args.val_size}: calibration "
                         "images are taken from the validation subset")
-    if args.ranker not in ("auto", "none") and (args.module or args.init.split(":")[0] != "ghn"):
+    if args.ranker not in ("auto", "none") and (args.module or not ghn):
         raise QnasError("--ranker applies to --init ghn on an --arch (the ranker predicts from the GHN's scores of "
                         "an architecture of the space)")
     info = data.dataset_info(args.dataset)
+    err = Console(stderr=True)
     if args.module:
         from qnas.api import check_io, load_factory
         from qnas.ranker import macs
@@ -126,28 +126,70 @@ def _score(args: argparse.Namespace) -> int:
             torch.manual_seed(args.seed)
             module = load_factory(args.module)
         check_io(module, info.input_shape, info.num_classes)
-        arch, n_params = args.module, sum(p.numel() for p in module.parameters())
-        if n_params > args.max_params:
-            raise QnasError(f"{type(module).__name__} has {n_params:,} parameters, over the bound of "
-                            f"{args.max_params:,} (raise --max-params)")
-        n_macs = macs(module, info.input_shape)
-        ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
+        if ghn:  # scored as qnas.score scores a module: coverage, head and chance-level checks included
+            _emit(_score_as_search(args, module, names, specs, err), args.json)
+            return 0
+        n_params, n_macs = sum(p.numel() for p in module.parameters()), macs(module, info.input_shape)
+        if n_params > args.max_params or n_macs > args.max_macs:
+            raise QnasError(f"{type(module).__name__} has {n_params:,} parameters and {n_macs:,} MACs per image, "
+                            f"over the bounds of {args.max_params:,} and {args.max_macs:,} (raise --max-params / "
+                            "--max-macs)")
+        arch = args.module
     else:
         space = get_space(args.space)
         genome = space.parse(_arch_text(args.arch))
         n_params, n_macs = check_arch_size(space, genome, info.input_shape, info.num_classes,
                                            max_params=args.max_params, max_macs=args.max_macs)
         arch = space.to_string(genome)
-        if args.init.split(":")[0] == "ghn":
-            _emit({"arch": arch, "space": args.space, "dataset": args.dataset, "params": n_params, "macs": n_macs,
-                   "init": args.init, "bn_stats": args.bn_stats, "granularity": args.granularity,
-                   **_score_as_search(args, space, genome, names, Console(stderr=True))}, args.json)
+        if ghn:  # scored as `qnas search` scores it, with the ranker's prediction
+            _emit(_score_as_search(args, arch, names, specs, err), args.json)
             return 0
-        ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
             module = space.build(genome, info.input_shape, info.num_classes)
-    err = Console(stderr=True)
+    _emit(_score_own(args, module, arch, n_params, n_macs, names, specs, err), args.json)
+    return 0
+
+
+def _record(args: argparse.Namespace, names: list[str], specs: list[Any], **fields: Any) -> dict[str, Any]:
+    """What `qnas score` prints (a table, or with --json this dict): the request, then ``fields``."""
+    return {"arch": fields.pop("arch"), "space": None if args.module else args.space, "dataset": args.dataset,
+            "params": fields.pop("params"), "macs": fields.pop("macs"), "init": args.init, "bn_stats": args.bn_stats,
+            "granularity": args.granularity, "head": fields.pop("head"),
+            # the engine's full setting per reported name: weight scales and activation-range rule spelled out
+            "settings": {name: spec.spelled_out().name for name, spec in zip(names, specs)},
+            "val_size": args.val_size, "calib_size": args.calib_size if args.bn_stats == "calibrated" else None,
+            "seed": args.seed, **fields}
+
+
+def _score_as_search(args: argparse.Namespace, model: Any, names: list[str], specs: list[Any],
+                     err: Any) -> dict[str, Any]:
+    """``--init ghn``: scored by ``qnas.score`` (for an architecture, the scorer ``qnas search`` uses: the same
+    numbers it records, with the ranker's predicted trained top-1 where it applies)."""
+    from qnas.api import score
+
+    start = time.perf_counter()
+    with err.status(f"scoring at {', '.join(s.name for s in specs)}", spinner="dots"):
+        result = score(model, bits=names, dataset=args.dataset, data_dir=args.data_dir,
+                       predictor=args.init.partition(":")[2] or None, space=args.space, val_size=args.val_size,
+                       seed=args.seed, ranker=args.ranker, bn_stats=args.bn_stats, granularity=args.granularity,
+                       act_ranges=args.act_ranges, first_last_bits=args.first_last_bits, head=args.head,
+                       fit_size=args.fit_size, max_params=args.max_params, max_macs=args.max_macs,
+                       calib_size=args.calib_size, batch_size=args.batch_size)
+    return _record(args, names, specs, arch=args.module or result.arch, params=result.params, macs=result.macs,
+                   head=result.head, accuracy=result.accuracy, predicted=result.predicted,
+                   predictor=result.predictor, protocol=result.protocol,
+                   seconds={"score": round(time.perf_counter() - start, 3)})
+
+
+def _score_own(args: argparse.Namespace, module: Any, arch: str, n_params: int, n_macs: int, names: list[str],
+               specs: list[Any], err: Any) -> dict[str, Any]:
+    """``--init random`` or ``trained:N``: the module's own parameters, measured under the same protocol."""
+    from qnas import data
+    from qnas.readout import head_label, make_readout
+    from qnas.score import evaluate
+
+    ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
     start = time.perf_counter()
     params = _init(module, args, ds, err)
     init_seconds = time.perf_counter() - start
@@ -157,26 +199,9 @@ def _score(args: argparse.Namespace) -> int:
     with err.status(f"scoring at {', '.join(s.name for s in specs)}", spinner="dots"):
         acc = evaluate(module, params, x, y, specs, bn_stats=args.bn_stats, batch_size=args.batch_size,
                        calib_size=args.calib_size, seed=args.seed, readout=readout)
-    record = {
-        "arch": arch,
-        "space": None if args.module else args.space,
-        "dataset": args.dataset,
-        "params": n_params,
-        "macs": n_macs,
-        "init": args.init,
-        "bn_stats": args.bn_stats,
-        "granularity": args.granularity,
-        "head": head_label(readout),
-        # the engine's full setting per reported name: weight scales and activation-range rule spelled out
-        "settings": {name: spec.spelled_out().name for name, spec in zip(names, specs)},
-        "val_size": args.val_size,
-        "calib_size": args.calib_size if args.bn_stats == "calibrated" else None,
-        "seed": args.seed,
-        "accuracy": {name: acc[spec.name] for name, spec in zip(names, specs)},
-        "seconds": {"init": round(init_seconds, 3), "score": round(time.perf_counter() - start, 3)},
-    }
-    _emit(record, args.json)
-    return 0
+    return _record(args, names, specs, arch=arch, params=n_params, macs=n_macs, head=head_label(readout),
+                   accuracy={name: acc[spec.name] for name, spec in zip(names, specs)},
+                   seconds={"init": round(init_seconds, 3), "score": round(time.perf_counter() - start, 3)})
 
 
 def _emit(record: dict[str, Any], as_json: bool) -> None:
@@ -185,46 +210,6 @@ def _emit(record: dict[str, Any], as_json: bool) -> None:
         sys.stdout.write("\n")
     else:
         _print(record)
-
-
-def _score_as_search(args: argparse.Namespace, space: Any, genome: Any, names: list[str], err: Any) -> dict[str, Any]:
-    """``--init ghn`` on an architecture of the space: scored by the scorer ``qnas search`` and ``qnas.score`` use
-    (the same numbers they record), with the ranker's predicted trained top-1 where it applies."""
-    import warnings
-    from dataclasses import replace
-
-    from qnas.defaults import SETTINGS
-    from qnas.errors import QnasWarning
-    from qnas.quant import parse_specs
-    from qnas.readout import head_label
-    from qnas.scorer import make_scorer
-
-    data_dir = None if args.data_dir is None else str(args.data_dir)
-    scorer = make_scorer(space=space, dataset=args.dataset, data_dir=data_dir,
-                         predictor=args.init.partition(":")[2] or None, val_size=args.val_size, bn_stats=args.bn_stats,
-                         granularity=args.granularity, seed=args.seed, ranker=args.ranker,
-                         first_last_bits=args.first_last_bits, head=args.head, fit_size=args.fit_size)
-    if scorer.ranker_note:
-        warnings.warn(scorer.ranker_note, QnasWarning, stacklevel=2)
-    # The ranker reads the raw scores at every default setting: score those too, report what was asked.
-    wanted = tuple(dict.fromkeys([*names, *(SETTINGS if scorer.ranker is not None else ())]))
-    scorer = replace(scorer, settings=wanted, calib_size=args.calib_size, batch_size=args.batch_size)
-    specs = parse_specs([scorer.spec_name(n) for n in names])
-    start = time.perf_counter()
-    with err.status(f"scoring at {', '.join(s.name for s in specs)}", spinner="dots"):
-        flat = scorer.score(genome)
-    return {
-        "head": head_label(scorer.readout),
-        "settings": {name: spec.spelled_out().name for name, spec in zip(names, specs)},
-        "val_size": args.val_size,
-        "calib_size": args.calib_size if args.bn_stats == "calibrated" else None,
-        "seed": args.seed,
-        "accuracy": {n: {k: flat[f"{k}_{n}"] for k in ("top1", "top5", "loss")} for n in names},
-        "predicted": {n: flat[f"pred_top1_{n}"] for n in names if f"pred_top1_{n}" in flat},
-        "predictor": f"{scorer.name} ({scorer.version})",
-        "protocol": scorer.protocol,
-        "seconds": {"score": round(time.perf_counter() - start, 3)},
-    }
 
 
 def _arch_text(value: str) -> str:

@@ -9,7 +9,16 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from qnas.commands._args import add_head_args, param_count, population, positive_float, positive_int, seed, study_name
+from qnas.commands._args import (
+    add_act_ranges_arg,
+    add_head_args,
+    param_count,
+    population,
+    positive_float,
+    positive_int,
+    seed,
+    study_name,
+)
 from qnas.commands._output import pct, print_architectures
 
 __all__ = ["add_parser"]
@@ -17,7 +26,6 @@ __all__ = ["add_parser"]
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from qnas.defaults import (
-        ACT_RANGES,
         DEFAULT_DATASET,
         DEFAULT_HEAD,
         DEFAULT_POPULATION,
@@ -72,9 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", choices=("channel", "tensor"), default="channel",
                    help="weight quantization scales: per output channel (default; what int8 runtimes deploy) or "
                    "per tensor (GHN-Q's protocol)")
-    p.add_argument("--act-ranges", choices=ACT_RANGES, default="auto",
-                   help="activation ranges: auto (default; min/max at 3+ bits, 99.5th percentile at 2 bits) or "
-                   "minmax at every bit-width (GHN-Q's protocol)")
+    add_act_ranges_arg(p)
     p.add_argument("--first-last-bits", default="8", metavar="8|same",
                    help="first and last weight layers (and the input and the last layer's input) at 8 bits when the "
                    "target is lower (default; what finetune and export deploy), or 'same': at the target bits")

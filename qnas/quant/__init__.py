@@ -48,10 +48,12 @@ from qnas.quant._spec import (
     SYMMETRIC_WEIGHT_BITS,
     QuantSpec,
     describe_first_last,
+    engine_setting,
     first_last_rule,
     layer_bits,
     parse_first_last_bits,
     parse_specs,
+    setting_names,
     with_granularity,
 )
 
@@ -76,6 +78,7 @@ __all__ = [
     "calibrate_with_logits",
     "channels_last_unsafe",
     "describe_first_last",
+    "engine_setting",
     "f32",
     "fake_quantize",
     "first_last_rule",
@@ -88,6 +91,7 @@ __all__ = [
     "qparams",
     "quantize_activation",
     "quantize_weight",
+    "setting_names",
     "weight_levels",
     "weight_qparams",
     "with_granularity",

@@ -36,10 +36,12 @@ __all__ = [
     "SYMMETRIC_WEIGHT_BITS",
     "QuantSpec",
     "describe_first_last",
+    "engine_setting",
     "first_last_rule",
     "layer_bits",
     "parse_first_last_bits",
     "parse_specs",
+    "setting_names",
     "with_granularity",
 ]
 
@@ -212,6 +214,33 @@ def parse_specs(value: str | Iterable[str | QuantSpec]) -> list[QuantSpec]:
     if repeated:
         raise QnasError(f"quantization setting(s) given twice: {', '.join(repeated)}")
     return specs
+
+
+def engine_setting(setting: str, *, granularity: str, act_ranges: str = "auto",
+                   first_last_bits: int | str | None = FIRST_LAST_BITS) -> str:
+    """The engine's setting for a reported name under a scoring protocol: ``w4a4`` -> ``w4a4-channel-fl8`` with
+    per-channel scales and the first/last-layer rule (``-minmax`` added with ``act_ranges="minmax"``); a name
+    that says its own weight scales or ranges keeps them. The one mapping every scoring entry point uses."""
+    if QuantSpec.parse(setting).is_float:
+        return setting
+    name = with_granularity([setting], granularity)[0]
+    name = f"{name}-minmax" if act_ranges == "minmax" and "minmax" not in name.split("-") else name
+    return first_last_rule(name, first_last_bits).name
+
+
+def setting_names(bits: str | int | Iterable[str | int]) -> tuple[str, ...]:
+    """The settings a user asked for, as names: ``"w4a4"``, ``"fp32, w4a4"``, ``4`` or ``"4"`` (= w4a4; also 8
+    and 2) or a list of those; stripped, lower case. QnasError if none is named or one is named twice (the
+    names are checked as settings by :func:`parse_specs`, where they are measured)."""
+    items = ([t for t in bits.split(",") if t.strip()] if isinstance(bits, str) else
+             [bits] if isinstance(bits, int) else list(bits))
+    names = [str(b).strip().lower() for b in items]
+    names = [f"w{n}a{n}" if n in ("8", "4", "2") else n for n in names]
+    if not names:
+        raise QnasError("no setting named (e.g. 'w4a4' or 'fp32,w4a4')")
+    if len(set(names)) != len(names):
+        raise QnasError(f"a setting is named twice: {', '.join(names)}")
+    return tuple(names)
 
 
 def with_granularity(value: str | Iterable[str], granularity: str) -> list[str]:
