@@ -81,7 +81,7 @@ def _eval_predictor(args: argparse.Namespace) -> int:
     from qnas.data import dataset_info, load_dataset
     from qnas.predictors import default_predictor, load_predictor
     from qnas.predictors.evaluation import evaluate_predictor
-    from qnas.quant import parse_specs, with_granularity
+    from qnas.quant import parse_specs, setting_names, with_granularity
     from search_spaces import get_space
 
     info = dataset_info(args.dataset)
@@ -90,7 +90,8 @@ def _eval_predictor(args: argparse.Namespace) -> int:
         raise QnasError(f"no shipped predictor for {args.dataset}; pass --predictor PATH.pt or --predictor random")
     predictor = load_predictor(name, dataset=args.dataset, input_shape=info.input_shape,
                                num_classes=info.num_classes, seed=args.seed)
-    settings = [s.name for s in parse_specs(with_granularity(args.bits, args.granularity))]  # fail before reading data
+    # bad settings fail before reading data
+    settings = [s.name for s in parse_specs(with_granularity(setting_names(args.bits), args.granularity))]
     if args.record and predictor.path is None:
         raise QnasError("--record writes into a checkpoint's header; --predictor random has none")
     ds = load_dataset(args.dataset, data_dir=args.data_dir)
