@@ -151,7 +151,7 @@ def score(
     scorer = replace(scorer, calib_size=calib_size, batch_size=batch_size)
     from qnas.quant import parse_specs
 
-    parse_specs([scorer.spec_name(n) for n in names])  # two names of one setting (w4a4, w4a4-channel): an error
+    specs = parse_specs([scorer.spec_name(n) for n in names])  # two names of one setting: an error
     from qnas import limits
 
     max_params, max_macs = max_params or limits.DEFAULT_MAX_PARAMS, max_macs or limits.DEFAULT_MAX_MACS
@@ -183,7 +183,7 @@ def score(
         notes.append(note)
     return Score(
         arch=arch, params=n_params, macs=n_macs,
-        settings={s: scorer.spec_name(s) for s in names},
+        settings={s: spec.spelled_out().name for s, spec in zip(names, specs)},  # ranges spelled out
         accuracy={s: {k: flat[f"{k}_{s}"] for k in ("top1", "top5", "loss")} for s in names},
         predicted={s: flat[f"pred_top1_{s}"] for s in names if f"pred_top1_{s}" in flat},
         predictor=f"{scorer.name} ({scorer.version})", protocol=scorer.protocol, warnings=tuple(notes),

@@ -56,7 +56,7 @@ def test_score_of_an_architecture_is_what_the_search_scores() -> None:
     scorer = make_scorer(space=S, predictor="random", ranker="none", val_size=32)
     flat = scorer.score(S.parse(ARCH))
     assert list(result.accuracy) == list(SETTINGS)
-    assert result.settings["w4a4"] == "w4a4-channel-fl8"
+    assert result.settings["w4a4"] == "w4a4-channel-fl8-minmax"  # the activation-range rule spelled out
     assert all(result.top1(s) == flat[f"top1_{s}"] for s in SETTINGS)
     assert result.params == S.count_params(S.parse(ARCH)) and result.predicted == {}
     assert result.arch == ARCH and result.protocol == scorer.protocol
