@@ -81,8 +81,10 @@ def main() -> int:
     ap.add_argument("--test-size", type=int, default=2000, help="test images for top-1 (default 2000)")
     ap.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (default 30)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
+    if args.json is not None and not args.json.parent.is_dir():  # checked now, not after the timings
+        ap.error(f"no directory {args.json.parent} to write {args.json.name} in")
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="qnas-deploy-") as tmp:
@@ -146,7 +148,7 @@ def main() -> int:
     fp, i8 = by["model.onnx"], by[onnx_name("w8a8")]
     low = by.get(onnx_name(target))
     if args.json:
-        Path(args.json).write_text(json.dumps({"study": study, "trial": trial, "arch": arch["arch"], "rows": rows,
+        args.json.write_text(json.dumps({"study": study, "trial": trial, "arch": arch["arch"], "rows": rows,
                                                "export_seconds": t_export}, indent=1) + "\n")
     w4 = f"{low['bytes'] / i8['bytes']:.3f}" if low and low is not i8 else "nan"
     print(f"int8_latency_ratio={i8['ort_ms_b1'] / fp['ort_ms_b1']:.3f} w4_size_ratio={w4} "

@@ -70,6 +70,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the curves here")
     args = p.parse_args()
+    if args.json is not None and not args.json.parent.is_dir():  # checked now, not after the finetuning
+        p.error(f"no directory {args.json.parent} to write {args.json.name} in")
     try:
         return _run(args)
     except QnasError as exc:

@@ -45,8 +45,10 @@ def main() -> None:
                     help="classifier: the GHN's own (default: GHN-Q's table compares predicted parameters) or the "
                     "fitted head the search scores with")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, like every benchmark here)")
-    ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--json", type=Path, default=None, help="write all results here")
     args = ap.parse_args()
+    if args.json is not None and not args.json.parent.is_dir():  # checked now, not after the evaluation
+        ap.error(f"no directory {args.json.parent} to write {args.json.name} in")
     torch.set_num_threads(args.threads)
 
     from qnas.data import load_dataset
@@ -95,7 +97,7 @@ def main() -> None:
         print(f"{label:28s} {bn:20s} " + " ".join(f"{c:>22s}" for c in cells))
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
+        args.json.write_text(json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
                                                         for lbl, bn, r in rows], "floor": floor}, indent=1))
     if shipped is not None:
         mean = {s: shipped["table"][s]["id"]["top1"]["mean"] for s in SETTINGS}

@@ -58,7 +58,7 @@ from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_scores, feature_groups, 
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
 STORE = HERE / "v2"  # the committed v2 store (benchmarks/ground_truth.py's STORE)
-SHIPPED_KIND = "bag-select"  # since session 19, by the rule of ground_truth/ranker_rule.json (docs/ranking.md)
+SHIPPED_KIND = "avg-all"  # since session 24, by the rule of ground_truth/ranker_rule_avg.json (docs/ranking.md)
 SELECT_KIND = "ridge-select"  # one selection: its fold choices are printed; drop rows keep it (ranker_rule_drop.json)
 SIZE_FEATURES = ("log_params", "log_macs")
 N_BOOT = 2000
@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also fit the shipped ranker on all architectures and write it here "
                          "(e.g. qnas/predictors/fashion-mnist.ranker.json)")
     args = ap.parse_args(argv)
+    for out in (args.json, args.ship):  # checked now, not after minutes of fitting
+        if out is not None and not out.parent.is_dir():
+            ap.error(f"no directory {out.parent} to write {out.name} in")
 
     user: dict[str, dict[str, float]] = {}
     if args.truth == "v1":

@@ -23,10 +23,10 @@ the feature list, the projection, the predictor it was fitted with (its weights 
 the training table's provenance and its cross-validated metrics. A ``ridge-select`` fit first picks,
 per target, at most three of :func:`feature_groups` (size, proxies, the GHN at FP32, the GHN at the
 target's setting, shape) by leave-one-out tau on its own rows, then stores the ridge on those features.
-A ``bag-select`` fit (the shipped kind) runs ridge-select on ``BAGS`` bootstrap resamples and stores their
-average, which is again one linear model (on the union of the chosen features). An ``avg-all`` fit averages
-the ridges on every subset of at most three groups, with no choice (compared by ``benchmarks/ranking.py``;
-it ships only by the rule of ``benchmarks/ground_truth/ranker_rule_avg.json``). :func:`fit` and
+A ``bag-select`` fit runs ridge-select on ``BAGS`` bootstrap resamples and stores their average, which is
+again one linear model (on the union of the chosen features). An ``avg-all`` fit (the shipped kind, by the
+rule of ``benchmarks/ground_truth/ranker_rule_avg.json``) averages the ridges on every subset of at most
+three groups, with no choice, and is stored the same way. :func:`fit` and
 :func:`cross_val_scores` (out-of-fold predictions) are what ``benchmarks/ranking.py`` uses.
 """
 

@@ -125,7 +125,7 @@ def test_ranking_on_a_synthetic_store(tmp_path, capsys):
     assert sum(choices.values()) == N_ARCHS and sum(c for k, c in choices.items() if "size" in k) > N_ARCHS // 2
     assert "nested choices of ridge-select" in out
     written = json.loads(out_json.read_text())
-    assert written["figures"]["w4a4"]["ranker (bag-select) [shipped]"]["n"] == N_ARCHS
+    assert written["figures"]["w4a4"][f"ranker ({ranking.SHIPPED_KIND}) [shipped]"]["n"] == N_ARCHS
     assert written["user_split"]["w4a4"]["params"]["n"] == len(user_split.names())
 
 
@@ -221,13 +221,23 @@ def test_ranking_without_the_user_split(tmp_path, capsys):
     assert "user split" not in out and "tau_user" not in out and "tau_score_w4a4=" in out
 
 
+def test_ranking_refuses_an_output_it_could_not_write_before_fitting(tmp_path, capsys):
+    store, features = _store(tmp_path, user=False)
+    for flag in ("--json", "--ship"):
+        with pytest.raises(SystemExit) as exc:
+            ranking.main(["--store", str(store), "--features", str(features), flag, str(tmp_path / "no" / "x.json")])
+        captured = capsys.readouterr()
+        assert exc.value.code == 2 and "no directory" in captured.err
+        assert "ground truth" not in captured.out  # refused before anything was loaded or fitted
+
+
 def test_a_shipped_ranker_can_be_compared_as_fitted(tmp_path, capsys):
     store, features = _store(tmp_path, user=False)
     shipped = tmp_path / "old.ranker.json"
     base = ["--store", str(store), "--features", str(features), "--kinds", "ridge-select"]
     assert ranking.main([*base, "--ship", str(shipped)]) == 0
     out = capsys.readouterr().out
-    assert "shipped ranker (bag-select" in out and "w4a4 size" in out and shipped.exists()
+    assert f"shipped ranker ({ranking.SHIPPED_KIND}" in out and "w4a4 size" in out and shipped.exists()
     assert ranking.main([*base, "--compare", str(shipped)]) == 0
     assert "old.ranker.json (as fitted)" in capsys.readouterr().out
 
