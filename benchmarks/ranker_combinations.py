@@ -6,10 +6,10 @@ unstable, so this study compares it with lower-variance combinations of the same
 
 * ``select``: ridge-select (``qnas.ranker.cross_val_predict(kind="ridge-select")``);
 * ``avg-all``: the mean prediction of the ridges on all subsets of at most three groups (``qnas.ranker``'s
-  kind since session 22, stored as one linear model; the same predictions as this study's own mean before);
+  kind since session 22, stored as one linear model; shipped since its rule was read in session 24);
 * ``avg-top3``: the mean of the three subsets with the best inner leave-one-out tau;
 * ``bag-select``: ``select`` run on 15 bootstrap resamples of the training rows, predictions averaged
-  (``qnas.ranker``'s kind, shipped since the rule below was read in session 19);
+  (``qnas.ranker``'s kind, shipped in sessions 19-23 by the first rule below);
 * ``ridge``: one ridge over every feature (the kind the sensitivity rule weighs against ``select``);
 * ``pool-select``: ``select`` fitted on one label pooled from FP32, W4A8 and W4A4 (``pooled_label``; at
   those targets only): after FAQ the three orders nearly agree, so their mean carries less noise.
@@ -21,13 +21,17 @@ training mean, as ``benchmarks/ranking.py`` scores rankers. A study, not a shipp
 seen): once enough nets trained after the table a rule was written on are in, its candidate procedure
 replaces the incumbent only if its out-of-fold tau over those new nets alone is higher at every target of
 the rule. This script reads every rule and prints its verdict (before then: how many new nets are in).
-A rule's own targets (e.g. the drop ``drop_w4a4``) are computed for its two procedures only.
+A rule is decided once: its JSON then records the reading (``read``: session, commit, what shipped), and
+later runs print that decision beside today's figures on its new nets, never a fresh verdict (a rule re-read
+until it agrees would be no rule). A rule's own targets (e.g. the drop ``drop_w4a4``) are computed for its
+two procedures only.
 
     OMP_NUM_THREADS=1 python benchmarks/ranker_combinations.py
 
-Last line: ``tau_<procedure>_<target>=<v> ... n=<archs>``, then per rule read ``rule[_<name>]_ships=<procedure>``:
-the candidate if it won, else the incumbent, i.e. the rule changes nothing (its JSON's ``decision`` says
-what either outcome means for the shipped ranker).
+Last line: ``tau_<procedure>_<target>=<v> ... n=<archs>``, then per rule with enough new nets
+``rule[_<name>]_ships=<procedure>``: the candidate if it won, else the incumbent, i.e. the rule changes
+nothing (its JSON's ``decision`` says what either outcome means for the shipped ranker); for a rule already
+read, ``rule[_<name>]_shipped=<procedure>``, its recorded decision.
 """
 
 from __future__ import annotations
@@ -162,6 +166,8 @@ def read_rule(path: Path) -> dict:
             raise ValueError(f"pool-select ranks only {', '.join(POOLED)}")
         int(rule["min_new_nets"])
         str(rule.get("name", ""))
+        if "read" in rule and rule["read"]["ships"] not in (rule["incumbent"], rule["candidate"]):
+            raise ValueError(f"it was read as shipping {rule['read']['ships']!r}, neither of its procedures")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"--rule {path}: not a readable rule ({exc})") from exc
     return rule
@@ -185,12 +191,16 @@ def verdict(rule: dict, preds: dict[str, dict[str, tuple[list[str], np.ndarray, 
         return []
     taus = {t: {p: tau(*new[t][p]) for p in (inc, cand)} for t in targets}
     wins = all(taus[t][cand] > taus[t][inc] for t in targets)
-    print(f"{name} on the new nets only: " + ", ".join(
-        f"{t} (n={counts[t]}) {inc} {taus[t][inc]:+.3f}, {cand} {taus[t][cand]:+.3f}" for t in targets)
-        + f" -> ship {cand if wins else inc}", flush=True)
+    figures = ", ".join(f"{t} (n={counts[t]}) {inc} {taus[t][inc]:+.3f}, {cand} {taus[t][cand]:+.3f}" for t in targets)
     prefix = f"tau_new_{rule['name']}_" if rule.get("name") else "tau_new_"
-    return [f"{prefix}{p.replace('-', '_')}_{t}={taus[t][p]:.3f}" for t in targets for p in (inc, cand)] + [
-        f"{name}_ships={cand if wins else inc}"]
+    out = [f"{prefix}{p.replace('-', '_')}_{t}={taus[t][p]:.3f}" for t in targets for p in (inc, cand)]
+    if "read" in rule:  # decided once, when read: today's figures are for the record only
+        read = rule["read"]
+        print(f"{name} on the new nets only: {figures}; read in session {read['session']} "
+              f"(commit {read['commit']}), {read['ships']} shipped, not re-decided", flush=True)
+        return out + [f"{name}_shipped={read['ships']}"]
+    print(f"{name} on the new nets only: {figures} -> ship {cand if wins else inc}", flush=True)
+    return out + [f"{name}_ships={cand if wins else inc}"]
 
 
 if __name__ == "__main__":

@@ -171,6 +171,23 @@ def test_the_preregistered_rule_is_read_only_on_enough_unseen_nets(tmp_path, cap
     assert exc.value.code == 2 and "bad.json" in capsys.readouterr().err
 
 
+def test_a_rule_already_read_keeps_its_recorded_decision(tmp_path, capsys, monkeypatch):
+    store, features = _store(tmp_path)
+    monkeypatch.setattr(ranker_combinations, "PROCEDURES", ("select", "avg-all"))
+    args = ["--store", str(store), "--features", str(features), "--targets", "w4a4"]
+    for ships in ("select", "avg-all"):  # whatever today's new nets say, the reading stands
+        read = {"session": 7, "commit": "abc1234", "ships": ships}
+        assert ranker_combinations.main(args + ["--rule", str(_rule(tmp_path / "r.json", store, 6, 6, read=read))]) == 0
+        out = capsys.readouterr().out
+        figures = _figures(out.strip().splitlines()[-1])
+        assert figures["rule_shipped"] == ships and "rule_ships" not in figures and "tau_new_avg_all_w4a4" in figures
+        assert f"read in session 7 (commit abc1234), {ships} shipped, not re-decided" in out
+    bad = _rule(tmp_path / "bad.json", store, 6, 6, read={"session": 7, "commit": "abc1234", "ships": "ridge"})
+    with pytest.raises(SystemExit) as exc:
+        ranker_combinations.main(args + ["--rule", str(bad)])
+    assert exc.value.code == 2 and "neither of its procedures" in capsys.readouterr().err
+
+
 def test_a_named_rule_on_its_own_targets_beside_the_committed_ones(tmp_path, capsys, monkeypatch):
     store, features = _store(tmp_path)
     monkeypatch.setattr(ranker_combinations, "PROCEDURES", ("select", "avg-all", "ridge"))
@@ -192,8 +209,8 @@ def test_the_committed_rules_are_readable():
     paths = sorted((ROOT / "benchmarks" / "ground_truth").glob("ranker_rule*.json"))
     assert [p.name for p in paths] == [
         "ranker_rule.json", "ranker_rule_avg.json", "ranker_rule_drop.json", "ranker_rule_pool.json"]
-    for path in paths:  # well-formed, naming only procedures the study has
-        assert ranker_combinations.read_rule(path)["seen"]
+    for path in paths:  # well-formed, naming only procedures the study has, and each read once already
+        assert ranker_combinations.read_rule(path)["seen"] and ranker_combinations.read_rule(path)["read"]["commit"]
 
 
 def test_the_pooled_label_is_in_the_targets_units_and_skips_missing_settings(tmp_path):
