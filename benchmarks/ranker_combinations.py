@@ -31,7 +31,7 @@ two procedures only.
 Last line: ``tau_<procedure>_<target>=<v> ... n=<archs>``, then per rule with enough new nets
 ``rule[_<name>]_ships=<procedure>``: the candidate if it won, else the incumbent, i.e. the rule changes
 nothing (its JSON's ``decision`` says what either outcome means for the shipped ranker); for a rule already
-read, ``rule[_<name>]_shipped=<procedure>``, its recorded decision.
+read, ``rule[_<name>]_decided=<procedure>``, its recorded decision (a later rule may have replaced it since).
 """
 
 from __future__ import annotations
@@ -166,8 +166,12 @@ def read_rule(path: Path) -> dict:
             raise ValueError(f"pool-select ranks only {', '.join(POOLED)}")
         int(rule["min_new_nets"])
         str(rule.get("name", ""))
-        if "read" in rule and rule["read"]["ships"] not in (rule["incumbent"], rule["candidate"]):
-            raise ValueError(f"it was read as shipping {rule['read']['ships']!r}, neither of its procedures")
+        read = rule.get("read")
+        if read is not None:
+            if not isinstance(read["session"], int) or not isinstance(read["commit"], str):
+                raise ValueError("its 'read' needs a session number and a commit")
+            if read["ships"] not in (rule["incumbent"], rule["candidate"]):
+                raise ValueError(f"it was read as shipping {read['ships']!r}, neither of its procedures")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"--rule {path}: not a readable rule ({exc})") from exc
     return rule
@@ -184,24 +188,24 @@ def verdict(rule: dict, preds: dict[str, dict[str, tuple[list[str], np.ndarray, 
             keep = np.array([i not in seen for i in ids], dtype=bool)
             new[t][p] = (y[keep], pred[keep])
     counts = {t: len(new[t][inc][0]) for t in targets}
+    read = rule.get("read")
     if min(counts.values()) < rule["min_new_nets"]:
         print(f"{name} ({cand} vs the incumbent {inc}): "
               + ", ".join(f"{t} {c} of {rule['min_new_nets']} new nets" for t, c in counts.items())
-              + " trained; not read yet", flush=True)
-        return []
+              + (f" in this store; read in session {read['session']} (commit {read['commit']}), {read['ships']} "
+                 "decided" if read else " trained; not read yet"), flush=True)
+        return [f"{name}_decided={read['ships']}"] if read else []
     taus = {t: {p: tau(*new[t][p]) for p in (inc, cand)} for t in targets}
     wins = all(taus[t][cand] > taus[t][inc] for t in targets)
     figures = ", ".join(f"{t} (n={counts[t]}) {inc} {taus[t][inc]:+.3f}, {cand} {taus[t][cand]:+.3f}" for t in targets)
     prefix = f"tau_new_{rule['name']}_" if rule.get("name") else "tau_new_"
     out = [f"{prefix}{p.replace('-', '_')}_{t}={taus[t][p]:.3f}" for t in targets for p in (inc, cand)]
-    if "read" in rule:  # decided once, when read: today's figures are for the record only
-        read = rule["read"]
+    if read:  # decided once, when read: today's figures are for the record only
         print(f"{name} on the new nets only: {figures}; read in session {read['session']} "
-              f"(commit {read['commit']}), {read['ships']} shipped, not re-decided", flush=True)
-        return out + [f"{name}_shipped={read['ships']}"]
+              f"(commit {read['commit']}), {read['ships']} decided, not re-decided", flush=True)
+        return out + [f"{name}_decided={read['ships']}"]
     print(f"{name} on the new nets only: {figures} -> ship {cand if wins else inc}", flush=True)
     return out + [f"{name}_ships={cand if wins else inc}"]
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

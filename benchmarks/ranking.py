@@ -16,8 +16,9 @@ size, shape, proxies, embedding; computed as the search computes them) and ranks
   pooled absolute figures are kept in ``--json`` (``absolute_out_of_fold``);
 * ``size-only ranker``: the same model fitted on log parameters and log MACs only, the fair baseline
   that shows what everything else (proxies, shape, the GHN) adds; which feature groups ridge-select (one
-  selection; the shipped bag-select averages 15) chose in each leave-one-out fold is printed per target
-  ("nested choices"), and with ``--ship`` the groups of the shipped models;
+  selection; bag-select, shipped in sessions 19-23, averages 15; the shipped avg-all makes no choice)
+  chose in each leave-one-out fold is printed per target ("nested choices"), and with ``--ship`` the
+  groups of the shipped models;
 * ``GHN``: the raw GHN-predicted parameters' accuracy at the setting (the old score);
 * ``params``, ``MACs``, ``synflow``, ``NASWOT``: one number per architecture, bigger is better;
 * ``seed-1 retrain``: the same training with another seed, the noise ceiling (on its subset).
@@ -192,11 +193,14 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
 
     targets = {t: v for t, v in truth.items() if not t.startswith("drop_") and len(v) >= 8}
     common = sorted(set().union(*(set(v) for v in targets.values())) & set(feats))  # each target: its own rows
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    provenance = {"ground_truth": what, "targets": {t: TARGETS.get(t, "?") for t in targets},
+    here = Path(__file__).parent
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+    # +dirty: the fit's code, features or truth differ from that commit, so it would not reproduce from it
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "ranking.py", "ground_truth", "../qnas/ranker.py"],
+                           capture_output=True, text=True, cwd=here).stdout.strip()
+    provenance = {"ground_truth": what, "kind": SHIPPED_KIND, "targets": {t: TARGETS.get(t, "?") for t in targets},
                   "architectures": {t: sum(a in v for a in common) for t, v in targets.items()},
-                  "git_commit": commit,
+                  "git_commit": commit + ("+dirty" if dirty else ""),
                   "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:]),
                   "features": {"predictor": table["predictor"], "val_size": table["val_size"],
                                "protocol": table["protocol"]}}

@@ -75,7 +75,7 @@ _STORED_KINDS = ("ridge", "lgbm", "lgbm-rank")  # ridge-select, bag-select and a
 # fit picks at most this many of FEATURE_GROUPS by leave-one-out tau on its own rows (docs/ranking.md).
 SELECT_MAX_GROUPS = 3
 # bag-select: ridge-select on this many bootstrap resamples, averaged, since one selection on a few dozen
-# rows is unstable (adopted by the rule in benchmarks/ground_truth/ranker_rule.json; docs/ranking.md).
+# rows is unstable (shipped in sessions 19-23 by benchmarks/ground_truth/ranker_rule.json; docs/ranking.md).
 BAGS = 15
 _MIN_BAG_ROWS = 3  # distinct rows in a bootstrap resample (fewer: leave-one-out tau is undefined)
 _RIDGE_ALPHAS = tuple(np.logspace(-2, 3, 21).tolist())

@@ -180,12 +180,20 @@ def test_a_rule_already_read_keeps_its_recorded_decision(tmp_path, capsys, monke
         assert ranker_combinations.main(args + ["--rule", str(_rule(tmp_path / "r.json", store, 6, 6, read=read))]) == 0
         out = capsys.readouterr().out
         figures = _figures(out.strip().splitlines()[-1])
-        assert figures["rule_shipped"] == ships and "rule_ships" not in figures and "tau_new_avg_all_w4a4" in figures
-        assert f"read in session 7 (commit abc1234), {ships} shipped, not re-decided" in out
-    bad = _rule(tmp_path / "bad.json", store, 6, 6, read={"session": 7, "commit": "abc1234", "ships": "ridge"})
-    with pytest.raises(SystemExit) as exc:
-        ranker_combinations.main(args + ["--rule", str(bad)])
-    assert exc.value.code == 2 and "neither of its procedures" in capsys.readouterr().err
+        assert figures["rule_decided"] == ships and "rule_ships" not in figures and "tau_new_avg_all_w4a4" in figures
+        assert f"read in session 7 (commit abc1234), {ships} decided, not re-decided" in out
+    # a store with fewer new nets than the rule asked for (another machine's, a subset): still its decision
+    few = _rule(tmp_path / "r.json", store, 8, 6, read={"session": 7, "commit": "abc1234", "ships": "avg-all"})
+    assert ranker_combinations.main(args + ["--rule", str(few)]) == 0
+    out = capsys.readouterr().out
+    assert _figures(out.strip().splitlines()[-1])["rule_decided"] == "avg-all" and "not read yet" not in out
+    for read, why in (({"session": 7, "commit": "abc1234", "ships": "ridge"}, "neither of its procedures"),
+                      ({"commit": "abc1234", "ships": "select"}, "session"),
+                      ({"session": "seven", "commit": "abc1234", "ships": "select"}, "a session number")):
+        bad = _rule(tmp_path / "bad.json", store, 6, 6, read=read)
+        with pytest.raises(SystemExit) as exc:
+            ranker_combinations.main(args + ["--rule", str(bad)])
+        assert exc.value.code == 2 and why in capsys.readouterr().err
 
 
 def test_a_named_rule_on_its_own_targets_beside_the_committed_ones(tmp_path, capsys, monkeypatch):
@@ -255,6 +263,8 @@ def test_a_shipped_ranker_can_be_compared_as_fitted(tmp_path, capsys):
     assert ranking.main([*base, "--ship", str(shipped)]) == 0
     out = capsys.readouterr().out
     assert f"shipped ranker ({ranking.SHIPPED_KIND}" in out and "w4a4 size" in out and shipped.exists()
+    provenance = json.loads(shipped.read_text())["provenance"]  # what a refit from its commit needs
+    assert provenance["kind"] == ranking.SHIPPED_KIND and len(provenance["git_commit"].removesuffix("+dirty")) == 40
     assert ranking.main([*base, "--compare", str(shipped)]) == 0
     assert "old.ranker.json (as fitted)" in capsys.readouterr().out
 
