@@ -346,14 +346,14 @@ def commit_of(stage: dict[str, Any]) -> str:
     return stage.get("provenance", {}).get("git_commit", "")
 
 
-def git_commit() -> str:
-    """HEAD (``+dirty`` when an engine file differs from it); a copy without git history (a device run) names
-    its commit in ``$QNAS_GIT_COMMIT``."""
+def git_commit(paths: tuple[str, ...] = ENGINE_FILES) -> str:
+    """HEAD (``+dirty`` when one of ``paths``, the engine files by default, differs from it); a copy without
+    git history (a device run) names its commit in ``$QNAS_GIT_COMMIT``."""
     if os.environ.get("QNAS_GIT_COMMIT"):
         return os.environ["QNAS_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *ENGINE_FILES], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
     except OSError:

@@ -207,5 +207,6 @@ def verdict(rule: dict, preds: dict[str, dict[str, tuple[list[str], np.ndarray, 
     print(f"{name} on the new nets only: {figures} -> ship {cand if wins else inc}", flush=True)
     return out + [f"{name}_ships={cand if wins else inc}"]
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

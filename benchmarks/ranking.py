@@ -51,7 +51,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ground_truth import stale  # noqa: E402
+from ground_truth import git_commit, stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
 from qnas import user_split  # noqa: E402
@@ -189,18 +189,13 @@ def print_rows(title: str, rows: dict[str, dict[str, float]]) -> None:
 def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: dict[str, dict[str, float]],
          table: dict, figures: dict, what: str) -> None:
     """Fit the shipped kind on every architecture with features, per setting target, and write it."""
-    import subprocess
-
     targets = {t: v for t, v in truth.items() if not t.startswith("drop_") and len(v) >= 8}
     common = sorted(set().union(*(set(v) for v in targets.values())) & set(feats))  # each target: its own rows
-    here = Path(__file__).parent
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
     # +dirty: the fit's code, features or truth differ from that commit, so it would not reproduce from it
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "ranking.py", "ground_truth", "../qnas/ranker.py"],
-                           capture_output=True, text=True, cwd=here).stdout.strip()
+    commit = git_commit(("benchmarks/ranking.py", "benchmarks/ground_truth", "qnas/ranker.py"))
     provenance = {"ground_truth": what, "kind": SHIPPED_KIND, "targets": {t: TARGETS.get(t, "?") for t in targets},
                   "architectures": {t: sum(a in v for a in common) for t, v in targets.items()},
-                  "git_commit": commit + ("+dirty" if dirty else ""),
+                  "git_commit": commit,
                   "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:]),
                   "features": {"predictor": table["predictor"], "val_size": table["val_size"],
                                "protocol": table["protocol"]}}
