@@ -1,6 +1,7 @@
-"""The ranking benchmarks (benchmarks/ranking.py, benchmarks/budget_agreement.py) on a tiny synthetic v2 store:
-12 real convnets250k architectures whose trained accuracy is a monotone function of their (synthetic) log
-parameters, every budget of the agreement study, the hand-written user split, and a feature table."""
+"""The ranking benchmarks (benchmarks/ranking.py, budget_agreement.py, ranker_combinations.py,
+pick_regret.py) on a tiny synthetic v2 store: 12 real convnets250k architectures whose trained accuracy is
+a monotone function of their (synthetic) log parameters, every budget of the agreement study, the
+hand-written user split, and a feature table."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ GRAPH_FEATURES = ("weight_layers", "depth", "has_bn", "frac_k1", "frac_k3", "fra
 ranking = load_benchmark("ranking")
 budget_agreement = load_benchmark("budget_agreement")
 ranker_combinations = load_benchmark("ranker_combinations")
+pick_regret = load_benchmark("pick_regret")
 
 
 def _truth(log_params: float) -> tuple[float, float]:
@@ -68,6 +70,8 @@ def _store(tmp_path: Path, *, user: bool = True) -> tuple[Path, Path]:
              for i, g in enumerate(space.load_split("id")[:N_ARCHS])]
     users = [{"id": f"user-{n}", "arch": user_split.PREFIX + n} for n in user_split.names()] if user else []
     log_params = {a["arch"]: float(rng.uniform(4.0, 6.5)) for a in archs + users}
+    for a in archs:
+        a["params"] = round(10 ** log_params[a["arch"]])
     store = tmp_path / "v2"
     (store / "results").mkdir(parents=True)
     ids = [a["id"] for a in archs]
@@ -102,7 +106,7 @@ def _figures(line: str) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def _few_resamples(monkeypatch):
-    for mod in (ranking, budget_agreement):  # the intervals' resamples dominate the run time
+    for mod in (ranking, budget_agreement, pick_regret):  # the intervals' resamples dominate the run time
         monkeypatch.setattr(mod, "N_BOOT", 50)
     monkeypatch.setattr(ranker, "BAGS", 3)  # and the shipped kind's bootstrap fits
 
@@ -320,3 +324,53 @@ def test_best_case_tau_bounds_every_completion():
         xs, ys = np.append(x, rng.normal(size=2)), np.append(y, rng.normal(size=2))
         assert budget_agreement.tau(xs, ys) <= bound + 1e-12
     assert budget_agreement.best_case_tau(x, y, 6) == pytest.approx(budget_agreement.tau(x, y))
+
+
+def test_regret_is_zero_for_the_true_order_and_counts_each_bound_once():
+    truth = np.array([0.50, 0.70, 0.60, 0.80, 0.75, 0.90, 0.85])
+    params = np.array([1, 2, 3, 4, 4, 6, 7])  # two nets of size 4: one bound, admitting both
+    assert pick_regret.bound_ends(np.sort(params)) == [4, 5, 6]
+    assert pick_regret.mean_regret(truth, params, truth, k=1) == 0.0
+    # "the biggest that fits", the second net of size 4 first: 0.75, 0.90, 0.85, regrets 5, 0, 5 points
+    biggest = pick_regret.mean_regret(truth, params, params + np.array([0, 0, 0, 0, 0.5, 0, 0]), k=1)
+    assert biggest == pytest.approx(100 * (0.05 + 0 + 0.05) / 3)
+    assert pick_regret.mean_regret(truth, params, -truth, k=1) == pytest.approx(100 * (0.30 + 0.40 + 0.40) / 3)
+    assert pick_regret.mean_regret(truth, params, -truth, k=len(truth)) == 0.0  # top k of everything: the best
+
+
+def test_pick_regret_on_a_synthetic_store(tmp_path, capsys):
+    store, features = _store(tmp_path)
+    scores = tmp_path / "ranking.json"
+    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
+                         "--json", str(scores)]) == 0
+    capsys.readouterr()
+    assert pick_regret.main(["--scores", str(scores), "--store", str(store), "--target", "w4a4"]) == 0
+    out = capsys.readouterr().out
+    figures = _figures(out.strip().splitlines()[-1])
+    assert set(figures) == {"regret_score_w4a4", "regret_size_w4a4", "regret_ghn_w4a4", "regret_params_w4a4",
+                            "regret_macs_w4a4", "bounds_w4a4"}
+    # the truth rises with parameters: "the biggest that fits" is always the best pick
+    assert float(figures["regret_params_w4a4"]) == 0.0 and figures["bounds_w4a4"] == str(N_ARCHS - 4)
+    assert "regret@3" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top", "0"], "--top"),
+    (["--top", "one"], "--top"),
+    (["--target", "w3a3"], "--target w3a3"),
+])
+def test_pick_regret_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
+    store, features = _store(tmp_path, user=False)
+    scores = tmp_path / "ranking.json"
+    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
+                         "--json", str(scores)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        pick_regret.main(["--scores", str(scores), "--store", str(store), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_pick_regret_needs_a_scores_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        pick_regret.main(["--scores", str(tmp_path / "missing.json")])
+    assert exc.value.code == 2 and "ranking.py --json" in capsys.readouterr().err
