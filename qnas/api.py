@@ -259,6 +259,8 @@ def load_factory(spec: str) -> nn.Module:
         module = factory()
     except QnasError:
         raise
+    except SystemExit as exc:  # a script's own sys.exit() (or argparse) must not end qnas silently
+        raise QnasError(f"--module {spec}: the code called sys.exit({exc.code!r})") from None
     except Exception as exc:  # the user's code may raise anything; one line says what and where
         text = " ".join(str(exc).split())
         raise QnasError(f"--module {spec}: {type(exc).__name__}: {text}") from None
@@ -536,8 +538,11 @@ def export(
     if pareto == (trial is not None):
         raise QnasError("export needs one of trial=N or pareto=True")
     require_dependencies()
-    opened, dataset = _open_study(study, storage, data_dir, readonly=True)
     target = parse_target(str(bits)) if bits else None
+    if target == "fp32":
+        raise QnasError(f"--bits {bits}: the float model.onnx is always written; --bits names the quantized file's "
+                        "setting (8, 4, 2 or e.g. w4a8)")
+    opened, dataset = _open_study(study, storage, data_dir, readonly=True)
     out = Path(out)
     if pareto:
         front = pareto_front(opened)

@@ -28,7 +28,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (``qnas: error: ...``) and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"qnas: error: {message} (see `{self.prog} --help`)\n")
+        sys.stderr.write(f"qnas: error: {_one_line(message)} (see `{self.prog} --help`)\n")
         raise SystemExit(2)
 
 
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _one_line_warning(warnings.showwarning)
             result = args.func(args)
     except QnasError as exc:
-        sys.stderr.write(f"qnas: error: {exc}\n")
+        sys.stderr.write(f"qnas: error: {_one_line(str(exc))}\n")
         return 2
     except Terminated:
         sys.stderr.write("qnas: terminated\n")
@@ -79,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if own_sigterm:
             signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: a newline in a user's path or value is shown escaped, as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:

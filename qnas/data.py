@@ -431,14 +431,14 @@ def _cache_dir() -> Path:
 
 def _search_roots(data_dir: str | os.PathLike[str] | None) -> list[Path]:
     roots = []
-    if data_dir is not None:
-        root = Path(data_dir).expanduser()
-        if not root.is_dir():  # a typo should not silently fall back to another copy
-            raise QnasError(f"data directory {root} " + ("is a file, not a directory" if root.exists()
-                                                          else "does not exist"))
-        roots.append(root)
+    named = [("data directory", data_dir)] if data_dir is not None else []
     if os.environ.get("QNAS_DATA_DIR"):
-        roots.append(Path(os.environ["QNAS_DATA_DIR"]).expanduser())
+        named.append(("$QNAS_DATA_DIR", os.environ["QNAS_DATA_DIR"]))
+    for what, value in named:
+        root = Path(value).expanduser()
+        if not root.is_dir():  # a typo should not silently fall back to another copy
+            raise QnasError(f"{what} {root} " + ("is a file, not a directory" if root.exists() else "does not exist"))
+        roots.append(root)
     roots.append(_cache_dir())
     return roots
 

@@ -877,6 +877,8 @@ def export_trial(
     run = _pick_run(record, bits)
     target = bits or (run["setting"] if run else study_target(study))
     target = QuantSpec.parse(target).name
+    if QuantSpec.parse(target).is_float:  # a study searched at FP32: its quantized file is the int8 one
+        target = "w8a8"
     prepare_dir(Path(out_dir), force)  # fail early, before any computation
 
     if run is not None:

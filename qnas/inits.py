@@ -17,7 +17,7 @@ from qnas.errors import QnasError
 from qnas.score import Params
 from qnas.train import reset_parameters, train
 
-__all__ = ["INITS", "init_params"]
+__all__ = ["INITS", "init_params", "trained_epochs"]
 
 
 
@@ -28,14 +28,20 @@ def _random_init(module: nn.Module, arg: str, *, dataset: Any, seed: int, **_: A
     return None
 
 
-def _trained_init(module: nn.Module, arg: str, *, dataset: Any, seed: int, progress: Any = None,
-                  **_: Any) -> Params:
+def trained_epochs(arg: str) -> int:
+    """The EPOCHS of ``--init trained:EPOCHS``; QnasError unless a positive whole number."""
     try:
         epochs = int(arg)
     except ValueError:
         raise QnasError(f"--init trained:EPOCHS needs a whole number of epochs, got {arg!r}") from None
     if epochs <= 0:
         raise QnasError(f"--init trained:EPOCHS needs at least one epoch, got {epochs}")
+    return epochs
+
+
+def _trained_init(module: nn.Module, arg: str, *, dataset: Any, seed: int, progress: Any = None,
+                  **_: Any) -> Params:
+    epochs = trained_epochs(arg)
     if dataset is None:
         raise QnasError("--init trained needs a dataset to train on")
     train(module, dataset, epochs, seed=seed, progress=progress, val_every=0, test=False)

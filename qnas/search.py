@@ -151,14 +151,18 @@ def redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
-def _sqlite_fast_commits(storage: RDBStorage) -> None:
-    """WAL journal + synchronous=NORMAL: a commit no longer waits for fsync.
+def _sqlite_fast_commits(storage: optuna.storages.BaseStorage) -> None:
+    """WAL journal + synchronous=NORMAL on a SQLite storage (no-op for others): a commit no longer waits for
+    fsync. Called once the study is known to be qnas's: WAL is a write to the file header.
 
     Optuna writes every parameter and user attribute in its own transaction (~60 per trial here);
     with SQLite's default rollback journal each costs an fsync (~18 ms measured), i.e. ~1 s per trial.
     WAL keeps the database consistent across crashes (the last commits may be lost on power failure).
     """
     from sqlalchemy import event
+
+    if not isinstance(storage, RDBStorage) or storage.engine.url.get_backend_name() != "sqlite":
+        return
 
     def on_connect(dbapi_connection, _record) -> None:
         cur = dbapi_connection.cursor()
@@ -168,6 +172,13 @@ def _sqlite_fast_commits(storage: RDBStorage) -> None:
 
     event.listen(storage.engine, "connect", on_connect)
     storage.engine.dispose()  # connections opened while Optuna created its tables lack the pragmas
+
+
+def _sqlite_in_memory(url: str) -> bool:
+    """``sqlite://``, ``sqlite:///:memory:`` or a ``mode=memory`` URI: a database no other process can see."""
+    scheme, _, rest = url.partition("://")
+    path, _, query = rest.partition("?")
+    return scheme.split("+")[0] == "sqlite" and (path in ("", "/:memory:") or "mode=memory" in query)
 
 
 def check_study_name(name: str) -> str:
@@ -215,6 +226,9 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
             return JournalStorage(JournalFileBackend(str(path)))
         if "://" not in url:
             raise QnasError(f"bad --storage {url!r}: expected an Optuna storage URL like sqlite:///x.db")
+        if _sqlite_in_memory(url):
+            raise QnasError(f"--storage {url!r} is an in-memory database, gone when the process ends: "
+                            "use a file, e.g. sqlite:///studies/NAME.db")
         db = sqlite_path(url)
         if db is not None and readonly:
             if not db.is_file():
@@ -227,8 +241,12 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
                 _check_sqlite_storage(db, empty_ok=True)
             db.parent.mkdir(parents=True, exist_ok=True)
             # SQLite has no concurrent writers across machines; heartbeats still recover crashed trials.
+        from sqlalchemy.exc import SAWarning
+
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, but long-standing
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # e.g. SQLite options the driver ignores without uri=true: the URL would not mean what it says
+            warnings.simplefilter("error", SAWarning)
             # A worker that dies mid-trial is noticed by the others after the grace period; its trial
             # is marked failed and re-queued STALE_TRIAL_RETRIES times (RetryHeartbeatStaleTrialCallback).
             storage = _rdb_storage(
@@ -238,8 +256,6 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES),
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
             )
-        if url.startswith("sqlite") and not readonly:  # WAL is a write to the file header: never on reads
-            _sqlite_fast_commits(storage)
         return storage
     except QnasError:
         raise
@@ -454,6 +470,8 @@ def load_study(study: str, storage: str | None = None, readonly: bool = False) -
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
         raise QnasError(f"no study {study!r} in {redact(url)} (found: {', '.join(names) or 'none'})") from None
     check_made_by_qnas(opened)
+    if not readonly:
+        _sqlite_fast_commits(store)
     return opened
 
 
@@ -575,6 +593,7 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=cfg.study, storage=store, sampler=sampler)
         _check_continued(study)  # before any write: another program's study is left as it is
+    _sqlite_fast_commits(store)
     # The target first: a worker joining a study being created waits for it (_check_continued).
     contract = {StudyKey.TARGET: cfg.target, StudyKey.MAX_PARAMS: cfg.max_params, StudyKey.SPACE: cfg.space,
                 StudyKey.DATASET: cfg.dataset, StudyKey.PREDICTOR: cfg.predictor, StudyKey.PROTOCOL: cfg.protocol,

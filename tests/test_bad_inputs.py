@@ -53,6 +53,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "run").mkdir()
     (root / "run" / "last.pt").write_bytes(b"\x80\x04 truncated checkpoint")
     (root / "outdir").mkdir()
+    (root / "exits.py").write_text("import sys\n\n\ndef make():\n    sys.exit(0)\n")
     return root
 
 
@@ -208,6 +209,24 @@ CASES: list[tuple[str, list[str], str]] = [
     ("score-init-pickle", ["score", "--arch", TINY, "--init", "ghn:pickle.pt", "--val-size", "8"], NOT_A_PREDICTOR),
     ("search-predictor-pickle", [*SEARCH[:-3], "--predictor", "pickle.pt", "--quiet"], NOT_A_PREDICTOR),
     ("train-start-from-pickle", [*TRAIN, "--start-from", "pickle.pt"], NOT_A_PREDICTOR),
+    # found by an audit in session 25: each was a traceback, a second line, a silent fallback or a file left behind
+    ("space-sample-max-params-below-one", ["space", "sample", "--n", "1", "--max-params", "0.5"], "--max-params"),
+    ("search-storage-in-memory", [*SEARCH, "--storage", "sqlite://"], "in-memory database"),
+    ("search-storage-memory-path", [*SEARCH, "--storage", "sqlite:///:memory:"], "in-memory database"),
+    ("show-sqlite-option-without-uri", ["show", "--study", "demo", "--storage", "sqlite:///studies/demo.db?mode=ro"],
+     "uri=true"),
+    ("show-storage-path-with-newline", ["show", "--study", "demo", "--storage", "sqlite:///a\nb.db"], "a\\nb.db"),
+    ("score-init-trained-not-a-number", ["score", "--arch", TINY, "--init", "trained:x", "--val-size", "8",
+                                         "--settings", "fp32"], "trained:EPOCHS"),
+    ("score-random-bad-first-last-bits", ["score", "--arch", TINY, "--init", "random", "--settings", "fp32",
+                                          "--first-last-bits", "x", "--val-size", "8"], "first/last-layer bits"),
+    ("score-module-calls-sys-exit", ["score", "--module", "exits.py:make", "--val-size", "8"],
+     "called sys.exit(0)"),
+    ("report-csv-unwritable-writes-no-html", ["report", "--study", "demo", "--out", "r1.html", "--csv",
+                                              "/proc/qnas-x.csv"], "cannot write /proc/qnas-x.csv"),
+    ("export-bits-fp32", [*EXPORT, "--bits", "fp32"], "the float model.onnx is always written"),
+    ("search-predictor-empty", [*SEARCH[:-3], "--predictor", "", "--quiet"], "expected a predictor name"),
+    ("finetune-predictor-empty", [*FT, "--predictor", " "], "expected a predictor name"),
     # an extra argument points to the help that lists the subcommand's arguments, not `qnas --help`
     ("space-info-extra-argument", ["space", "info", TINY, "b"],
      "unrecognized arguments: b (see `qnas space info --help`)"),

@@ -304,6 +304,18 @@ def test_missing_data_dir_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "does not exist" in _one_error_line(capsys)
 
 
+def test_a_missing_qnas_data_dir_is_an_error_not_a_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    _write_fashion(tmp_path / "cache" / "qnas" / "fashion-mnist")  # a copy the search would otherwise fall back to
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data.load_dataset("fashion-mnist").source == tmp_path / "cache" / "qnas" / "fashion-mnist"
+    monkeypatch.setenv("QNAS_DATA_DIR", str(tmp_path / "typo"))
+    with pytest.raises(QnasError, match=r"\$QNAS_DATA_DIR .*typo does not exist"):
+        data.load_dataset("fashion-mnist")
+    assert main(["data", "check"]) == 2
+    assert "$QNAS_DATA_DIR" in _one_error_line(capsys)
+
+
 # ---------------------------------------------------------------------------------------------------
 # CIFAR-10 pickles
 

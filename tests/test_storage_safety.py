@@ -107,7 +107,8 @@ def test_search_does_not_add_optuna_tables_to_another_database(tmp_path):
 
 
 def test_reading_an_optuna_study_does_not_rewrite_its_file(tmp_path, monkeypatch, capsys):
-    """A rollback-journal Optuna database stays one: read-only commands set no WAL mode in its header."""
+    """A rollback-journal Optuna database stays one: read-only commands set no WAL mode in its header, and
+    neither do search and finetune, which refuse the study before writing anything."""
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "plain.db"
     optuna.create_study(study_name="plain", storage=f"sqlite:///{db}").optimize(
@@ -116,6 +117,9 @@ def test_reading_an_optuna_study_does_not_rewrite_its_file(tmp_path, monkeypatch
     for argv in (["show", "--study", "plain"], ["report", "--study", "plain", "--out", str(tmp_path / "r.html")]):
         _one_line_error(*run_cli([*argv, "--storage", f"sqlite:///{db}"], capsys)[::2], "was not made by qnas")
     assert run_cli(["studies", "--storage", f"sqlite:///{db}"], capsys)[0] == 0
+    for argv in (["search", "--study", "plain", "--trials", "1", "--val-size", "8", "--predictor", "random", "--quiet"],
+                 ["finetune", "--study", "plain", "--quiet"]):
+        _one_line_error(*run_cli([*argv, "--storage", f"sqlite:///{db}"], capsys)[::2], "was not made by qnas")
     assert db.read_bytes() == before
 
 
@@ -216,6 +220,21 @@ def test_qnas_studies_are_continued_and_read(tmp_path):
     _qnas_study(url)
     _qnas_study(url)  # continued
     assert len(R.open_study("s1", url).trials) == 4 and len(load_study("s1", url).trials) == 4
+    # a qnas study's file commits without an fsync each (WAL), set once the study is known to be qnas's
+    con = sqlite3.connect(tmp_path / "s.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_storage_is_refused_in_one_line(url, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(QnasError, match="in-memory database"):
+        open_storage(url)
+    rc, _, err = run_cli(["search", "--study", "m", "--storage", url, "--trials", "1", "--val-size", "8",
+                          "--predictor", "random", "--quiet"], capsys)
+    _one_line_error(rc, err, "in-memory database")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- 4: report outputs

@@ -14,6 +14,7 @@ __all__ = [
     "population",
     "positive_float",
     "positive_int",
+    "predictor_name",
     "seed",
     "study_name",
 ]
@@ -39,14 +40,21 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def predictor_name(text: str) -> str:
+    """``--predictor``: a shipped name, a checkpoint path or ``random``; never empty (which would mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a predictor name, checkpoint path or 'random', got ''")
+    return text
+
+
 def param_count(text: str) -> int:
     """A parameter budget such as ``1e7``, ``2500000`` or ``2.5e6``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a parameter count like 1e7, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive parameter count, got {text!r}")
+    if not value >= 1 or value == float("inf"):  # NaN fails the comparison
+        raise argparse.ArgumentTypeError(f"expected a parameter count of at least 1, got {text!r}")
     return int(value)
 
 

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from qnas.commands._args import non_negative_float, positive_float, positive_int, seed, study_name
+from qnas.commands._args import (
+    non_negative_float,
+    positive_float,
+    positive_int,
+    predictor_name,
+    seed,
+    study_name,
+)
 from qnas.commands._output import pct, print_architectures
 from qnas.errors import QnasError
 
@@ -77,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help=f"on conv/linear weights (default {d.weight_decay:g})")
     f.add_argument("--init", choices=("ghn", "random"), default="ghn",
                    help="start from the predictor's parameters (default) or PyTorch's random init")
-    f.add_argument("--predictor", default=None,
+    f.add_argument("--predictor", type=predictor_name, default=None,
                    help="GHN name or checkpoint for --init ghn (default: the study's predictor, else the shipped one)")
     fl = f.add_mutually_exclusive_group()
     fl.add_argument("--first-last-bits", type=_first_last_bits, default="study",
@@ -118,7 +125,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--bits", default=None, help="low-bit ONNX setting: 8, 4, 2 or e.g. w4a8 (default: the finetuned "
                    "setting, else the study's target)")
     e.add_argument("--force", action="store_true", help="overwrite an existing export")
-    e.add_argument("--predictor", default=None, help="GHN for trials that were not finetuned (default: the study's)")
+    e.add_argument("--predictor", type=predictor_name, default=None,
+                   help="GHN for trials that were not finetuned (default: the study's)")
     e.add_argument("--verify-size", type=positive_int, default=1000, help="test images for the ONNX check "
                    "(default 1000)")
     e.add_argument("--test-size", type=positive_int, default=None,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qnas.commands._args import add_head_args, non_negative_int, seed
+from qnas.commands._args import add_head_args, non_negative_int, predictor_name, seed
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_HEAD, SETTINGS
 from qnas.errors import QnasError
 
@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "percent. The 'random' column evaluates the same architectures with PyTorch's default "
         "initialization, the floor a predictor must beat.",
     )
-    p.add_argument("--predictor", metavar="P",
+    p.add_argument("--predictor", type=predictor_name, metavar="P",
                    help="shipped predictor name, checkpoint path or 'random' (default: the shipped predictor "
                    "for --dataset)")
     p.add_argument("--dataset", default=DEFAULT_DATASET, metavar="NAME", help=f"dataset (default {DEFAULT_DATASET})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -78,17 +79,32 @@ def _report(args: argparse.Namespace) -> int:
         raise QnasError(f"--csv {str(csv)!r} should end in .csv")
     if out.resolve() == csv.resolve():  # the second write would replace the first (a link named x.csv)
         raise QnasError(f"--csv {str(csv)!r} is the same file as --out {str(out)!r}; give two files")
-    study = R.open_study(args.study, args.storage)
-    target = R.study_target(study)
     messages = []
-    for path, write in ((out, lambda p: R.write_report(study, p, cdn=args.cdn, storage=args.storage)),
-                        (csv, lambda p: R.write_csv(study, p))):
-        existed = path.exists()
-        try:
-            write(path)
-        except OSError as exc:
-            raise QnasError(f"cannot write {path}: {exc.strerror or exc}") from None
-        messages.append(f"{'overwrote' if existed else 'wrote'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    # (temporary file, target): both written before either replaces its target, and where a directory already
+    # exists the temporary file is created before the study is even opened (a place no one can write fails first).
+    staged = [(path.with_name(f".{path.name}.{os.getpid()}.tmp"), path) for path in (out, csv)]
+    path = out  # the file being written, for the error
+    try:
+        for tmp, place in staged:
+            if tmp.parent.is_dir():
+                path = place
+                tmp.touch()
+        study = R.open_study(args.study, args.storage)
+        target = R.study_target(study)
+        path = out
+        R.write_report(study, staged[0][0], cdn=args.cdn, storage=args.storage)
+        path = csv
+        R.write_csv(study, staged[1][0])
+        for tmp, path in staged:
+            existed = path.exists()
+            os.replace(tmp, path)
+            messages.append(f"{'overwrote' if existed else 'wrote'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    except OSError as exc:
+        raise QnasError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     console = Console()
     _print_trials(console, study, R.best_trials(study, top=None, pareto=True), target,
                   f"Pareto front of {args.study!r} at {target} (predicted top-1 %)", short=True)

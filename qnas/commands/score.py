@@ -229,10 +229,11 @@ def _arch_text(value: str) -> str:
 def _init(module: Any, args: argparse.Namespace, ds: Any, err: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from qnas.inits import init_params
+    from qnas.inits import init_params, trained_epochs
 
-    if not args.init.startswith("trained"):
+    if args.init.partition(":")[0] != "trained":
         return init_params(module, args.init, dataset=ds, seed=args.seed)
+    trained_epochs(args.init.partition(":")[2])  # a bad value fails before the progress bar takes a line
     columns = (TextColumn(f"training ({args.init})"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("train", total=None)

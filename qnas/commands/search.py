@@ -16,6 +16,7 @@ from qnas.commands._args import (
     population,
     positive_float,
     positive_int,
+    predictor_name,
     seed,
     study_name,
 )
@@ -69,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default=DEFAULT_SPACE, help=f"search space (default {DEFAULT_SPACE})")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset (default {DEFAULT_DATASET})")
     p.add_argument("--data-dir", default=None, help="where the dataset files are (default: standard places)")
-    p.add_argument("--predictor", default=None,
+    p.add_argument("--predictor", type=predictor_name, default=None,
                    help="GHN checkpoint name or path (default: the shipped one for --dataset; 'random' for an "
                    "untrained GHN)")
     p.add_argument("--val-size", type=positive_int, default=1000,
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from qnas.defaults import DEFAULT_SAMPLER
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress display says what matters
-    console = Console(stderr=True, soft_wrap=True)  # progress and notes; trial lines and the front go to stdout
+    console = Console(stderr=True, soft_wrap=True)  # progress and notes (and trial lines, on a terminal)
     out = Console(soft_wrap=True)
     planned = make_search(
         args.study, bits=args.bits, max_params=args.max_params, trials=args.trials, total_trials=args.total_trials,
@@ -146,16 +147,18 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             lines.print(_trial_line(trial, cfg), markup=False, highlight=False, soft_wrap=True)
 
-    # Optuna logs a trial failed by Ctrl-C with the full traceback; the summary already says "interrupted".
+    # Optuna logs a trial failed by Ctrl-C or SIGTERM with the full traceback and a "failed with value None"
+    # line; the summary already says "interrupted" / "terminated".
     optuna_log = logging.getLogger("optuna.study._optimize")
-    optuna_log.addFilter(_drop_interrupt_traceback)
+    drop_interrupts = _InterruptedTrialLogs()
+    optuna_log.addFilter(drop_interrupts)
     try:
         with progress:
             task = progress.add_task("search", total=cfg.trials, study=args.study, rate=0.0, front=0, target=target,
                                      best="-")
             summary = planned.run(on_trial=on_trial)
     finally:
-        optuna_log.removeFilter(_drop_interrupt_traceback)
+        optuna_log.removeFilter(drop_interrupts)
 
     _print_summary(console, out, cfg, summary)
     if summary.terminated:
@@ -196,8 +199,19 @@ def _trial_line(trial, cfg) -> str:
     return f"{head}: {', '.join(parts)}  {a.arch or ''}"
 
 
-def _drop_interrupt_traceback(record: logging.LogRecord) -> bool:
-    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+class _InterruptedTrialLogs(logging.Filter):
+    """Drops Optuna's two records of a trial failed by an interrupt: the traceback, then its value (None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trials: set[str] = set()  # "Trial N" of each interrupted trial
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):  # SIGTERM's Terminated too
+            self.trials.add(message.split(" failed", 1)[0])
+            return False
+        return message.split(" failed with value", 1)[0] not in self.trials
 
 
 def _print_summary(console: Console, out: Console, cfg, summary) -> None:

@@ -221,6 +221,7 @@ def engine_setting(setting: str, *, granularity: str, act_ranges: str = "auto",
     """The engine's setting for a reported name under a scoring protocol: ``w4a4`` -> ``w4a4-channel-fl8`` with
     per-channel scales and the first/last-layer rule (``-minmax`` added with ``act_ranges="minmax"``); a name
     that says its own weight scales or ranges keeps them. The one mapping every scoring entry point uses."""
+    parse_first_last_bits(first_last_bits)  # a bad value is an error even where no layer is quantized
     if QuantSpec.parse(setting).is_float:
         return setting
     name = with_granularity([setting], granularity)[0]
