@@ -76,9 +76,14 @@ def load(path: str | os.PathLike[str], *, max_params: int | None = None, max_mac
     import json
     from pathlib import Path
 
+    from qnas import _checks as checks
     from qnas import limits
     from search_spaces import get_space
 
+    if not isinstance(path, str | os.PathLike):
+        raise QnasError(f"path must be an export directory, got {path!r}")
+    max_params, max_macs = checks.count("max_params", max_params, optional=True), \
+        checks.count("max_macs", max_macs, optional=True)
     arch_file = Path(path) / "arch.json"
     try:
         arch = json.loads(arch_file.read_text())
@@ -89,8 +94,8 @@ def load(path: str | os.PathLike[str], *, max_params: int | None = None, max_mac
         raise QnasError(f"{str(arch_file)!r} is not a readable qnas architecture ({type(exc).__name__}: {exc})") \
             from None
     limits.check_arch_size(space, genome, shape, classes,
-                           max_params=max_params or limits.DEFAULT_MAX_PARAMS,
-                           max_macs=max_macs or limits.DEFAULT_MAX_MACS,
+                           max_params=limits.DEFAULT_MAX_PARAMS if max_params is None else max_params,
+                           max_macs=limits.DEFAULT_MAX_MACS if max_macs is None else max_macs,
                            hint="pass larger max_params / max_macs to qnas.load if it is meant")
     from qnas.export import load as load_export
 

@@ -18,7 +18,6 @@ Accuracies are fractions in [0, 1] (the CLI prints them as percentages).
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qnas import _checks as checks
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_HEAD, DEFAULT_SPACE, SETTINGS
 from qnas.errors import QnasError, QnasWarning
 
@@ -134,6 +134,12 @@ def score(
     from qnas.readout import head_label
 
     names = _settings(bits)
+    val_size, seed = checks.integer("val_size", val_size, minimum=1), checks.seed("seed", seed)
+    max_params, max_macs = checks.count("max_params", max_params, optional=True), \
+        checks.count("max_macs", max_macs, optional=True)
+    calib_size = checks.integer("calib_size", calib_size, minimum=1, optional=True)
+    batch_size = checks.integer("batch_size", batch_size, minimum=1)
+    fit_size = checks.integer("fit_size", fit_size, minimum=1, optional=True)
     is_arch = isinstance(model, str)
     if not is_arch and ranker not in (None, "none", "auto"):
         raise QnasError("a ranker predicts from the scores of an architecture of the space, not of a module")
@@ -154,7 +160,8 @@ def score(
     specs = parse_specs([scorer.spec_name(n) for n in names])  # two names of one setting: an error
     from qnas import limits
 
-    max_params, max_macs = max_params or limits.DEFAULT_MAX_PARAMS, max_macs or limits.DEFAULT_MAX_MACS
+    max_params = limits.DEFAULT_MAX_PARAMS if max_params is None else max_params
+    max_macs = limits.DEFAULT_MAX_MACS if max_macs is None else max_macs
     notes: list[str] = []
     if scorer.ranker_note:
         warnings.warn(scorer.ranker_note, QnasWarning, stacklevel=3)
@@ -325,11 +332,15 @@ def predict_params(
     from qnas.data import dataset_info
     from qnas.graph import to_graph
     from qnas.predictors import load_predictor, resolve_predictor_name
+    from qnas.quant import parse_specs
 
+    if not isinstance(model, str | torch.nn.Module):
+        raise QnasError(f"model must be an nn.Module or an architecture string, got {type(model).__name__}")
     names = _settings(bits)
     if len(names) != 1:
         raise QnasError(f"predict_params takes one setting, got {', '.join(names)}")
     name = names[0]
+    parse_specs([name])  # the settings score accepts, no others
     module = build(model, space=space, dataset=dataset) if isinstance(model, str) else model
     info = dataset_info(dataset)
     pred = load_predictor(resolve_predictor_name(predictor, dataset), dataset=dataset, input_shape=info.input_shape,
@@ -393,11 +404,12 @@ def make_search(
 
     target = parse_target(str(bits))
     check_study_name(study)
-    if not (isinstance(max_params, int | float) and math.isfinite(max_params) and max_params >= 1):
-        raise QnasError(f"max_params must be a positive parameter count, got {max_params!r}")
-    for label, value in (("trials", trials), ("total_trials", total_trials), ("timeout", timeout)):
-        if value is not None and not value > 0:
-            raise QnasError(f"{label} must be positive, got {value!r}")
+    max_params = checks.count("max_params", max_params)
+    trials = checks.integer("trials", trials, minimum=1, optional=True)
+    total_trials = checks.integer("total_trials", total_trials, minimum=1, optional=True)
+    timeout = checks.number("timeout", timeout, optional=True)
+    population = checks.integer("population (NSGA-II needs at least 2)", population, minimum=2)
+    seed, val_size = checks.seed("seed", seed), checks.integer("val_size", val_size, minimum=1)
     # The default settings (the ranker reads them all) and the target, scored whichever it is (e.g. w8a4).
     scorer = _scorer(settings=tuple(dict.fromkeys([*SETTINGS, target])), space=space, dataset=dataset,
                      data_dir=data_dir, predictor=predictor,
@@ -483,11 +495,22 @@ def finetune(
     (``before``/``after`` top-1 fractions per setting, ...), as ``qnas finetune --json`` prints them.
     ``first_last_bits``: ``"study"`` (default) the first/last-layer rule the study was searched with, or 8 /
     ``"same"``. ``hooks(trial, setting)`` may return a ``qnas.finetune.Hooks`` for progress."""
+    import dataclasses
+
     from qnas.finetune import FAQConfig, choose_trials, finetune_trial
     from qnas.quant import parse_first_last_bits
     from qnas.search import parse_target
     from qnas.study import StudyAttrs, TrialAttrs
 
+    if trials is not None and (isinstance(trials, str) or not isinstance(trials, Iterable)):
+        raise QnasError(f"trials must be a list of trial numbers, got {trials!r}")
+    trials = None if trials is None else [checks.integer("trial number", t, minimum=0) for t in trials]
+    top_k = checks.integer("top_k", top_k, minimum=1, optional=True)
+    test_size = checks.integer("test_size", test_size, minimum=1, optional=True)
+    known = {f.name for f in dataclasses.fields(FAQConfig)} - {"setting", "granularity", "first_last_8bit"}
+    if set(faq) - known:
+        raise QnasError(f"unknown finetune option(s) {', '.join(sorted(set(faq) - known))} "
+                        f"(FAQConfig fields: {', '.join(sorted(known))})")
     opened, dataset = _open_study(study, storage, data_dir)
     attrs = StudyAttrs.of(opened)
     setting = parse_target(str(bits)) if bits else attrs.target
@@ -537,6 +560,12 @@ def export(
 
     if pareto == (trial is not None):
         raise QnasError("export needs one of trial=N or pareto=True")
+    trial = checks.integer("trial", trial, minimum=0, optional=True)
+    if not isinstance(out, str | os.PathLike):
+        raise QnasError(f"out must be a directory path, got {out!r}")
+    verify_size = checks.integer("verify_size", verify_size, minimum=1)
+    test_size = checks.integer("test_size", test_size, minimum=1, optional=True)
+    latency_rounds = checks.integer("latency_rounds", latency_rounds, minimum=0)
     require_dependencies()
     target = parse_target(str(bits)) if bits else None
     if target == "fp32":
@@ -550,7 +579,7 @@ def export(
             raise QnasError(f"study {study!r} has no completed feasible trials")
         targets = [(t, out / f"trial-{t.number}") for t in front]
     else:
-        targets = [(study_trial(opened, int(trial)), out)]  # type: ignore[arg-type]
+        targets = [(study_trial(opened, trial), out)]  # type: ignore[arg-type]
     for _, where in targets:  # refuse before any work, so an export is never half-replaced
         prepare_dir(where, force)
     # Finetuned trials need no predictor: a missing one is an error only for a trial that is not finetuned.

@@ -775,6 +775,10 @@ def load_weights(module: nn.Module, path: Path, remedy: str, what: str = "the ar
         why = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
         why = why if len(why) <= 120 else why[:117] + "..."
         raise QnasError(f"{str(path)!r} does not fit {what} ({why}); {remedy}") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:  # a diverged finetuning: no quantizer or ONNX file can describe NaN or inf
+        raise QnasError(f"{str(path)!r} holds NaN or inf (in {bad[0]}{' and others' if len(bad) > 1 else ''}); "
+                        f"{remedy}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from qnas import _checks as checks
 from qnas.callable_module import make_callable
 from qnas.defaults import FAQ
 from qnas.errors import QnasError
@@ -138,13 +139,14 @@ class FAQConfig:
         if spec.is_float:
             raise QnasError("FAQ finetunes for a quantized setting such as w4a4, not fp32")
         for name in ("epochs", "batch_size", "calib_batches", "calib_batch_size"):
-            if getattr(self, name) <= 0:
-                raise QnasError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.train_size is not None and self.train_size <= 0:
-            raise QnasError(f"train_size must be positive, got {self.train_size}")
+            checks.integer(name, getattr(self, name), minimum=1)
+        checks.integer("train_size", self.train_size, minimum=1, optional=True)
+        checks.seed("seed", self.seed)
         # NaN and inf pass `>= 0` checks downstream and silently turn every weight into NaN
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise QnasError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        for name in ("lr", "final_lr", "grad_clip"):
+            checks.number(name, getattr(self, name), optional=name == "grad_clip")
+        for name in ("momentum", "weight_decay", "freeze_bn_at", "weight_clip"):
+            checks.number(name, getattr(self, name), positive=False, optional=name == "weight_clip")
         if not 0 < self.final_lr <= self.lr:
             raise QnasError(f"need 0 < final_lr <= lr, got lr={self.lr}, final_lr={self.final_lr}")
         if not 0.0 <= self.freeze_bn_at <= 1.0:

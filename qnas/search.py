@@ -34,6 +34,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
+from qnas import _checks as checks
 from qnas.callable_module import make_callable
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_POPULATION, DEFAULT_SAMPLER, DEFAULT_SPACE, SAMPLERS, SETTINGS
 from qnas.errors import QnasError, Terminated, raise_terminated
@@ -72,7 +73,7 @@ __all__ = [
 SCORE_ATTRS = K.SCORES  # what a scorer returns per setting (qnas.study.TrialKey.SCORES)
 # Study names become file names (studies/NAME.db, studies/NAME/): no separators, no hidden or empty names.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
+MAX_SEED = checks.MAX_SEED
 # A trial is RUNNING without an owner only between Optuna creating it and the objective's first write.
 OWNERLESS_GRACE_S = 60.0
 # A trial whose worker died is re-run once: a candidate that kills its worker again (out of memory) is not.
@@ -183,7 +184,7 @@ def _sqlite_in_memory(url: str) -> bool:
 
 def check_study_name(name: str) -> str:
     """``name`` when it is safe as a file name under studies/ (letters, digits, ``._-``), else QnasError."""
-    if not STUDY_NAME.fullmatch(name):
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
         raise QnasError(f"bad study name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a "
                         "letter or digit")
     return name
@@ -572,10 +573,12 @@ def create_or_continue(cfg: SearchConfig, space: Any = None, input_shape: tuple[
     With ``space`` the sampler proposes only candidates within ``cfg.max_params`` (:class:`BoundedSampler`).
     """
     check_study_name(cfg.study)
-    if cfg.seed is not None and not 0 <= cfg.seed <= MAX_SEED:
-        raise QnasError(f"bad seed {cfg.seed}: expected an integer in [0, {MAX_SEED}]")
-    if cfg.population_size < 2:
-        raise QnasError(f"bad population size {cfg.population_size}: NSGA-II needs at least 2")
+    # Every argument is checked before the storage is opened: a refused search leaves no database behind.
+    if cfg.seed is not None:
+        checks.seed("seed", cfg.seed)
+    checks.integer("population size (NSGA-II needs at least 2)", cfg.population_size, minimum=2)
+    if cfg.sampler not in SAMPLERS:
+        raise QnasError(f"unknown sampler {cfg.sampler!r} (choose from {', '.join(SAMPLERS)})")
     if space is not None:  # before the storage: a bound nothing meets creates no study
         check_bound(space, cfg.max_params, input_shape, num_classes)
     store = open_storage(cfg.storage or default_storage(cfg.study))

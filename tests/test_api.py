@@ -229,6 +229,56 @@ def test_the_api_checks_what_the_cli_checks(tmp_path: Path) -> None:
         "w4a4", "w2a2"]
 
 
+# Found by an audit of the API in session 25: each was a TypeError from deep inside, or a value quietly read as
+# another (2.5 trials as 3, max_params=0 as the default, top_k=-1 as every trial, lr=inf as NaN weights).
+BAD_CALLS = [
+    ("score-bits-float", lambda: qnas.score(TinyResNet(), bits=3.5), "bits must be a setting"),
+    ("score-bits-none", lambda: qnas.score(TinyResNet(), bits=None), "bits must be a setting"),
+    ("score-val-size-str", lambda: qnas.score(TinyResNet(), val_size="16"), "val_size must be an integer"),
+    ("score-val-size-float", lambda: qnas.score(TinyResNet(), val_size=2.5), "val_size must be an integer"),
+    ("score-seed-huge", lambda: qnas.score(TinyResNet(), seed=2**70), "seed must be in"),
+    ("score-seed-float", lambda: qnas.score(TinyResNet(), seed=1.5), "seed must be an integer"),
+    ("score-max-params-zero", lambda: qnas.score(TinyResNet(), max_params=0), "max_params must be a count"),
+    ("score-max-params-str", lambda: qnas.score(TinyResNet(), max_params="1e6"), "max_params must be a count"),
+    ("predict-a-function", lambda: qnas.predict_params(print, predictor="random"), "must be an nn.Module"),
+    ("predict-unknown-setting", lambda: qnas.predict_params(ARCH, bits="w16a16", predictor="random"), "w16a16"),
+    ("search-trials-fraction", lambda: qnas.make_search("c", trials=2.5), "trials must be an integer"),
+    ("search-trials-bool", lambda: qnas.make_search("c", trials=True), "trials must be an integer"),
+    ("search-population-fraction", lambda: qnas.make_search("c", population=2.5), "population"),
+    ("search-timeout-str", lambda: qnas.make_search("c", timeout="x"), "timeout must be a number"),
+    ("search-seed-fraction", lambda: qnas.make_search("c", seed=1.5), "seed must be an integer"),
+    ("search-study-none", lambda: qnas.make_search(None), "bad study name"),
+    ("finetune-top-k-negative", lambda: qnas.finetune("c", top_k=-1), "top_k must be at least 1"),
+    ("finetune-trials-int", lambda: qnas.finetune("c", trials=5), "trials must be a list"),
+    ("finetune-trials-str", lambda: qnas.finetune("c", trials=["0"]), "trial number must be an integer"),
+    ("finetune-unknown-option", lambda: qnas.finetune("c", foo=1), "unknown finetune option"),
+    ("export-trial-fraction", lambda: qnas.export("c", "out", trial=4.7), "trial must be an integer"),
+    ("export-verify-size-zero", lambda: qnas.export("c", "out", trial=0, verify_size=0), "verify_size must be"),
+    ("export-test-size-negative", lambda: qnas.export("c", "out", trial=0, test_size=-1), "test_size must be"),
+    ("export-out-none", lambda: qnas.export("c", None, trial=0), "out must be a directory"),
+    ("load-none", lambda: qnas.load(None), "path must be an export directory"),
+    ("load-max-params-zero", lambda: qnas.load("x", max_params=0), "max_params must be a count"),
+]
+
+
+@pytest.mark.parametrize(("call", "message"), [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_api_arguments_are_one_qnas_error_before_any_work(call, message, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(qnas.QnasError, match=message) as exc:
+        call()
+    assert "\n" not in str(exc.value)
+    assert list(tmp_path.iterdir()) == []  # no study database, no export directory
+
+
+@pytest.mark.parametrize(("field", "value"), [("lr", float("inf")), ("lr", "x"), ("epochs", "2"), ("epochs", 1.5),
+                                               ("momentum", float("nan")), ("seed", -1), ("grad_clip", 0)])
+def test_faq_config_refuses_bad_values(field: str, value: object) -> None:
+    from qnas.finetune import FAQConfig
+
+    with pytest.raises(qnas.QnasError, match=field):
+        FAQConfig(**{field: value})
+
+
 def test_cli_score_takes_the_apis_settings_and_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--bits 4` is w4a4 as everywhere; --act-ranges reaches the scorer; a module is scored as qnas.score scores
     it (the same numbers, bounds checked); a default setting spelled out is scored once, as its short name."""

@@ -397,3 +397,19 @@ def test_hardswish_and_silu_run_quantized_and_export_to_matching_onnx(fashion): 
         cal = faq_calibration(qmodel, lay, images[:128], spec if not spec.is_float else QuantSpec(8, 8))
         r = verify_onnx(to_onnx(module, lay, cal, spec, (1, 28, 28)), qmodel, cal, spec, images)
         assert _check(name, spec, r) is None, (name, r)
+
+
+def test_weights_with_nan_are_refused_in_one_line(tmp_path: Path) -> None:
+    """A diverged finetuning's weights: no quantizer or ONNX file can describe them (found by the session-25 audit)."""
+    from safetensors.torch import save_file
+
+    from qnas.export import load_weights
+
+    module = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    module(torch.zeros(1, 1, 8, 8))
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    state["0.weight"][0, 0, 0, 0] = float("nan")
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(QnasError, match=r"holds NaN or inf \(in 0.weight\); finetune again") as exc:
+        load_weights(module, tmp_path / "w.safetensors", "finetune again")
+    assert "\n" not in str(exc.value)

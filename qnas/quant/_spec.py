@@ -233,6 +233,9 @@ def setting_names(bits: str | int | Iterable[str | int]) -> tuple[str, ...]:
     """The settings a user asked for, as names: ``"w4a4"``, ``"fp32, w4a4"``, ``4`` or ``"4"`` (= w4a4; also 8
     and 2) or a list of those; stripped, lower case. QnasError if none is named or one is named twice (the
     names are checked as settings by :func:`parse_specs`, where they are measured)."""
+    if isinstance(bits, bool) or not isinstance(bits, str | int | Iterable):
+        raise QnasError(f"bits must be a setting such as 'w4a4', a bit count such as 4, or a list of those; "
+                        f"got {bits!r}")
     items = ([t for t in bits.split(",") if t.strip()] if isinstance(bits, str) else
              [bits] if isinstance(bits, int) else list(bits))
     names = [str(b).strip().lower() for b in items]
