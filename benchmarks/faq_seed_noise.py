@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     stage = f"faq_{args.setting}"
     if row is None or "fp32" not in row["stages"] or stage not in row["stages"]:
         ap.error(f"{key}: no row with a trained net and a {stage} stage in {args.store}")
+    if G.stale(row["stages"][stage]["provenance"]["git_commit"]):  # ranking.py would not use it either
+        ap.error(f"{key}: its {stage} stage was measured with an older quantizer; ground_truth.py re-measures it")
     torch.set_num_threads(1)
 
     worker = G.Worker(argparse.Namespace(test_images=args.test_images, worker_id=0, device="cpu", store=args.store,
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if seed in done:
             continue
         module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        out = worker.faq(dataclasses.replace(job, seed=seed), args.setting, ds, module, cache, start)
+        own = cache / f"faq_seed{seed}"  # each seed's resumable FAQ checkpoint apart from the others'
+        own.mkdir(exist_ok=True)
+        out = worker.faq(dataclasses.replace(job, seed=seed), args.setting, ds, module, own, start)
         record = {"net": args.net, "train_seed": args.train_seed, "setting": args.setting, "faq_seed": seed,
                   "weights_sha256": start, "same_net_as_row": same, "test_top1": out["test_top1"],
                   "test_top1_before": out["test_top1_before"], "test_top1_fp32_after": out["test_top1_fp32_after"],

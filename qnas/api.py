@@ -383,7 +383,7 @@ def make_search(
     storage: str | None = None,
     sampler: str | None = None,
     population: int = 20,
-    seed: int = 0,
+    seed: int | None = 0,
     space: str = DEFAULT_SPACE,
     dataset: str = DEFAULT_DATASET,
     data_dir: str | os.PathLike[str] | None = None,
@@ -409,7 +409,8 @@ def make_search(
     total_trials = checks.integer("total_trials", total_trials, minimum=1, optional=True)
     timeout = checks.number("timeout", timeout, optional=True)
     population = checks.integer("population (NSGA-II needs at least 2)", population, minimum=2)
-    seed, val_size = checks.seed("seed", seed), checks.integer("val_size", val_size, minimum=1)
+    seed = None if seed is None else checks.seed("seed", seed)  # None: an unseeded sampler
+    val_size = checks.integer("val_size", val_size, minimum=1)
     # The default settings (the ranker reads them all) and the target, scored whichever it is (e.g. w8a4).
     scorer = _scorer(settings=tuple(dict.fromkeys([*SETTINGS, target])), space=space, dataset=dataset,
                      data_dir=data_dir, predictor=predictor,

@@ -138,15 +138,17 @@ class FAQConfig:
         spec = QuantSpec.parse(self.setting)
         if spec.is_float:
             raise QnasError("FAQ finetunes for a quantized setting such as w4a4, not fp32")
-        for name in ("epochs", "batch_size", "calib_batches", "calib_batch_size"):
-            checks.integer(name, getattr(self, name), minimum=1)
-        checks.integer("train_size", self.train_size, minimum=1, optional=True)
-        checks.seed("seed", self.seed)
+        # The checked values are stored (a numpy integer becomes an int: the config is written as JSON).
+        for name in ("epochs", "batch_size", "calib_batches", "calib_batch_size", "train_size"):
+            object.__setattr__(self, name, checks.integer(name, getattr(self, name), minimum=1,
+                                                          optional=name == "train_size"))
+        object.__setattr__(self, "seed", checks.seed("seed", self.seed))
         # NaN and inf pass `>= 0` checks downstream and silently turn every weight into NaN
-        for name in ("lr", "final_lr", "grad_clip"):
-            checks.number(name, getattr(self, name), optional=name == "grad_clip")
-        for name in ("momentum", "weight_decay", "freeze_bn_at", "weight_clip"):
-            checks.number(name, getattr(self, name), positive=False, optional=name == "weight_clip")
+        for name in ("lr", "final_lr"):
+            object.__setattr__(self, name, checks.number(name, getattr(self, name)))
+        for name in ("momentum", "weight_decay", "freeze_bn_at", "weight_clip", "grad_clip"):  # 0: none / off
+            object.__setattr__(self, name, checks.number(name, getattr(self, name), positive=False,
+                                                         optional=name in ("weight_clip", "grad_clip")))
         if not 0 < self.final_lr <= self.lr:
             raise QnasError(f"need 0 < final_lr <= lr, got lr={self.lr}, final_lr={self.final_lr}")
         if not 0.0 <= self.freeze_bn_at <= 1.0:

@@ -179,7 +179,8 @@ def _sqlite_in_memory(url: str) -> bool:
     """``sqlite://``, ``sqlite:///:memory:`` or a ``mode=memory`` URI: a database no other process can see."""
     scheme, _, rest = url.partition("://")
     path, _, query = rest.partition("?")
-    return scheme.split("+")[0] == "sqlite" and (path in ("", "/:memory:") or "mode=memory" in query)
+    return scheme.split("+")[0] == "sqlite" and (path.lstrip("/").removeprefix("file:") in ("", ":memory:")
+                                                or "mode=memory" in query)
 
 
 def check_study_name(name: str) -> str:
@@ -247,7 +248,7 @@ def open_storage(url: str, readonly: bool = False) -> optuna.storages.BaseStorag
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, but long-standing
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # e.g. SQLite options the driver ignores without uri=true: the URL would not mean what it says
-            warnings.simplefilter("error", SAWarning)
+            warnings.filterwarnings("error", message="Query string argument", category=SAWarning)
             # A worker that dies mid-trial is noticed by the others after the grace period; its trial
             # is marked failed and re-queued STALE_TRIAL_RETRIES times (RetryHeartbeatStaleTrialCallback).
             storage = _rdb_storage(

@@ -271,12 +271,22 @@ def test_bad_api_arguments_are_one_qnas_error_before_any_work(call, message, tmp
 
 
 @pytest.mark.parametrize(("field", "value"), [("lr", float("inf")), ("lr", "x"), ("epochs", "2"), ("epochs", 1.5),
-                                               ("momentum", float("nan")), ("seed", -1), ("grad_clip", 0)])
+                                               ("momentum", float("nan")), ("seed", -1), ("grad_clip", -1)])
 def test_faq_config_refuses_bad_values(field: str, value: object) -> None:
     from qnas.finetune import FAQConfig
 
     with pytest.raises(qnas.QnasError, match=field):
         FAQConfig(**{field: value})
+
+
+def test_faq_config_stores_plain_values_and_keeps_zero_as_off() -> None:
+    import numpy as np
+
+    from qnas.finetune import FAQConfig
+
+    cfg = FAQConfig(epochs=np.int64(2), lr=np.float32(0.01), grad_clip=0, weight_clip=0)
+    assert type(cfg.epochs) is int and type(cfg.lr) is float and cfg.grad_clip == 0 and cfg.weight_clip == 0
+    json.dumps(cfg.to_dict())  # the checkpoint identity is JSON
 
 
 def test_cli_score_takes_the_apis_settings_and_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

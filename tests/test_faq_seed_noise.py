@@ -20,7 +20,8 @@ def _store(tmp_path: Path) -> Path:
     net = {"id": "id-000", "split": "id", "index": 0, "arch": TINY, "params": 1, "macs": 1}
     (store / "architectures.json").write_text(json.dumps({"architectures": [net], "agreement": [], "seed1": []}))
     row = {"key": "id-000_k20e5_s0", "arch": TINY, "stages": {"fp32": {"weights_sha256": "another-net"},
-                                                              "faq_w2a2": {"test_top1": 0.5}}}
+                                                              "faq_w2a2": {"test_top1": 0.5, "provenance": {
+                                                                  "git_commit": "0" * 40}}}}
     (store / "results" / "id-000_k20e5_s0.json").write_text(json.dumps(row))
     return store
 
@@ -37,6 +38,7 @@ def test_faq_seed_noise_on_a_tiny_budget(tmp_path, monkeypatch, capsys):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["faq_seed"] for r in records] == [0, 1] and {r["setting"] for r in records} == {"w2a2"}
     assert (tmp_path / "cache" / "id-000_k20e5_s0" / "fp32.pt").exists()  # trained once, kept
+    assert not list((tmp_path / "cache").rglob("faq_*.pt"))  # each seed's checkpoint gone once it is done
     assert faq_seed_noise.main([*argv, "--faq-seeds", "1,2"]) == 0  # seed 1 is on record: only seed 2 runs
     assert [json.loads(line)["faq_seed"] for line in out.read_text().splitlines()] == [0, 1, 2]
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith("runs=3")

@@ -336,6 +336,13 @@ def test_regret_is_zero_for_the_true_order_and_counts_each_bound_once():
     assert biggest == pytest.approx(100 * (0.05 + 0 + 0.05) / 3)
     assert pick_regret.mean_regret(truth, params, -truth, k=1) == pytest.approx(100 * (0.30 + 0.40 + 0.40) / 3)
     assert pick_regret.mean_regret(truth, params, -truth, k=len(truth)) == 0.0  # top k of everything: the best
+    # a scorer that ties everything picks at random: regret@1 is the best minus the mean below each bound
+    flat = np.zeros(len(truth))
+    expected = [truth[: i + 1].max() - truth[: i + 1].mean() for i in (4, 5, 6)]
+    assert pick_regret.mean_regret(truth, params, flat, k=1) == pytest.approx(100 * np.mean(expected))
+    # top 2 of three tied nets (truths 3, 2, 1): the best is 3 in 2 of the 3 pairs, else 2
+    assert pick_regret.expected_best(np.array([1.0, 3.0, 2.0]), np.zeros(3), 2) == pytest.approx((3 + 3 + 2) / 3)
+    assert pick_regret.expected_best(np.array([1.0, 3.0, 2.0]), np.array([5.0, 0, 0]), 2) == pytest.approx(2.5)
 
 
 def test_pick_regret_on_a_synthetic_store(tmp_path, capsys):

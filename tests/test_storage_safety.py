@@ -226,7 +226,8 @@ def test_qnas_studies_are_continued_and_read(tmp_path):
     con.close()
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"])
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true",
+                                 "sqlite:///file::memory:?uri=true"])
 def test_an_in_memory_storage_is_refused_in_one_line(url, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(QnasError, match="in-memory database"):
@@ -250,6 +251,20 @@ def test_report_refuses_a_csv_that_is_the_html_or_not_csv(tmp_path, monkeypatch,
                         message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "studies"]
     assert run_cli(["report", "--study", "s1", "--out", "r.html", "--csv", "r.CSV"], capsys)[0] == 0
+
+
+def test_report_writes_through_a_link_keeps_modes_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _qnas_study("sqlite:///studies/s1.db")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "r.html").write_text("old")
+    (tmp_path / "site" / "r.html").chmod(0o640)
+    (tmp_path / "r.html").symlink_to(tmp_path / "site" / "r.html")
+    assert run_cli(["report", "--study", "s1", "--out", "r.html", "--csv", "t.csv"], capsys)[0] == 0
+    assert (tmp_path / "r.html").is_symlink() and "<html" in (tmp_path / "site" / "r.html").read_text()
+    assert (tmp_path / "site" / "r.html").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "site", "studies", "t.csv"]
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["r.html"]
 
 
 # ----------------------------------------------------------------------------- 5: a bound nothing meets

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def _report(args: argparse.Namespace) -> int:
     messages = []
     # (temporary file, target): both written before either replaces its target, and where a directory already
     # exists the temporary file is created before the study is even opened (a place no one can write fails first).
-    staged = [(path.with_name(f".{path.name}.{os.getpid()}.tmp"), path) for path in (out, csv)]
+    # Staged beside the resolved target, so a link named report.html is written through, as before.
+    staged = [(p.resolve().with_name(f".{p.resolve().name}.{os.getpid()}.tmp"), p) for p in (out, csv)]
     path = out  # the file being written, for the error
     try:
         for tmp, place in staged:
@@ -97,7 +99,9 @@ def _report(args: argparse.Namespace) -> int:
         R.write_csv(study, staged[1][0])
         for tmp, path in staged:
             existed = path.exists()
-            os.replace(tmp, path)
+            if existed:
+                shutil.copymode(path.resolve(), tmp)  # an overwritten file keeps its permissions
+            os.replace(tmp, path.resolve())
             messages.append(f"{'overwrote' if existed else 'wrote'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
     except OSError as exc:
         raise QnasError(f"cannot write {path}: {exc.strerror or exc}") from None

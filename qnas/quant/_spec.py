@@ -14,6 +14,7 @@ by default the first and last weight layers, the network input and the last laye
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -233,11 +234,11 @@ def setting_names(bits: str | int | Iterable[str | int]) -> tuple[str, ...]:
     """The settings a user asked for, as names: ``"w4a4"``, ``"fp32, w4a4"``, ``4`` or ``"4"`` (= w4a4; also 8
     and 2) or a list of those; stripped, lower case. QnasError if none is named or one is named twice (the
     names are checked as settings by :func:`parse_specs`, where they are measured)."""
-    if isinstance(bits, bool) or not isinstance(bits, str | int | Iterable):
+    if isinstance(bits, bool) or not isinstance(bits, str | numbers.Integral | Iterable):
         raise QnasError(f"bits must be a setting such as 'w4a4', a bit count such as 4, or a list of those; "
                         f"got {bits!r}")
     items = ([t for t in bits.split(",") if t.strip()] if isinstance(bits, str) else
-             [bits] if isinstance(bits, int) else list(bits))
+             [int(bits)] if isinstance(bits, numbers.Integral) else list(bits))
     names = [str(b).strip().lower() for b in items]
     names = [f"w{n}a{n}" if n in ("8", "4", "2") else n for n in names]
     if not names:
