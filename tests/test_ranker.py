@@ -282,6 +282,9 @@ def test_the_shipped_ranker_matches_the_shipped_predictor() -> None:
     assert scorer.ranker is not None and not scorer.ranker_note
     assert len(scorer.readout.labels) == 1000  # DEFAULT_FIT_SIZE, not --val-size: the features' fit size
     assert set(ranker.targets) >= {"fp32", "w4a4"} and ranker.provenance and ranker.metrics
+    # fitted from a commit that holds its training table: a store with uncommitted rows would make it "+dirty"
+    commit = ranker.provenance["git_commit"]
+    assert len(commit) == 40 and not commit.endswith("+dirty"), commit
     same = make_scorer(space=convnets250k, predictor=str(pt), val_size=16, first_last_bits=None)
     assert same.protocol.endswith("/same/w8sym/fit-gs") and same.ranker is None and "fl8" in same.ranker_note
 
