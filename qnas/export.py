@@ -880,9 +880,8 @@ def export_trial(
     record = read_record(record_path(root, study.study_name, trial.number))
     run = _pick_run(record, bits)
     target = bits or (run["setting"] if run else study_target(study))
-    target = QuantSpec.parse(target).name
-    if QuantSpec.parse(target).is_float:  # a study searched at FP32: its quantized file is the int8 one
-        target = "w8a8"
+    spec = QuantSpec.parse(target)
+    target = "w8a8" if spec.is_float else spec.name  # a study searched at FP32: its quantized file is the int8 one
     prepare_dir(Path(out_dir), force)  # fail early, before any computation
 
     if run is not None:

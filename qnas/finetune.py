@@ -154,8 +154,6 @@ class FAQConfig:
         if not 0.0 <= self.freeze_bn_at <= 1.0:
             raise QnasError(f"freeze_bn_at must be a fraction from 0 to 1, got {self.freeze_bn_at}")
         with_granularity([self.setting], self.granularity)  # a bad granularity is a one-line error
-        if self.weight_clip is not None and self.weight_clip < 0:
-            raise QnasError(f"weight_clip must be >= 0 (0 = min/max), got {self.weight_clip}")
 
     @property
     def spec(self) -> QuantSpec:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
+
+from qnas import _checks as checks
+from qnas.errors import QnasError
 
 __all__ = [
     "add_act_ranges_arg",
@@ -20,24 +25,26 @@ __all__ = [
 ]
 
 
-def positive_int(text: str) -> int:
+def _checked(text: str, parse: Callable[[str], Any], check: Callable[[Any], Any], unparsed: str,
+             refused: str | None = None) -> Any:
+    """``check(parse(text))``: the rule of the Python API's argument check (``qnas._checks``), with argparse's
+    message, "expected <unparsed>" when ``text`` does not parse, "expected <refused>" when the rule refuses it."""
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected {unparsed}, got {text!r}") from None
+    try:
+        return check(value)
+    except QnasError:
+        raise argparse.ArgumentTypeError(f"expected {refused or unparsed}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, lambda v: checks.integer("", v, minimum=1), "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+    return _checked(text, int, lambda v: checks.integer("", v, minimum=0), "a non-negative integer")
 
 
 def predictor_name(text: str) -> str:
@@ -49,35 +56,19 @@ def predictor_name(text: str) -> str:
 
 def param_count(text: str) -> int:
     """A parameter budget such as ``1e7``, ``2500000`` or ``2.5e6``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a parameter count like 1e7, got {text!r}") from None
-    if not value >= 1 or value == float("inf"):  # NaN fails the comparison
-        raise argparse.ArgumentTypeError(f"expected a parameter count of at least 1, got {text!r}")
-    return int(value)
+    return _checked(text, float, lambda v: checks.count("", v), "a parameter count like 1e7",
+                    "a parameter count of at least 1")
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (learning rates, seconds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return _checked(text, float, lambda v: checks.number("", v), "a positive number")
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (weight decay)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+    return _checked(text, float, lambda v: checks.number("", v, positive=False), "a number >= 0",
+                    "a finite number >= 0")
 
 
 def fraction(text: str) -> float:
@@ -93,20 +84,11 @@ def fraction(text: str) -> float:
 
 def seed(text: str) -> int:
     """A random seed in [0, 2**32 - 1], the range numpy (and so Optuna's samplers) accepts."""
-    from qnas.search import MAX_SEED
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, {MAX_SEED}], got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, {MAX_SEED}], got {text!r}")
-    return value
+    return _checked(text, int, lambda v: checks.seed("", v), f"a seed in [0, {checks.MAX_SEED}]")
 
 
 def study_name(text: str) -> str:
     """A study name that is safe as a file name under studies/ (see ``qnas.search.check_study_name``)."""
-    from qnas.errors import QnasError
     from qnas.search import check_study_name
 
     try:

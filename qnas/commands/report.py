@@ -83,11 +83,12 @@ def _report(args: argparse.Namespace) -> int:
     messages = []
     # (temporary file, target): both written before either replaces its target, and where a directory already
     # exists the temporary file is created before the study is even opened (a place no one can write fails first).
-    # Staged beside the resolved target, so a link named report.html is written through, as before.
-    staged = [(p.resolve().with_name(f".{p.resolve().name}.{os.getpid()}.tmp"), p) for p in (out, csv)]
+    # Staged beside the resolved target (the file replaced), so a link named report.html is written through.
+    staged = [(real.with_name(f".{real.name}.{os.getpid()}.tmp"), place, real)
+              for place, real in ((p, p.resolve()) for p in (out, csv))]
     path = out  # the file being written, for the error
     try:
-        for tmp, place in staged:
+        for tmp, place, _ in staged:
             if tmp.parent.is_dir():
                 path = place
                 tmp.touch()
@@ -97,16 +98,16 @@ def _report(args: argparse.Namespace) -> int:
         R.write_report(study, staged[0][0], cdn=args.cdn, storage=args.storage)
         path = csv
         R.write_csv(study, staged[1][0])
-        for tmp, path in staged:
+        for tmp, path, real in staged:
             existed = path.exists()
             if existed:
-                shutil.copymode(path.resolve(), tmp)  # an overwritten file keeps its permissions
-            os.replace(tmp, path.resolve())
+                shutil.copymode(real, tmp)  # an overwritten file keeps its permissions
+            os.replace(tmp, real)
             messages.append(f"{'overwrote' if existed else 'wrote'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
     except OSError as exc:
         raise QnasError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        for tmp, _ in staged:
+        for tmp, _, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
     console = Console()

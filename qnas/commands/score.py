@@ -231,9 +231,10 @@ def _init(module: Any, args: argparse.Namespace, ds: Any, err: Any) -> Any:
 
     from qnas.inits import init_params, trained_epochs
 
-    if args.init.partition(":")[0] != "trained":
+    source, _, arg = args.init.partition(":")
+    if source != "trained":
         return init_params(module, args.init, dataset=ds, seed=args.seed)
-    trained_epochs(args.init.partition(":")[2])  # a bad value fails before the progress bar takes a line
+    trained_epochs(arg)  # a bad value fails before the progress bar takes a line
     columns = (TextColumn(f"training ({args.init})"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("train", total=None)
