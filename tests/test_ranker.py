@@ -291,6 +291,29 @@ def test_the_shipped_ranker_matches_the_shipped_predictor() -> None:
 
 @pytest.mark.skipif(not ranker_path(Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt").exists(),
                     reason="no shipped ranker yet")
+def test_the_readme_quotes_the_shipped_rankers_own_figures() -> None:
+    # a refit rewrites the ranker's metrics; the README's table and headline row must follow it
+    import json
+    import re
+
+    root = Path(__file__).parents[1]
+    oof = json.loads(ranker_path(root / "qnas/predictors/fashion-mnist.pt").read_text())["metrics"]["out_of_fold"]
+    readme = (root / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| **ranker (shipped"))
+    cells = row.split("|")[2:5]
+    for cell, setting in zip(cells, ("fp32", "w4a4", "w2a2")):
+        m = oof[setting]
+        assert f"**{m['tau']:.3f}**" in cell, (setting, cell)
+        if "[" in cell:
+            assert f"[{m['lo']:+.2f}, {m['hi']:+.2f}]" in cell, (setting, cell)
+    header = next(line for line in readme.splitlines() if line.startswith("| scorer (n="))
+    assert f"n={oof['fp32']['n']} / {oof['w4a4']['n']} / {oof['w2a2']['n']})" in header
+    headline = re.search(r"`tau_score_w4a4=([0-9.]+) .*? n=(\d+) ", readme)
+    assert headline and headline.groups() == (f"{oof['w4a4']['tau']:.3f}", str(oof["w4a4"]["n"]))
+
+
+@pytest.mark.skipif(not ranker_path(Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt").exists(),
+                    reason="no shipped ranker yet")
 def test_another_protocol_leaves_the_shipped_ranker_out_and_refuses_a_named_one() -> None:
     from qnas.scorer import make_scorer
 
