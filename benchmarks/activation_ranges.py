@@ -12,7 +12,8 @@ at each percentile of a sweep (``-pQ``); and with FAQ's calibration (``qnas.fine
 BN statistics and percentile ranges of the *float* network on 256 training images). Prints mean top-1
 per setting and rule (``--head fit``: the search's classifier, a head fitted per setting and rule on
 ``DEFAULT_FIT_SIZE`` training images, ``qnas.readout``; the FAQ rows keep the GHN's classifier, which is
-what FAQ starts from); the last line is ``w2a2_minmax=<v> w2a2_default=<v> w2a2_best=<v>``.
+what FAQ starts from); the last line is ``<setting>_minmax=<v> <setting>_default=<v> <setting>_best=<v>``
+for each setting.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_int, run  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas import finetune as ft  # noqa: E402
 from qnas.defaults import DEFAULT_FIT_SIZE  # noqa: E402
+from qnas.errors import QnasError  # noqa: E402
 from qnas.predictors import default_predictor, load_predictor  # noqa: E402
 from qnas.quant import QuantSpec  # noqa: E402
 from qnas.readout import make_readout  # noqa: E402
@@ -42,26 +46,30 @@ FAQ_PERCENTILES = (99.9, 99.0)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default=None, help="predictor (default: the shipped one for fashion-mnist)")
-    ap.add_argument("--archs", type=int, default=12, help="id-split architectures (default 12)")
-    ap.add_argument("--images", type=int, default=500, help="validation images (default 500)")
+    ap.add_argument("--archs", type=positive_int, default=12, help="id-split architectures (default 12)")
+    ap.add_argument("--images", type=positive_int, default=500, help="validation images (default 500)")
     ap.add_argument("--settings", default="w4a4-channel,w2a2-channel", help="settings (default w4a4/w2a2 per-channel)")
     ap.add_argument("--head", default="keep", choices=("keep", "fit"),
                     help="classifier: the GHN's own (default) or the fitted head the search scores with")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args()
-    if args.archs < 1 or args.images < 1 or args.threads < 1:
-        ap.error("--archs, --images and --threads must be positive")
+    settings = [t for t in args.settings.split(",") if t]
+    try:  # checked now, not after the dataset and the predictor are loaded
+        specs = {t: QuantSpec.parse(t) for t in settings}
+    except QnasError as exc:
+        ap.error(f"--settings: {exc}")
+    if not settings or any(spec.a_bits is None for spec in specs.values()):
+        ap.error(f"--settings: settings with quantized activations, e.g. w2a2-channel, got {args.settings!r}")
     torch.set_num_threads(args.threads)
 
     ds = data.load_dataset("fashion-mnist")
     pred = load_predictor(args.predictor or default_predictor("fashion-mnist"), dataset="fashion-mnist")
     x, y = data.val_subset(ds, args.images, seed=0)
-    readout = make_readout(ds, args.head, None, default=DEFAULT_FIT_SIZE)
+    readout = make_readout(ds, args.head, None, default=DEFAULT_FIT_SIZE, seed=0)
     calib = data.normalize(ds.train_images[:256], ds.info)
     archs = [g for g in convnets250k.load_split("id") if convnets250k.count_params(g) <= 5e5][: args.archs]
     means: dict[tuple[str, str], float] = {}
-    for setting in args.settings.split(","):
-        spec = QuantSpec.parse(setting)
+    for setting, spec in specs.items():
         rules = {"minmax": replace(spec, a_percentile=100.0), "default": spec,
                  **{f"p{q:g}": replace(spec, a_percentile=q) for q in PERCENTILES}}
         acc: dict[str, list[float]] = {}
@@ -80,13 +88,14 @@ def main() -> int:
         for how, values in acc.items():
             means[(setting, how)] = 100 * sum(values) / len(values)
             print(f"{setting:14s} {how:10s} {means[(setting, how)]:5.1f}%", flush=True)
-    w2 = next((s for s in args.settings.split(",") if s.startswith("w2a2")), None)
-    if w2:
-        best = max(v for (s, _), v in means.items() if s == w2)
-        print(f"w2a2_minmax={means[(w2, 'minmax')]:.1f} w2a2_default={means[(w2, 'default')]:.1f} "
-              f"w2a2_best={best:.1f}")
+    figures = []
+    for t in settings:
+        key, best = t.split("-")[0], max(v for (s, _), v in means.items() if s == t)
+        figures += [f"{key}_minmax={means[(t, 'minmax')]:.1f}", f"{key}_default={means[(t, 'default')]:.1f}",
+                    f"{key}_best={best:.1f}"]
+    print(" ".join(figures))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

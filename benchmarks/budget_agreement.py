@@ -33,7 +33,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from benchcli import run  # noqa: E402
 from ground_truth import BUDGETS, STORE, jobs, load_plan, read_result  # noqa: E402
 
 N_BOOT = 2000  # bootstrap resamples of each interval
@@ -155,4 +155,4 @@ def write_choice(path: Path, choice: dict[str, object]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import new_file, non_negative_int, positive_int, run  # noqa: E402
 
 from qnas.cli import main as qnas_main  # noqa: E402
 from qnas.data import load_dataset, normalize  # noqa: E402
@@ -75,16 +77,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", default=None, help="existing study (default: make a fresh demo study)")
     ap.add_argument("--storage", default=None, help="its Optuna storage URL")
-    ap.add_argument("--trial", type=int, default=None, help="trial to export (default: the front's most accurate)")
+    ap.add_argument("--trial", type=non_negative_int, default=None,
+                    help="trial to export (default: the front's most accurate)")
     ap.add_argument("--bits", default="4", help="target of the fresh study (default 4)")
-    ap.add_argument("--trials", type=int, default=8, help="trials of the fresh study (default 8)")
-    ap.add_argument("--test-size", type=int, default=2000, help="test images for top-1 (default 2000)")
-    ap.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (default 30)")
+    ap.add_argument("--trials", type=positive_int, default=8, help="trials of the fresh study (default 8)")
+    ap.add_argument("--test-size", type=positive_int, default=2000, help="test images for top-1 (default 2000)")
+    ap.add_argument("--rounds", type=positive_int, default=30, help="interleaved timing rounds (default 30)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--json", type=new_file, default=None, help="also write the results here (a new file)")
     args = ap.parse_args()
-    if args.json is not None and not args.json.parent.is_dir():  # checked now, not after the timings
-        ap.error(f"no directory {args.json.parent} to write {args.json.name} in")
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="qnas-deploy-") as tmp:
@@ -157,4 +158,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

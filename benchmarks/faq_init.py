@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import new_file, non_negative_int, positive_float, positive_int, run  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
@@ -58,20 +60,19 @@ def main() -> int:
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--setting", default="w4a4", help="quantization setting finetuned for (default w4a4)")
-    p.add_argument("--archs", type=int, default=5, help="architectures (default 5)")
-    p.add_argument("--max-params", type=int, default=30_000, help="size bound for the chosen architectures")
-    p.add_argument("--epochs", type=int, default=6, help="FAQ epochs per run (default 6)")
-    p.add_argument("--train-size", type=int, default=1500, help="training images per epoch (default 1500)")
-    p.add_argument("--batch-size", type=int, default=FAQConfig.batch_size)
-    p.add_argument("--lr", type=float, default=FAQConfig.lr)
+    p.add_argument("--archs", type=positive_int, default=5, help="architectures (default 5)")
+    p.add_argument("--max-params", type=positive_int, default=30_000, help="size bound for the chosen architectures")
+    p.add_argument("--epochs", type=positive_int, default=6, help="FAQ epochs per run (default 6)")
+    p.add_argument("--train-size", type=positive_int, default=1500, help="training images per epoch (default 1500)")
+    p.add_argument("--batch-size", type=positive_int, default=FAQConfig.batch_size)
+    p.add_argument("--lr", type=positive_float, default=FAQConfig.lr)
     p.add_argument("--freeze-bn-at", type=float, default=FAQConfig.freeze_bn_at,
                    help="FAQConfig.freeze_bn_at for both runs (default: FAQConfig's)")
-    p.add_argument("--eval-size", type=int, default=1000, help="validation images for the curves (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the curves here")
+    p.add_argument("--eval-size", type=positive_int, default=1000,
+                   help="validation images for the curves (default 1000)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--json", type=new_file, default=None, help="also write the curves here (a new file)")
     args = p.parse_args()
-    if args.json is not None and not args.json.parent.is_dir():  # checked now, not after the finetuning
-        p.error(f"no directory {args.json.parent} to write {args.json.name} in")
     try:
         return _run(args)
     except QnasError as exc:
@@ -123,4 +124,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -28,10 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import ground_truth as G  # noqa: E402
-
-from qnas.errors import QnasError  # noqa: E402
+from benchcli import int_list, non_negative_int, run  # noqa: E402
 
 BUDGET = "k20e5"  # the truth budget (budget.json): the rows this measures
 OUT = Path(__file__).resolve().parent / "results" / "faq_seed_noise.jsonl"
@@ -40,21 +38,15 @@ OUT = Path(__file__).resolve().parent / "results" / "faq_seed_noise.jsonl"
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--net", required=True, help="a ground-truth net's id, e.g. deep-089")
-    ap.add_argument("--train-seed", type=int, default=0, help="the row's training seed (default 0)")
-    ap.add_argument("--faq-seeds", default="0,1,2", help="FAQ seeds, comma-separated (default 0,1,2)")
+    ap.add_argument("--train-seed", type=non_negative_int, default=0, help="the row's training seed (default 0)")
+    ap.add_argument("--faq-seeds", type=int_list, default=[0, 1, 2], help="FAQ seeds, comma-separated (default 0,1,2)")
     ap.add_argument("--setting", choices=sorted(G.FAQ_LR), default="w2a2", help="the FAQ setting (default w2a2)")
     ap.add_argument("--out", type=Path, default=OUT, help=f"JSON lines, appended (default {OUT})")
     ap.add_argument("--store", type=Path, default=G.STORE, help=f"the ground-truth store (default {G.STORE})")
     ap.add_argument("--cache", type=Path, default=G.CACHE.parent / "faq_seed_noise",
                     help="where the retrained weights are kept")
-    ap.add_argument("--test-images", type=int, default=2000, help="as the rows were measured (default 2000)")
     args = ap.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.faq_seeds.split(",") if s.strip()]
-    except ValueError:
-        ap.error(f"--faq-seeds: not a list of integers: {args.faq_seeds!r}")
-    if not seeds or min(seeds) < 0:
-        ap.error("--faq-seeds: give at least one seed, each >= 0")
+    seeds = args.faq_seeds
     if not args.out.parent.is_dir():
         ap.error(f"no directory {args.out.parent} to write {args.out.name} in")
     plan = {a["id"]: a for a in G.load_plan(args.store)["architectures"]}
@@ -69,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{key}: its {stage} stage was measured with an older quantizer; ground_truth.py re-measures it")
     torch.set_num_threads(1)
 
-    worker = G.Worker(argparse.Namespace(test_images=args.test_images, worker_id=0, device="cpu", store=args.store,
+    # the row's test images: the runs are compared with its accuracy
+    worker = G.Worker(argparse.Namespace(test_images=row["test_images"], worker_id=0, device="cpu", store=args.store,
                                          cache=args.cache))
     budget = G.BUDGETS[BUDGET]
     ds = worker.dataset(budget)
@@ -115,8 +108,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except QnasError as exc:
-        print(f"faq_seed_noise.py: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    raise SystemExit(run(main))

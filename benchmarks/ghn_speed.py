@@ -30,8 +30,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_int, run  # noqa: E402
 
 from qnas.defaults import DEFAULT_FIT_SIZE, DEFAULT_HEAD, HEADS  # noqa: E402
+from qnas.errors import QnasError  # noqa: E402
 from qnas.ghn import predict_many  # noqa: E402
 from qnas.graph import batch_graphs, to_graph  # noqa: E402
 from qnas.predictors import load_predictor  # noqa: E402
@@ -60,9 +63,9 @@ def _images(n: int, head: str) -> tuple[torch.Tensor, torch.Tensor, Readout | No
 
         ds = data.load_dataset("fashion-mnist")
         x, y = data.val_subset(ds, n, seed=0)
-        readout = make_readout(ds, head, None, default=DEFAULT_FIT_SIZE)
+        readout = make_readout(ds, head, None, default=DEFAULT_FIT_SIZE, seed=0)
         return x, y, readout, "fashion-mnist validation subset"
-    except Exception as exc:  # timing does not depend on the pixels
+    except QnasError as exc:  # no dataset here (or a corrupt one, named below): timing does not depend on the pixels
         gen = torch.Generator().manual_seed(0)
         fit = None if head == "keep" else Readout(torch.randn(DEFAULT_FIT_SIZE, *INPUT_SHAPE, generator=gen),
                                                   torch.randint(0, 10, (DEFAULT_FIT_SIZE,), generator=gen))
@@ -77,11 +80,13 @@ def _spread(n: int) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", type=int, default=16, help="architectures (a multiple of 8), spread by size")
-    parser.add_argument("--images", type=int, default=1000, help="validation images for evaluate (default 1000)")
+    parser.add_argument("--archs", type=positive_int, default=16,
+                        help="architectures (a multiple of 8), spread by size")
+    parser.add_argument("--images", type=positive_int, default=1000,
+                        help="validation images for evaluate (default 1000)")
     parser.add_argument("--predictor", default="random", help="predictor name or checkpoint (default random)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement (best is kept)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
                         help=f"the classifier scoring uses (default {DEFAULT_HEAD}, as the search)")
     args = parser.parse_args()
@@ -126,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -102,6 +102,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_float, positive_int  # noqa: E402
 
 import qnas  # noqa: E402
 from qnas import data, user_split  # noqa: E402
@@ -389,6 +391,17 @@ def build_arch(space: Any, arch: str, info: data.DatasetInfo) -> torch.nn.Module
 
 
 
+def check_row(result: dict, job: Job, test_images: int) -> None:
+    """Refuse to add stages to a stored row of another net, or one measured on another number of test images
+    (one row's stages are compared with each other)."""
+    if any(k in result and result[k] != job.arch[k] for k in ("arch", "params", "macs")):
+        raise QnasError(f"{job.key}: the stored row describes another net ({result['params']:,} params) than "
+                        f"{job.arch['arch']} ({job.arch['params']:,}): move the row away to measure it again")
+    if result["test_images"] != test_images:
+        raise QnasError(f"{job.key}: the stored row is measured on {result['test_images']} test images, not "
+                        f"--test-images {test_images}: use its number or another --store")
+
+
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -421,9 +434,7 @@ class Worker:
             "budget": job.budget, "budget_definition": dataclasses.asdict(BUDGETS[job.budget]),
             "steps": BUDGETS[job.budget].steps, "seed": job.seed, "test_images": self.args.test_images,
             "calib_images": CALIB_IMAGES, "stages": {}}
-        if any(k in result and result[k] != job.arch[k] for k in ("arch", "params", "macs")):
-            raise QnasError(f"{job.key}: the stored row describes another net ({result['params']:,} params) than "
-                            f"{job.arch['arch']} ({job.arch['params']:,}): move the row away to measure it again")
+        check_row(result, job, self.args.test_images)
         todo = job.todo(result)
         if not todo:
             return
@@ -760,8 +771,8 @@ def merge_main(args: argparse.Namespace) -> int:
 
     A row is merged only where both sides describe the same trained net: a row new here is taken whole; a
     row with the same FP32 stage gets the stages it lacks; a row whose FP32 stage is another net's (both
-    machines trained it) keeps ours and is reported. Rows a local worker is writing are skipped (merge
-    again later)."""
+    machines trained it) or that is measured on another number of test images keeps ours and is reported.
+    Rows a local worker is writing are skipped (merge again later)."""
     if args.source is None or not args.source.is_dir():
         raise QnasError("merge needs --from DIR, a directory of result files")
     added, conflicts, busy = 0, [], []
@@ -774,7 +785,8 @@ def merge_main(args: argparse.Namespace) -> int:
             local = read_result(args.store, path.stem)
             if local is None or not local["stages"]:
                 merged = remote
-            elif "fp32" in remote["stages"] and not same_net(local["stages"]["fp32"], remote["stages"]["fp32"]):
+            elif remote["test_images"] != local["test_images"] or (
+                    "fp32" in remote["stages"] and not same_net(local["stages"]["fp32"], remote["stages"]["fp32"])):
                 conflicts.append(path.stem)
                 continue
             else:
@@ -793,7 +805,7 @@ def merge_main(args: argparse.Namespace) -> int:
                 added += new
     print(f"merged {added} new stages from {args.source}")
     if conflicts:
-        print(f"kept ours, another net there: {', '.join(conflicts)}")
+        print(f"kept ours, another net or test set there: {', '.join(conflicts)}")
     if busy:
         print(f"being written by a worker here, merge again later: {', '.join(busy)}")
     return 0
@@ -813,19 +825,19 @@ def main(argv: list[str] | None = None) -> int:
                            help="directory of result files from another machine")
         if name in ("run", "worker"):
             p.add_argument("--phase", choices=list(FAQ_SETTINGS), required=True)
-            p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+            p.add_argument("--workers", type=positive_int, default=2, help="worker processes (default 2)")
             p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                            help="training device (default cuda when present)")
-            p.add_argument("--test-images", type=int, default=2000, help="class-balanced test images (2000)")
-            p.add_argument("--limit", type=int, default=None, help="stop each worker after this many jobs")
-            p.add_argument("--hours", type=float, default=None,
+            p.add_argument("--test-images", type=positive_int, default=2000, help="class-balanced test images (2000)")
+            p.add_argument("--limit", type=positive_int, default=None, help="stop each worker after this many jobs")
+            p.add_argument("--hours", type=positive_float, default=None,
                            help="take only jobs the cost model expects to end within this many hours "
                                 "(a machine lent for a session); default: no bound")
             p.add_argument("--order", choices=ORDERS, default="plan",
                            help="plan: the plan's order (default); cheap: fewest MACs first")
             p.add_argument("--retry-failed", action="store_true",
                            help="retry jobs that failed before (recorded in STORE/failed/)")
-            p.add_argument("--threads", type=int, default=1,
+            p.add_argument("--threads", type=positive_int, default=1,
                            help="torch threads per worker (default 1; more only for one worker on idle cores, "
                                 "e.g. the biggest nets: several multi-threaded processes slow each other)")
             p.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
@@ -845,12 +857,6 @@ def main(argv: list[str] | None = None) -> int:
             return status_main(args)
         if args.command == "merge":
             return merge_main(args)
-        if args.workers < 1:
-            raise QnasError("--workers must be >= 1")
-        if args.threads < 1:
-            raise QnasError("--threads must be >= 1")
-        if args.hours is not None and not args.hours > 0:
-            raise QnasError("--hours must be > 0")
         if args.hours is not None and set(cost_model(args.store)) != {"fp32", "ptq", "faq"}:
             raise QnasError("--hours needs the cost model, fitted on at least 3 committed stages of each kind "
                             "(fp32, ptq, faq): run without it first")

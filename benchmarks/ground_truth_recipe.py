@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from benchcli import run  # noqa: E402
 from ground_truth import BUDGETS, DATASET, SPACE, balanced  # noqa: E402
 
 from qnas import data  # noqa: E402
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for setting in ("w4a4", "w2a2"):
             for lr in LRS:
                 module.load_state_dict(trained)
-                res = finetune(module, ds, FAQConfig(setting=setting, epochs=1, train_size=None, lr=lr),
+                res = finetune(module, ds, FAQConfig(setting=setting, epochs=1, train_size=None, lr=lr, seed=0),
                                eval_data=test)
                 faq.setdefault((setting, lr), []).append(res.after[setting])
                 print(f"  {setting} lr {lr:<6g} before {res.before[setting]:.3f} after {res.after[setting]:.3f}  "
@@ -91,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_int, run  # noqa: E402
 
 import qnas  # noqa: E402
 from qnas import data  # noqa: E402
@@ -89,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predictor", default=None, help="predictor name or .pt path (default: the shipped one)")
     ap.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
     ap.add_argument("--splits", default="user,id", help=f"comma-separated, of {', '.join(SPLITS)} (default user,id)")
-    ap.add_argument("--n", type=int, default=20, help="networks per search-space split (default 20; user: all)")
-    ap.add_argument("--images", type=int, default=1000, help="test images (default 1000)")
-    ap.add_argument("--probe-images", type=int, default=3000, help="training images the probe is fitted on "
+    ap.add_argument("--n", type=positive_int, default=20,
+                    help="networks per search-space split (default 20; user: all)")
+    ap.add_argument("--images", type=positive_int, default=1000, help="test images (default 1000)")
+    ap.add_argument("--probe-images", type=positive_int, default=3000, help="training images the probe is fitted on "
                     "(default 3000)")
     args = ap.parse_args(argv)
     splits = [s for s in args.splits.split(",") if s]
@@ -149,4 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_int, run  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
@@ -44,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default="fashion-mnist", help="predictor name or .pt path (default: shipped)")
     ap.add_argument("--splits", default="id,user", help=f"comma-separated, of {', '.join(SPLITS)} (default id,user)")
-    ap.add_argument("--n", type=int, default=12, help="networks per split (default 12)")
+    ap.add_argument("--n", type=positive_int, default=12, help="networks per split (default 12)")
     ap.add_argument("--settings", default=SETTINGS, help="settings (default: GHN-Q's at channel weight scales, "
                     "and the quantized ones under the first/last-layer rule)")
-    ap.add_argument("--images", type=int, default=1000, help="test images (default 1000)")
-    ap.add_argument("--fit-size", type=int, default=1000, help="training images the head is fitted on (default 1000)")
+    ap.add_argument("--images", type=positive_int, default=1000, help="test images (default 1000)")
+    ap.add_argument("--fit-size", type=positive_int, default=1000,
+                    help="training images the head is fitted on (default 1000)")
     args = ap.parse_args(argv)
     splits = [s for s in args.splits.split(",") if s]
     if not splits or any(s not in SPLITS for s in splits):
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ghn = predictor.ghn.eval()
     space = get_space(predictor.header.search_space)
     x, y = test_subset(ds, args.images)
-    fit = Readout.from_dataset(ds, args.fit_size)
+    fit = Readout.from_dataset(ds, args.fit_size, seed=0)
     readouts = {how: replace(fit, scaling=how) for how in ("feature", "global")}
     t0 = time.perf_counter()
     print(f"predictor {predictor.header.name}; {len(y)} test images, head fitted on {args.fit_size}; "
@@ -108,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -33,6 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchcli import existing_path, run  # noqa: E402
+from ground_truth import BUDGETS  # noqa: E402
 from ranking import STORE, load_v2  # noqa: E402
 
 MIN_CANDIDATES = 5  # a bound with fewer nets below it leaves nothing to choose
@@ -91,8 +93,9 @@ def figures(truth: np.ndarray, params: np.ndarray, scores: dict[str, np.ndarray]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scores", type=Path, required=True, help="ranking.py --json output (per-architecture scores)")
-    ap.add_argument("--store", type=Path, default=STORE, help=f"the ground-truth store (default {STORE})")
-    ap.add_argument("--budget", default=None, help="the training budget (default: the store's budget.json)")
+    ap.add_argument("--store", type=existing_path, default=STORE, help=f"the ground-truth store (default {STORE})")
+    ap.add_argument("--budget", choices=list(BUDGETS), default=None,
+                    help="the training budget (default: the store's budget.json)")
     ap.add_argument("--target", default="w4a4,w2a2", help="targets, comma-separated (default w4a4,w2a2)")
     ap.add_argument("--top", default="1,3", help="k of regret@k, comma-separated (default 1,3)")
     args = ap.parse_args(argv)
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = json.loads((args.store / "architectures.json").read_text())["architectures"]
     size = {a["arch"]: float(a["params"]) for a in plan}
     targets = [t for t in args.target.split(",") if t]
+    if not targets:
+        ap.error("--target: give at least one setting, e.g. w4a4")
     for t in targets:
         if t not in scored:
             ap.error(f"--target {t}: not in {args.scores} (has {', '.join(scored)})")
@@ -150,4 +155,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

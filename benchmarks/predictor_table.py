@@ -24,18 +24,21 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import new_file, positive_int, run  # noqa: E402
+
 SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--float", dest="float_", default=None, help="float-trained GHN (GHN-Q)")
     ap.add_argument("--w4a4", default=None, help="GHN-QAT finetuned at w4a4")
     ap.add_argument("--w2a2", default=None, help="GHN-QAT finetuned at w2a2 (NoiseQuant)")
     ap.add_argument("--conditioned", default=None, help="bit-conditioned GHN trained with the same budget")
     ap.add_argument("--shipped", default="fashion-mnist", help="the shipped predictor (default fashion-mnist)")
-    ap.add_argument("--n", type=int, default=40, help="id-split architectures (default 40)")
-    ap.add_argument("--images", type=int, default=1000, help="test images (default 1000)")
+    ap.add_argument("--n", type=positive_int, default=40, help="id-split architectures (default 40)")
+    ap.add_argument("--images", type=positive_int, default=1000, help="test images (default 1000)")
     ap.add_argument("--bn-stats", default="calibrated", choices=("batch", "calibrated"))
     ap.add_argument("--granularity", default="channel", choices=("channel", "tensor"),
                     help="weight scales of the quantized settings (default channel, qnas's scoring protocol)")
@@ -44,11 +47,12 @@ def main() -> None:
     ap.add_argument("--head", default="keep", choices=("keep", "fit"),
                     help="classifier: the GHN's own (default: GHN-Q's table compares predicted parameters) or the "
                     "fitted head the search scores with")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, like every benchmark here)")
-    ap.add_argument("--json", type=Path, default=None, help="write all results here")
+    ap.add_argument("--threads", type=positive_int, default=1,
+                    help="torch threads (default 1, like every benchmark here)")
+    ap.add_argument("--json", type=new_file, default=None, help="write all results here (a new file)")
     args = ap.parse_args()
-    if args.json is not None and not args.json.parent.is_dir():  # checked now, not after the evaluation
-        ap.error(f"no directory {args.json.parent} to write {args.json.name} in")
+    if not any((args.float_, args.w4a4, args.w2a2, args.conditioned, args.shipped)):
+        ap.error("no predictor to score: give --shipped or one of --float, --w4a4, --w2a2, --conditioned")
     torch.set_num_threads(args.threads)
 
     from qnas.data import load_dataset
@@ -95,13 +99,16 @@ def main() -> None:
     for label, bn, res in rows:
         cells = [format_cell(res["table"][s]["id"]["top1"]) for s in SETTINGS]
         print(f"{label:28s} {bn:20s} " + " ".join(f"{c:>22s}" for c in cells))
-    print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
                                                         for lbl, bn, r in rows], "floor": floor}, indent=1))
     if shipped is not None:
         mean = {s: shipped["table"][s]["id"]["top1"]["mean"] for s in SETTINGS}
-        print(f"ratio_w4a4={mean['w4a4'] / mean['fp32']:.3f} ratio_w2a2={mean['w2a2'] / mean['fp32']:.3f}")
+        print(f"ratio_w4a4={mean['w4a4'] / mean['fp32']:.3f} ratio_w2a2={mean['w2a2'] / mean['fp32']:.3f} "
+              f"seconds={time.perf_counter() - t0:.0f}")
+    else:
+        print(f"columns={len(rows)} seconds={time.perf_counter() - t0:.0f}")
+    return 0
 
 
 def _rename(res: dict, specs: list[str]) -> dict:
@@ -111,4 +118,4 @@ def _rename(res: dict, specs: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

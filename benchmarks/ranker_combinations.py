@@ -45,9 +45,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import existing_path, non_negative_int, run  # noqa: E402
+from ground_truth import BUDGETS  # noqa: E402
 from ranking import FEATURES, STORE, load_v2, tau  # noqa: E402
 
-from qnas.ranker import SELECT_MAX_GROUPS, cross_val_predict, feature_groups, fit, loo_tau  # noqa: E402
+from qnas.ranker import SELECT_MAX_GROUPS, TARGETS, cross_val_predict, feature_groups, fit, loo_tau  # noqa: E402
 
 PROCEDURES = ("select", "avg-all", "avg-top3", "bag-select", "ridge", "pool-select")
 POOLED = ("fp32", "w4a8", "w4a4")  # the settings pool-select pools (docs/ranking.md, session 19)
@@ -107,11 +109,13 @@ def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, default=STORE, help=f"the ground-truth v2 store (default {STORE})")
-    parser.add_argument("--budget", help="the training budget (default: the chosen one in the store's budget.json)")
-    parser.add_argument("--features", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
+    parser.add_argument("--store", type=existing_path, default=STORE,
+                        help=f"the ground-truth v2 store (default {STORE})")
+    parser.add_argument("--budget", choices=list(BUDGETS),
+                        help="the training budget (default: the chosen one in the store's budget.json)")
+    parser.add_argument("--features", type=existing_path, default=FEATURES, help=f"feature table (default {FEATURES})")
     parser.add_argument("--targets", default="fp32,w4a4,w2a2", help="settings (default fp32,w4a4,w2a2)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed of bag-select (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed of bag-select (default 0)")
     parser.add_argument("--rule", type=Path, action="append", default=None,
                         help=f"a pre-registered rule, repeatable (default: every {RULES}/ranker_rule*.json)")
     args = parser.parse_args(argv)
@@ -119,13 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         rules = [read_rule(path) for path in (args.rule or sorted(RULES.glob("ranker_rule*.json")))]
     except ValueError as exc:
         parser.error(str(exc))
+    targets = [t for t in args.targets.split(",") if t]
+    if not targets or set(targets) - set(TARGETS):
+        parser.error(f"--targets: settings of {', '.join(TARGETS)}, got {args.targets!r}")
     budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
     truth, _, _, what = load_v2(budget, args.store)
     feats = json.loads(args.features.read_text())["features"]
     print(f"ground truth {what}; nested leave-one-out Kendall tau", flush=True)
     figures, n = [], 0
     procedures = {t: [p for p in PROCEDURES if p != "pool-select" or t in POOLED]  # the study: every procedure
-                  for t in args.targets.split(",")}
+                  for t in targets}
     for rule in rules:  # a rule's own targets: its two procedures
         for t in rule["targets"]:
             procedures.setdefault(t, []).extend(p for p in (rule["incumbent"], rule["candidate"])
@@ -209,4 +216,4 @@ def verdict(rule: dict, preds: dict[str, dict[str, tuple[list[str], np.ndarray, 
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

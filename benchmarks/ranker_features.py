@@ -25,9 +25,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_int, run  # noqa: E402
 
 from qnas import user_split  # noqa: E402
 from qnas.defaults import DEFAULT_HEAD, HEADS  # noqa: E402
+from qnas.errors import QnasError  # noqa: E402
 from qnas.ranker import FEATURE_VERSION, candidate_features  # noqa: E402
 from qnas.scorer import make_scorer  # noqa: E402
 from search_spaces import get_space  # noqa: E402
@@ -66,9 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default=None, help="predictor name or checkpoint (default: the shipped one)")
     ap.add_argument("--out", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
-    ap.add_argument("--val-size", type=int, default=1000, help="validation images (default 1000, the search's)")
+    ap.add_argument("--val-size", type=positive_int, default=1000,
+                    help="validation images (default 1000, the search's)")
     ap.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
                     help=f"the classifier scores are measured with (default {DEFAULT_HEAD}, the search's)")
+    ap.add_argument("--replace", action="store_true",
+                    help="start the table again when --out holds features of another predictor, protocol, "
+                         "validation size or feature version (default: refuse, the table is not discarded)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     space = get_space("convnets250k")
@@ -76,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
                          head=args.head)
     digest = scorer.predictor.digest
     table = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if (table.get("predictor_digest"), table.get("feature_version"), table.get("protocol"),
-            table.get("val_size")) != (digest, FEATURE_VERSION, scorer.protocol, args.val_size):
+    ours = {"predictor_digest": digest, "feature_version": FEATURE_VERSION, "protocol": scorer.protocol,
+            "val_size": args.val_size}
+    differ = [k for k, v in ours.items() if table and table.get(k) != v]
+    if differ and not args.replace:
+        raise QnasError(f"{args.out} holds {len(table.get('features', {}))} architectures' features with another "
+                        f"{', '.join(differ)}: not discarded (--replace to start it again, or another --out)")
+    if differ or not table:
         table = {"predictor_digest": digest, "predictor": scorer.name, "feature_version": FEATURE_VERSION,
                  "val_size": args.val_size, "protocol": scorer.protocol, "features": {}}
     todo = [a for a in truth_archs() if a not in table["features"]]
@@ -95,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

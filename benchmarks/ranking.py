@@ -50,8 +50,8 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ground_truth import git_commit, stale  # noqa: E402
+from benchcli import existing_path, new_file, non_negative_int, run  # noqa: E402
+from ground_truth import BUDGETS, git_commit, stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
 from qnas import user_split  # noqa: E402
@@ -212,24 +212,26 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--truth", choices=("v1", "v2"), default="v2", help="ground truth (default v2)")
-    ap.add_argument("--store", type=Path, default=STORE, help=f"v2: the ground-truth store (default {STORE})")
-    ap.add_argument("--budget", default=None, help="v2: the training budget (default: the chosen one in the "
-                                                    "store's budget.json)")
-    ap.add_argument("--features", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
-    ap.add_argument("--folds", type=int, default=0,
+    ap.add_argument("--store", type=existing_path, default=STORE, help=f"v2: the ground-truth store (default {STORE})")
+    ap.add_argument("--budget", choices=list(BUDGETS), default=None,
+                    help="v2: the training budget (default: the chosen one in the store's budget.json)")
+    ap.add_argument("--features", type=existing_path, default=FEATURES, help=f"feature table (default {FEATURES})")
+    ap.add_argument("--folds", type=non_negative_int, default=0,
                     help="cross-validation folds (default 0: leave-one-out, one model per architecture)")
     ap.add_argument("--kinds", default=",".join(MODEL_KINDS),
                     help=f"ranker models to compare ({', '.join(MODEL_KINDS)}; the shipped {SHIPPED_KIND} always)")
-    ap.add_argument("--json", type=Path, default=None, help="also write every score and figure here")
-    ap.add_argument("--compare", type=Path, default=None,
+    ap.add_argument("--json", type=new_file, default=None, help="also write every score and figure here (a new file)")
+    ap.add_argument("--compare", type=existing_path, default=None,
                     help="also rank with this fitted ranker JSON as it is (e.g. an earlier shipped one, from git show)")
     ap.add_argument("--ship", type=Path, default=None,
                     help="also fit the shipped ranker on all architectures and write it here "
                          "(e.g. qnas/predictors/fashion-mnist.ranker.json)")
     args = ap.parse_args(argv)
-    for out in (args.json, args.ship):  # checked now, not after minutes of fitting
-        if out is not None and not out.parent.is_dir():
-            ap.error(f"no directory {out.parent} to write {out.name} in")
+    if args.ship is not None and not args.ship.parent.is_dir():  # checked now, not after minutes of fitting
+        ap.error(f"no directory {args.ship.parent} to write {args.ship.name} in")
+    unknown = [k for k in args.kinds.split(",") if k and k not in MODEL_KINDS]
+    if unknown:
+        ap.error(f"--kinds: unknown {', '.join(unknown)} (of {', '.join(MODEL_KINDS)})")
 
     user: dict[str, dict[str, float]] = {}
     if args.truth == "v1":
@@ -321,4 +323,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -40,8 +40,11 @@ from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_float, positive_int, run  # noqa: E402
 
 from qnas.defaults import DEFAULT_HEAD, HEADS  # noqa: E402
+from qnas.errors import QnasError  # noqa: E402
 from qnas.readout import Readout  # noqa: E402
 from qnas.score import DEFAULT_BN_STATS, evaluate  # noqa: E402
 from search_spaces import convnets250k  # noqa: E402
@@ -102,7 +105,7 @@ def _images(n: int) -> tuple[torch.Tensor, torch.Tensor, Readout, str]:
         ds = data.load_dataset("fashion-mnist")
         x, y = data.val_subset(ds, n, seed=0)
         return x, y, Readout.from_dataset(ds, n, seed=0), "fashion-mnist validation subset"
-    except Exception as exc:  # no dataset here: timing does not depend on the pixels
+    except QnasError as exc:  # no dataset here (or a corrupt one, named below): timing does not depend on the pixels
         gen = torch.Generator().manual_seed(0)
         x, fit = torch.randn(2, n, 1, 28, 28, generator=gen)
         y, fit_y = torch.randint(0, 10, (2, n), generator=gen)
@@ -112,7 +115,7 @@ def _images(n: int) -> tuple[torch.Tensor, torch.Tensor, Readout, str]:
 def _spread(n: int, max_params: float) -> list:
     try:
         genomes = convnets250k.load_split("id")
-    except Exception:
+    except OSError:  # a checkout without the committed splits
         rng = random.Random(0)
         genomes = [convnets250k.sample(rng) for _ in range(500)]
     genomes = sorted((g for g in genomes if convnets250k.count_params(g) <= max_params), key=convnets250k.count_params)
@@ -121,11 +124,13 @@ def _spread(n: int, max_params: float) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", type=int, default=8, help="architectures, spread by parameter count (default 8)")
-    parser.add_argument("--max-params", type=float, default=2e6, help="largest architecture (default 2e6)")
-    parser.add_argument("--images", type=int, default=1000, help="validation images (default 1000)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement, best kept (default 2)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--archs", type=positive_int, default=8,
+                        help="architectures, spread by parameter count (default 8)")
+    parser.add_argument("--max-params", type=positive_float, default=2e6, help="largest architecture (default 2e6)")
+    parser.add_argument("--images", type=positive_int, default=1000, help="validation images (default 1000)")
+    parser.add_argument("--repeats", type=positive_int, default=2,
+                        help="timed runs per measurement, best kept (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--bn-stats", choices=("batch", "calibrated", "both"), default=DEFAULT_BN_STATS,
                         help=f"BN modes to time (default {DEFAULT_BN_STATS}, the scoring default)")
     parser.add_argument("--head", choices=(*HEADS, "both"), default="both",
@@ -166,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -47,13 +47,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from benchcli import int_list, positive_float, positive_int  # noqa: E402
+from benchcli import run as run_cli
 from ground_truth import atomic_write  # noqa: E402
 
 from qnas import search  # noqa: E402
+from qnas.errors import QnasError  # noqa: E402
 from qnas.predictors import default_predictor  # noqa: E402
 from qnas.scorer import make_scorer  # noqa: E402
-from qnas.search import DEFAULT_SAMPLER, SearchConfig, parse_target, run_search  # noqa: E402
+from qnas.search import DEFAULT_SAMPLER, SAMPLERS, SearchConfig, parse_target, run_search  # noqa: E402
 from qnas.study import TrialAttrs  # noqa: E402
 from search_spaces import convnets250k  # noqa: E402
 
@@ -126,25 +128,35 @@ def hv_at(history: list[tuple[float, int]], n: int, bound: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=200, help="trials per run of each sampler (default 200)")
-    ap.add_argument("--random-trials", type=int, default=400, help="trials per random-search run (default 400)")
-    ap.add_argument("--seeds", default="0,1,2", help="sampler seeds, comma-separated (default 0,1,2)")
+    ap.add_argument("--trials", type=positive_int, default=200, help="trials per run of each sampler (default 200)")
+    ap.add_argument("--random-trials", type=positive_int, default=400,
+                    help="trials per random-search run (default 400)")
+    ap.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="sampler seeds, comma-separated (default 0,1,2)")
     ap.add_argument("--samplers", default="nsga2,tpe", help=f"samplers compared with random (default nsga2,tpe; "
                     f"the ratio on the last line is for qnas's default, {DEFAULT_SAMPLER})")
     ap.add_argument("--target", default="4", help="target setting, as qnas search --bits (default 4 = w4a4)")
-    ap.add_argument("--max-params", type=float, default=1e7, help="parameter bound (default 1e7, as qnas search)")
-    ap.add_argument("--population", type=int, default=20, help="NSGA-II population (default 20, as qnas search)")
-    ap.add_argument("--val-size", type=int, default=256, help="validation images per candidate (default 256)")
+    ap.add_argument("--max-params", type=positive_float, default=1e7,
+                    help="parameter bound (default 1e7, as qnas search)")
+    ap.add_argument("--population", type=positive_int, default=20,
+                    help="NSGA-II population (default 20, as qnas search)")
+    ap.add_argument("--val-size", type=positive_int, default=256, help="validation images per candidate (default 256)")
     ap.add_argument("--predictor", default=None, help="predictor (default: the shipped one for fashion-mnist)")
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop starting trials after this many minutes")
+    ap.add_argument("--max-minutes", type=positive_float, default=None,
+                    help="stop starting trials after this many minutes")
     ap.add_argument("--cache", type=Path, default=None,
                     help="keep the scores in this JSON file; a killed run started again with it resumes")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     args = ap.parse_args()
-    args.target = parse_target(args.target)
+    try:
+        args.target = parse_target(args.target)
+    except QnasError as exc:
+        ap.error(f"--target: {exc}")
     args.max_params = int(args.max_params)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    samplers = [s for s in args.samplers.split(",") if s != "random"]
+    seeds = args.seeds
+    samplers = [s for s in args.samplers.split(",") if s and s != "random"]
+    if not samplers or set(samplers) - set(SAMPLERS):
+        ap.error(f"--samplers: one or more of {', '.join(s for s in SAMPLERS if s != 'random')} "
+                 f"(random is always run), got {args.samplers!r}")
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -204,4 +216,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

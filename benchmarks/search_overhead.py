@@ -33,10 +33,12 @@ import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_int, run  # noqa: E402
 
 from qnas.predictors import default_predictor  # noqa: E402
 from qnas.scorer import make_scorer  # noqa: E402
-from qnas.search import SETTINGS, SearchConfig, open_storage, redact, run_search  # noqa: E402
+from qnas.search import SAMPLERS, SETTINGS, SearchConfig, open_storage, redact, run_search  # noqa: E402
 from search_spaces import convnets250k  # noqa: E402
 
 
@@ -82,15 +84,19 @@ def scoring(archs: int, val_size: int, predictor: str) -> list[tuple[int, float]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=100, help="zero-cost trials per storage (default 100)")
-    ap.add_argument("--sampler", default="nsga2", help="sampler of the bookkeeping runs (default nsga2)")
+    ap.add_argument("--trials", type=positive_int, default=100, help="zero-cost trials per storage (default 100)")
+    ap.add_argument("--sampler", choices=SAMPLERS, default="nsga2",
+                    help="sampler of the bookkeeping runs (default nsga2)")
     ap.add_argument("--postgres", default=None, help="also measure this PostgreSQL URL (postgresql+psycopg2://...)")
     ap.add_argument("--dir", type=Path, default=None, help="where the SQLite/journal files go (default: a temp dir)")
-    ap.add_argument("--archs", type=int, default=5, help="id-split architectures to score (default 5)")
-    ap.add_argument("--val-size", type=int, default=1000, help="validation images per candidate (default 1000)")
+    ap.add_argument("--archs", type=positive_int, default=5, help="id-split architectures to score (default 5)")
+    ap.add_argument("--val-size", type=positive_int, default=1000,
+                    help="validation images per candidate (default 1000)")
     ap.add_argument("--predictor", default=None, help="predictor (default: the shipped one, else random)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     args = ap.parse_args()
+    if args.trials < 2:
+        ap.error("--trials: at least 2 (the first and last fifth are timed between trials)")
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     random.seed(0)
@@ -125,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -39,8 +39,8 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ground_truth import CALIB_IMAGES, DATASET, SPACE, balanced, build_arch  # noqa: E402
+from benchcli import existing_path, positive_int, run  # noqa: E402
+from ground_truth import BUDGETS, CALIB_IMAGES, DATASET, SPACE, balanced, build_arch  # noqa: E402
 from ranking import STORE, load_v2  # noqa: E402
 
 from qnas import data  # noqa: E402
@@ -62,14 +62,13 @@ def correctness(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, calib
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--store", type=Path, default=STORE, help=f"the ground-truth store (default {STORE})")
-    ap.add_argument("--budget", default="k20e5", help="v2 budget (default k20e5, the truth budget)")
+    ap.add_argument("--store", type=existing_path, default=STORE, help=f"the ground-truth store (default {STORE})")
+    ap.add_argument("--budget", choices=list(BUDGETS), default="k20e5",
+                    help="v2 budget (default k20e5, the truth budget)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "qnas" / "ground_truth",
                     help="the ground-truth workers' cache of trained weights")
-    ap.add_argument("--draws", type=int, default=2000, help="redraws per target (default 2000)")
+    ap.add_argument("--draws", type=positive_int, default=2000, help="redraws per target (default 2000)")
     args = ap.parse_args(argv)
-    if args.draws < 1:
-        ap.error("--draws must be positive")
     torch.set_num_threads(1)
 
     truth, seed1, _, what = load_v2(args.budget, args.store)
@@ -139,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -8,12 +8,13 @@ training range), the predictor's parameters for each setting are evaluated on ``
 validation images as the search scores them (``qnas.score.evaluate``, ``bn_stats="calibrated"``,
 per-channel weights) with asymmetric weights (``-wasym``: zero point, ``2**bits`` levels, the engine
 before this convention) and symmetric ones (``-wsym``: zero point 0, ``2**bits - 1`` levels).
-Prints mean top-1 per setting and grid; the last line is ``w8=<asym>/<sym> w4=... w2=...``.
+Prints mean top-1 per setting and grid; the last line is ``w8a8=<asym>/<sym> w4a4=... w2a2=...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchcli import positive_int, run  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.predictors import default_predictor, load_predictor  # noqa: E402
@@ -31,11 +34,14 @@ from search_spaces import convnets250k  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default=None, help="predictor (default: the shipped one for fashion-mnist)")
-    ap.add_argument("--archs", type=int, default=12, help="id-split architectures (default 12)")
-    ap.add_argument("--images", type=int, default=500, help="validation images (default 500)")
+    ap.add_argument("--archs", type=positive_int, default=12, help="id-split architectures (default 12)")
+    ap.add_argument("--images", type=positive_int, default=500, help="validation images (default 500)")
     ap.add_argument("--settings", default="w8a8,w4a4,w2a2", help="settings (default w8a8,w4a4,w2a2)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args()
+    settings = [t for t in args.settings.split(",") if t]
+    if not settings or not all(re.fullmatch(r"w[2-8]a[2-8]", t) for t in settings):
+        ap.error(f"--settings: quantized settings such as w8a8,w4a4 (weight grids have no FP32), got {args.settings!r}")
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
@@ -43,7 +49,6 @@ def main() -> int:
     pred = load_predictor(args.predictor or default_predictor("fashion-mnist"), dataset="fashion-mnist")
     x, y = data.val_subset(ds, args.images, seed=0)
     archs = [g for g in convnets250k.load_split("id") if convnets250k.count_params(g) <= 5e5][: args.archs]
-    settings = args.settings.split(",")
     acc: dict[tuple[str, str], list[float]] = {}
     for genome in archs:
         module = convnets250k.build(genome)
@@ -62,9 +67,9 @@ def main() -> int:
         better = sum(bi > ai for ai, bi in zip(a, b, strict=True))
         ma, mb = means[(s, "wasym")], means[(s, "wsym")]
         print(f"{s:8s} {ma:10.1f}% {mb:9.1f}% {mb - ma:+10.1f} {better:>10d}/{len(a)}")
-    print(" ".join(f"{s.split('a')[0]}={means[(s, 'wasym')]:.1f}/{means[(s, 'wsym')]:.1f}" for s in settings))
+    print(" ".join(f"{s}={means[(s, 'wasym')]:.1f}/{means[(s, 'wsym')]:.1f}" for s in settings))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

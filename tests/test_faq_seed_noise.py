@@ -19,9 +19,9 @@ def _store(tmp_path: Path) -> Path:
     (store / "results").mkdir(parents=True)
     net = {"id": "id-000", "split": "id", "index": 0, "arch": TINY, "params": 1, "macs": 1}
     (store / "architectures.json").write_text(json.dumps({"architectures": [net], "agreement": [], "seed1": []}))
-    row = {"key": "id-000_k20e5_s0", "arch": TINY, "stages": {"fp32": {"weights_sha256": "another-net"},
-                                                              "faq_w2a2": {"test_top1": 0.5, "provenance": {
-                                                                  "git_commit": "0" * 40}}}}
+    stages = {"fp32": {"weights_sha256": "another-net"},
+              "faq_w2a2": {"test_top1": 0.5, "provenance": {"git_commit": "0" * 40}}}
+    row = {"key": "id-000_k20e5_s0", "arch": TINY, "test_images": 100, "stages": stages}
     (store / "results" / "id-000_k20e5_s0.json").write_text(json.dumps(row))
     return store
 
@@ -29,8 +29,7 @@ def _store(tmp_path: Path) -> Path:
 def test_faq_seed_noise_on_a_tiny_budget(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(ground_truth.BUDGETS, "k20e5", ground_truth.Budget(images=200, epochs=1, batch_size=50))
     store, out = _store(tmp_path), tmp_path / "runs.jsonl"
-    argv = ["--net", "id-000", "--store", str(store), "--cache", str(tmp_path / "cache"), "--out", str(out),
-            "--test-images", "100"]
+    argv = ["--net", "id-000", "--store", str(store), "--cache", str(tmp_path / "cache"), "--out", str(out)]
     assert faq_seed_noise.main([*argv, "--faq-seeds", "0,1"]) == 0
     last = dict(kv.split("=") for kv in capsys.readouterr().out.strip().splitlines()[-1].split())
     assert set(last) == {"faq_mean", "faq_sd", "faq_range", "row", "same_net", "runs"}

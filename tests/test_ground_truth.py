@@ -139,8 +139,9 @@ def test_a_worker_under_hours_takes_no_job_the_cost_model_says_would_not_end(
     assert gt.main([*args, "--hours", "1", "--limit", "1"]) == 0
     assert "would not end" not in capsys.readouterr().out
     assert (store / "results" / "id-000_s63_s0.json").exists()
-    assert gt.main([*args, "--hours", "0"]) == 2
-    assert "--hours" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        gt.main([*args, "--hours", "0"])
+    assert exc.value.code == 2 and "--hours" in capsys.readouterr().err
 
 
 def test_a_worker_runs_every_stage_and_a_rerun_resumes_the_missing_one(tmp_path: Path) -> None:
@@ -237,8 +238,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
     store = _tiny_store(tmp_path)
     assert gt.main(["run", "--phase", "truth", "--store", str(store)]) == 2  # truth needs --budget
     assert "--budget" in capsys.readouterr().err
-    assert gt.main(["run", "--phase", "truth", "--budget", "s63", "--store", str(store), "--threads", "0"]) == 2
-    assert "--threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's type: refused before anything starts
+        gt.main(["run", "--phase", "truth", "--budget", "s63", "--store", str(store), "--threads", "0"])
+    assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
 def test_the_truth_phase_remeasures_stages_of_an_older_quantizer() -> None:
@@ -273,11 +275,11 @@ def test_merge_prefers_a_current_quantizer_stage_to_a_stale_one(tmp_path: Path,
     old = {"v": "old engine", "provenance": {"git_commit": before}}
     new = {"v": "current engine", "provenance": {"git_commit": gt.QUANT_ENGINE_SINCE}}
     (store / "results" / "id-000_s63_s0.json").write_text(json.dumps(
-        {"key": "id-000_s63_s0", "stages": {"fp32": net, "ptq": old}}))
+        {"key": "id-000_s63_s0", "test_images": 2000, "stages": {"fp32": net, "ptq": old}}))
     remote = tmp_path / "remote"
     remote.mkdir()
     (remote / "id-000_s63_s0.json").write_text(json.dumps(
-        {"key": "id-000_s63_s0", "stages": {"fp32": net, "ptq": new}}))
+        {"key": "id-000_s63_s0", "test_images": 2000, "stages": {"fp32": net, "ptq": new}}))
     assert gt.main(["merge", "--store", str(store), "--from", str(remote)]) == 0
     assert "merged 1 new stages" in capsys.readouterr().out
     merged = json.loads((store / "results" / "id-000_s63_s0.json").read_text())
@@ -299,7 +301,8 @@ def test_a_net_trained_on_another_device_type_is_left_to_that_device(tmp_path: P
     """Retraining is deterministic on one device type only: a CPU worker without the GPU-trained weights
     must not measure PTQ/FAQ on a net it retrained itself."""
     store, cache = _tiny_store(tmp_path), tmp_path / "cache"
-    row = {"key": "id-000_s63_s0", "stages": {"fp32": {"provenance": {"device": "cuda", "git_commit": "x"}}}}
+    row = {"key": "id-000_s63_s0", "test_images": 200,
+           "stages": {"fp32": {"provenance": {"device": "cuda", "git_commit": "x"}}}}
     (store / "results").mkdir()
     (store / "results" / "id-000_s63_s0.json").write_text(json.dumps(row))
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ground_truth.py"), "worker", "--phase", "truth",
@@ -316,20 +319,26 @@ def test_merge_adds_another_machines_stages_and_keeps_ours(tmp_path: Path, capsy
     (store / "results").mkdir()
     net = {"weights_sha256": "aaaa", "provenance": {"device": "cpu"}}
     other = {"weights_sha256": "bbbb", "provenance": {"device": "cuda"}}
-    ours = {"key": "id-000_s63_s0", "stages": {"fp32": net, "ptq": {"v": "here"}}}
+    def row(key: str, stages: dict, test_images: int = 2000) -> str:
+        return json.dumps({"key": key, "test_images": test_images, "stages": stages})
+
+    ours = json.loads(row("id-000_s63_s0", {"fp32": net, "ptq": {"v": "here"}}))
     (store / "results" / "id-000_s63_s0.json").write_text(json.dumps(ours))
-    (store / "results" / "id-002_s63_s0.json").write_text(json.dumps({"key": "id-002_s63_s0", "stages": {"fp32": net}}))
+    (store / "results" / "id-002_s63_s0.json").write_text(row("id-002_s63_s0", {"fp32": net}))
+    (store / "results" / "id-003_s63_s0.json").write_text(row("id-003_s63_s0", {"fp32": net}))
     remote = tmp_path / "remote"
     remote.mkdir()
-    (remote / "id-000_s63_s0.json").write_text(json.dumps(
-        {"key": "id-000_s63_s0", "stages": {"fp32": net, "ptq": {"v": "there"}, "faq_w4a4": {"v": "there"}}}))
-    (remote / "id-001_s63_s0.json").write_text(json.dumps({"key": "id-001_s63_s0", "stages": {"fp32": other}}))
-    (remote / "id-002_s63_s0.json").write_text(json.dumps(
-        {"key": "id-002_s63_s0", "stages": {"fp32": other, "ptq": {"v": "of another net"}}}))
+    (remote / "id-000_s63_s0.json").write_text(
+        row("id-000_s63_s0", {"fp32": net, "ptq": {"v": "there"}, "faq_w4a4": {"v": "there"}}))
+    (remote / "id-001_s63_s0.json").write_text(row("id-001_s63_s0", {"fp32": other}))
+    (remote / "id-002_s63_s0.json").write_text(row("id-002_s63_s0", {"fp32": other, "ptq": {"v": "of another net"}}))
+    # the same net, its PTQ measured on another test set: one row holds one test set's accuracies
+    (remote / "id-003_s63_s0.json").write_text(row("id-003_s63_s0", {"fp32": net, "ptq": {"v": "500"}}, 500))
     args = ["merge", "--store", str(store), "--cache", str(cache), "--from", str(remote)]
     assert gt.main(args) == 0
     out = capsys.readouterr().out
-    assert "merged 2 new stages" in out and "another net there: id-002_s63_s0" in out
+    assert "merged 2 new stages" in out and "another net or test set there: id-002_s63_s0, id-003_s63_s0" in out
+    assert "ptq" not in json.loads((store / "results" / "id-003_s63_s0.json").read_text())["stages"]
     merged = json.loads((store / "results" / "id-000_s63_s0.json").read_text())
     assert merged["stages"] == {"fp32": net, "ptq": {"v": "here"}, "faq_w4a4": {"v": "there"}}
     assert (store / "results" / "id-001_s63_s0.json").exists()
@@ -370,3 +379,14 @@ def test_status_estimates_what_is_left_from_the_committed_stages(tmp_path: Path,
     assert gt.main(["status", "--store", str(store), "--budget", "s63"]) == 0
     out = capsys.readouterr().out
     assert "CPU-hours left" in out and "fp32 1.00 1.00" in out  # an exact fit misses by nothing
+
+
+def test_a_row_takes_stages_only_of_its_own_net_and_test_set() -> None:
+    arch = {"id": "id-000", "split": "id", "index": 0, "arch": "a", "params": 1, "macs": 1}
+    job = gt.Job(arch, "s63", 0, ("w4a4",))
+    row = {"arch": "a", "params": 1, "macs": 1, "test_images": 2000, "stages": {}}
+    gt.check_row(row, job, 2000)
+    with pytest.raises(gt.QnasError, match="500 test images, not --test-images 2000"):
+        gt.check_row({**row, "test_images": 500}, job, 2000)
+    with pytest.raises(gt.QnasError, match="another net"):
+        gt.check_row({**row, "arch": "b"}, job, 2000)
