@@ -18,7 +18,7 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from qnas.errors import QnasError
+from qnas.errors import QnasError, QnasWarning
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChanceScoreWarning",
     "QnasError",
+    "QnasWarning",
     "Score",
     "Search",
     "UnseenLayerWarning",

@@ -121,10 +121,10 @@ def score(
     ranker features, so ``predicted`` stays empty.
 
     A layer the predictor never saw in training (for the shipped one, trained on the space and the network
-    families: a grouped convolution that is not depthwise, a kernel above 7x7) is reported as a
-    :class:`qnas.coverage.UnseenLayerWarning` (``strict``: a QnasError), and an FP32 score at chance level as a
-    :class:`qnas.coverage.ChanceScoreWarning`; both are kept in ``Score.warnings``. Layers the quantized
-    executor cannot run faithfully (GELU, LayerNorm, attention, ...) raise QnasError; ReLU, ReLU6,
+    families: a grouped or dilated convolution that is not depthwise, a kernel other than a square 1/3/5/7) is
+    reported as a :class:`qnas.coverage.UnseenLayerWarning` (``strict``: a QnasError), and an FP32 score at
+    chance level as a :class:`qnas.coverage.ChanceScoreWarning`; both are kept in ``Score.warnings``. Layers the
+    quantized executor cannot run faithfully (GELU, LayerNorm, attention, ...) raise QnasError; ReLU, ReLU6,
     hard-swish and SiLU run. ``max_params`` / ``max_macs`` (default the space's bounds, 1e7 and 2e9) refuse
     larger models before any GHN pass. ``calib_size``: calibration images of ``bn_stats="calibrated"`` (the
     first of the validation subset; default 64 or ``val_size`` if smaller); ``batch_size``: evaluation batch.
@@ -416,6 +416,8 @@ def make_search(
                      data_dir=data_dir, predictor=predictor,
                      val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
                      first_last_bits=first_last_bits, seed=0, ranker=ranker, head=head, fit_size=fit_size)
+    if scorer.ranker_note:  # as qnas.score says it: the search will maximize the raw GHN accuracy
+        warnings.warn(f"{scorer.ranker_note}; the search maximizes the raw GHN accuracy", QnasWarning, stacklevel=2)
     runs = trials if trials or timeout or total_trials else 50
     config = SearchConfig(
         study=study, target=target, max_params=int(max_params), trials=runs, total_trials=total_trials,

@@ -36,7 +36,7 @@ DEFAULT_SPACE = "convnets250k"
 SETTINGS: tuple[str, ...] = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 
 # Weight scales: one per output channel by default, since with BatchNorm folded one scale per tensor lets the
-# widest channel set the step for all (measured in docs/quantization.md); "tensor" is GHN-Q's protocol.
+# widest channel set the step for all (measured in docs/scoring.md, step 3); "tensor" is GHN-Q's protocol.
 GRANULARITIES: tuple[str, ...] = ("tensor", "channel")
 DEFAULT_GRANULARITY = "channel"
 # Activation ranges: "auto" = min/max at 3+ bits and a percentile at 2 bits (qnas.quant.LOW_BIT_ACT_PERCENTILE,

@@ -20,11 +20,11 @@ exactly where ``qnas.quant`` quantizes (after fused BatchNorm/ReLU, at adds and 
 after max pooling), names tensors after the traced nodes (the keys of ``quant.json``), and covers the
 layers the engine supports; anything else is a one-line error naming the node.
 
-Quantization convention (the engine's): asymmetric affine on unsigned integers,
-``real = (q - zero_point) * scale`` with ``q`` in ``0 .. 2**bits - 1``; activations per tensor, weights
-per tensor or per output channel (``-channel`` settings, the search's default: DequantizeLinear with
-``axis=0`` and 1-D scales). Weights are stored as uint8
-initializers already quantized (bit-exact with the engine) after folding BatchNorm with the frozen
+Quantization convention (the engine's, docs/quantization.md): activations asymmetric affine on unsigned
+integers, ``real = (q - zero_point) * scale`` with ``q`` in ``0 .. 2**bits - 1``, per tensor; weights per
+tensor or per output channel (``-channel`` settings, the search's default: DequantizeLinear with ``axis=0``
+and 1-D scales), symmetric int8 (zero point 0) at 8 bits and asymmetric below, stored as initializers already
+quantized (bit-exact with the engine; UINT4 for 2-4 bits) after folding BatchNorm with the frozen
 statistics; biases and the logits stay float, as in the engine.
 
 **Checking.** Every ONNX file is run in onnxruntime on real test images and compared with the PyTorch
@@ -675,6 +675,18 @@ def _write_export(module: nn.Module, out: Path, final: Path, arch: Mapping[str, 
     return result, failures
 
 
+def _weight_grids(quant: Mapping[str, Any]) -> str:
+    """The weight grids of every setting in ``quant.json``, one clause per bit-width, as they were exported."""
+    grids = sorted({(w["bits"], w["symmetric"], w["granularity"], w["storage"])
+                    for entry in quant["settings"].values() for w in entry["weights"].values()}, reverse=True)
+    text = "; ".join(f"{bits}-bit {'symmetric (zero point 0)' if sym else 'asymmetric'} per "
+                     f"{'output channel' if gran == 'channel' else 'tensor'}, stored as {storage}"
+                     for bits, sym, gran, storage in grids)
+    if any(bits == 2 and storage != "UINT2" for bits, _, _, storage in grids):
+        text += " (2-bit weights in 4-bit containers: ONNX's INT2/UINT2 do not load in onnxruntime 1.32)"
+    return text or "none (float weights)"
+
+
 def _model_card(arch: Mapping[str, Any], quant: Mapping[str, Any], result: ExportResult,
                 card: Mapping[str, Any]) -> str:
     from qnas.search import size_bytes
@@ -687,9 +699,7 @@ def _model_card(arch: Mapping[str, Any], quant: Mapping[str, Any], result: Expor
              f"- parameters: {params:,}", f"- MACs per image: {int(arch.get('macs') or 0):,}",
              f"- weights: {card.get('weights_source', arch.get('weights_source', ''))}",
              *([f"- first/last layers: {rule}"] if rule else []),
-             "- weight grid: symmetric int8 per output channel (zero point 0) at 8 bits; asymmetric per output "
-             "channel below 8 bits, stored as ONNX UINT4 (2- to 4-bit weights: ONNX's INT2/UINT2 do not load in "
-             "onnxruntime 1.32 with its default optimizations)", ""]
+             f"- weight grids: {_weight_grids(quant)}", ""]
     if result.metrics:
         lines += ["## Accuracy", "", "| setting | top-1 | weight storage (bytes) | quantizer |", "|---|---|---|---|"]
         for s, acc in result.metrics.items():
@@ -854,8 +864,10 @@ def export_trial(
     hooks: ExportHooks | None = None,
 ) -> ExportResult:
     """Export one trial: its FAQ-finetuned weights (``qnas finetune``) when there are some, else the
-    predictor's parameters calibrated without training. ``bits`` (a target setting such as ``w4a4``)
-    selects the sub-8-bit QCDQ file; default: the finetuned setting, else the study's target.
+    predictor's parameters calibrated without training, with the last layer solved as the study scored it
+    (where it scored with the fitted head: ``qnas.readout``, at the exported setting). ``bits`` (a target
+    setting such as ``w4a4``) selects the sub-8-bit QCDQ file; default: the finetuned setting, else the study's
+    target.
     ``test_size``: test images of the model card's accuracies (None: all). ``first_last_bits``: the
     first/last-layer rule (:func:`qnas.quant.first_last_rule`: 8 or None); ``"study"``: the finetuned run's,
     else the study's ``first_last_bits`` attribute, else ``FIRST_LAST_BITS``."""
@@ -868,6 +880,7 @@ def export_trial(
         record_path,
         set_bn_stats,
     )
+    from qnas.readout import Readout, fit_head
     from qnas.study import StudyAttrs, TrialAttrs, study_target
     from search_spaces import get_space
 
@@ -912,9 +925,23 @@ def export_trial(
     idx = random_subset(len(dataset.train_labels), None, 0)[:320]
     calib_x = normalize(dataset.train_images[idx], info)
     names = list(dict.fromkeys([*METRIC_SETTINGS[1:], target]))
-    hooks.stage("calibrating", len(names) + (run is None))
+    fit_size = searched.fit_size if run is None else None  # a finetuned run trained its own last layer
+    hooks.stage("calibrating", len(names) + (run is None) + (fit_size is not None))
     if run is None:
         set_bn_stats(module, calibrate(qmodel, calib_x).bn)  # float statistics
+        hooks.advance()
+    if fit_size is not None:
+        # The search scored the GHN's parameters with the last layer solved on labelled training images
+        # (qnas.readout); export that head, solved at the exported setting, rather than the GHN's own.
+        head_spec = first_last_rule(replace(QuantSpec.parse(target), granularity=granularity), fl_bits)
+        own = dict(module.named_parameters())
+        solved = fit_head(qmodel, own, head_spec, calibrate(qmodel, calib_x, spec=head_spec),
+                          Readout.from_dataset(dataset, fit_size, seed=0))
+        with torch.no_grad():
+            for name, value in solved.items():
+                if value is not own[name]:
+                    own[name].copy_(value)
+        source += f"; last layer solved at {target} on {min(fit_size, len(dataset.train_labels)):,} training images"
         hooks.advance()
     stats = bn_stats(module)
 

@@ -72,7 +72,7 @@ TARGETS = {"fp32": "trained", "w8a8": "trained, post-training quantized", "w4a8"
 MODEL_KINDS = ("ridge", "ridge-select", "bag-select", "avg-all", "lgbm", "lgbm-rank")
 _STORED_KINDS = ("ridge", "lgbm", "lgbm-rank")  # ridge-select, bag-select and avg-all: stored as one linear model
 # ridge-select: a few dozen trained architectures cannot carry a ridge over every feature, so each target's
-# fit picks at most this many of FEATURE_GROUPS by leave-one-out tau on its own rows (docs/ranking.md).
+# fit picks at most this many of feature_groups() by leave-one-out tau on its own rows (docs/ranking.md).
 SELECT_MAX_GROUPS = 3
 # bag-select: ridge-select on this many bootstrap resamples, averaged, since one selection on a few dozen
 # rows is unstable (shipped in sessions 19-23 by benchmarks/ground_truth/ranker_rule.json; docs/ranking.md).

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qnas.defaults import DEFAULT_DATASET, DEFAULT_SPACE, SETTINGS
+from qnas.defaults import DEFAULT_DATASET, DEFAULT_FIT_SIZE, DEFAULT_SPACE, SETTINGS
 from qnas.errors import QnasError
 
 __all__ = [
@@ -143,6 +143,15 @@ class StudyAttrs:
         """Weight scales the study scored with: ``channel`` or ``tensor``."""
         parts = self.protocol.split("/")
         return "channel" if len(parts) > 1 and parts[1] == "channel" else "tensor"
+
+    @property
+    def fit_size(self) -> int | None:
+        """Training images the study's last layer was solved on (``qnas.readout``: ``fit`` or ``fit<N>`` ends the
+        protocol); None where it scored the GHN's own head."""
+        head = self.protocol.split("/")[-1].removesuffix("-gs")
+        if not head.startswith("fit"):
+            return None
+        return DEFAULT_FIT_SIZE if head == "fit" else int(head[3:])
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,18 @@ def test_cli_score_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert err.startswith("qnas: error:") and "\n" not in err and message in err
 
 
+@pytest.mark.skipif(not (Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.ranker.json").exists(),
+                    reason="no shipped ranker")
+def test_a_search_that_leaves_the_shipped_ranker_out_says_so(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with pytest.warns(qnas.QnasWarning, match="left out.*maximizes the raw GHN accuracy"):
+        planned = qnas.make_search("keep", storage=url, val_size=16, head="keep")  # not the ranker's protocol
+    assert planned.config.objective == "top1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert qnas.make_search("fit", storage=url, val_size=16).config.objective == "pred_top1"
+
+
 def test_the_api_checks_what_the_cli_checks(tmp_path: Path) -> None:
     """Bad values fail at the call, before a study is made or a GHN runs (the CLI's argparse checks them too)."""
     url = f"sqlite:///{tmp_path / 's.db'}"

@@ -287,6 +287,27 @@ def test_cli_export_pareto_uses_the_predictor_for_trials_not_finetuned(small_fas
     assert quant["settings"]["w2a2"]["batchnorm"] != quant["settings"]["w8a8"]["batchnorm"]
 
 
+def test_a_trial_not_finetuned_exports_the_head_its_study_scored(small_fashion, tmp_path, capsys):  # noqa: F811
+    """A study scored with the fitted head (protocol ``.../fit<N>``) exports the GHN's parameters with the last
+    layer solved on N training images; one scored with the GHN's head exports that head."""
+    runs = {}
+    for name, protocol in (("keep", None), ("fit", "calibrated/channel/a2p99.5/fl8/w8sym/fit200")):
+        (tmp_path / name).mkdir()
+        url, _ = make_study(tmp_path / name, archs=TINY[:1], infeasible=None, protocol=protocol)
+        out = tmp_path / name / "out"
+        assert main(_export_args(url, tmp_path / name / "studies", small_fashion, out, "--trial", "0", "--bits", "4",
+                                 "--json")) == 0
+        runs[name] = (json.loads(capsys.readouterr().out)[0], qnas.export.load(out),
+                      json.loads((out / "arch.json").read_text())["weights_source"])
+    (keep, keep_net, keep_source), (fit, fit_net, fit_source) = runs["keep"], runs["fit"]
+    assert "last layer solved at w4a4 on 200 training images" in fit_source and "solved" not in keep_source
+    ours, theirs = dict(fit_net.named_parameters()), dict(keep_net.named_parameters())
+    last = [n for n in ours if n.endswith(".weight")][-1]
+    changed = {n for n in ours if not torch.equal(ours[n], theirs[n])}
+    assert last in changed and changed <= {last, last.removesuffix("weight") + "bias"}  # only the classifier
+    assert fit["metrics"]["w4a4"] > keep["metrics"]["w4a4"] + 0.05  # a random GHN's own head is at chance
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--trial", "99"], "has no trial 99"),
     (["--trial", "2"], "infeasible"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -62,11 +63,11 @@ def fashion(small_fashion: Path) -> data.Dataset:
 
 
 def make_study(tmp_path: Path, archs=TINY, infeasible: str | None = BIG,
-               first_last_bits: int | None = 8) -> tuple[str, optuna.Study]:
+               first_last_bits: int | None = 8, protocol: str | None = None) -> tuple[str, optuna.Study]:
     """A study as `qnas search` leaves it, with chosen architectures and fake scores (no scoring)."""
     url = f"sqlite:///{tmp_path / 'ft.db'}"
-    study = create_or_continue(SearchConfig(study="ft", storage=url, max_params=50_000, predictor="random",
-                                            first_last_bits=first_last_bits))
+    cfg = SearchConfig(study="ft", storage=url, max_params=50_000, predictor="random", first_last_bits=first_last_bits)
+    study = create_or_continue(cfg if protocol is None else dataclasses.replace(cfg, protocol=protocol))
     for i, text in enumerate([*archs, *([infeasible] if infeasible else [])]):
         g = S.from_string(text)
         params = S.count_params(g)

@@ -45,3 +45,13 @@ def test_missing_attributes_read_as_their_one_default() -> None:
     t = TrialAttrs.of(optuna.trial.create_trial(values=[0.5, 10.0], user_attrs={"top1_w4a4": 0.5, "loss_w4a4": 1}))
     assert (t.arch, t.params, t.macs, t.genome, t.scored_in_trial, t.worker) == (None,) * 6
     assert not t.infeasible and t.score_seconds == 0.0 and t.scores == {"top1_w4a4": 0.5, "loss_w4a4": 1.0}
+
+
+def test_the_fit_size_is_read_from_the_protocol() -> None:
+    def fit(protocol: str) -> int | None:
+        return StudyAttrs(target="w4a4", protocol=protocol).fit_size
+
+    assert fit("calibrated/channel/a2p99.5/fl8/w8sym/fit") == 1000  # the default fit size
+    assert fit("calibrated/channel/a2p99.5/fl8/w8sym/fit256") == 256
+    assert fit("calibrated/channel/a2p99.5/same/w8sym/fit-gs") == 1000
+    assert fit("calibrated/channel/a2p99.5/fl8/w8sym") is None and fit("calibrated/tensor") is None  # the GHN's head

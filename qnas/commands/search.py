@@ -118,9 +118,8 @@ def run(args: argparse.Namespace) -> int:
         first_last_bits=args.first_last_bits, ranker=args.ranker, head=args.head, fit_size=args.fit_size,
     )
     cfg, scorer, target = planned.config, planned.scorer, planned.config.target
-    if cfg.objective == "top1" and not args.quiet:
-        why = scorer.ranker_note or ("no ranker for this predictor" if scorer.ranker is None
-                                     else f"the ranker has no model for {target}")
+    if cfg.objective == "top1" and not args.quiet and not scorer.ranker_note:  # that one is a warning already
+        why = "no ranker for this predictor" if scorer.ranker is None else f"the ranker has no model for {target}"
         console.print(f"note: {why}: maximizing the raw GHN accuracy")
     progress = Progress(
         TextColumn("[bold]search[/] {task.fields[study]}"), BarColumn(), MofNCompleteColumn(),

@@ -380,8 +380,9 @@ class QuantModel(nn.Module):
 def prepare(module: nn.Module, graph: fx.Graph | None = None) -> QuantModel:
     """Trace ``module`` once (torch.fx) into a :class:`QuantModel` sharing its parameters.
 
-    Supported: Conv2d (any groups/dilation/stride), BatchNorm2d, Linear, ReLU/ReLU6, max/avg/adaptive
-    pooling, flatten/reshape, add, cat, Dropout (identity). Anything else raises QnasError naming it.
+    Supported: Conv2d (any groups/dilation/stride), BatchNorm2d, Linear, ReLU/ReLU6, hard-swish, SiLU,
+    max/avg/adaptive pooling, mean, flatten/reshape, add, cat, Dropout (identity). Anything else raises
+    QnasError naming it.
     Tracing costs milliseconds; callers scoring one architecture many times should keep the result.
     ``graph``: an ``fx.Graph`` already traced from ``module`` (e.g. by ``qnas.graph``), to skip tracing.
     """
