@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib
 import math
 import os
-import pickle
 import random
 import shutil
 import struct
@@ -242,64 +240,27 @@ def _download_fashion(directory: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------
-# CIFAR-10: the python pickles of cifar-10-batches-py
+# CIFAR-10: the binary version (cifar-10-batches-bin), fixed-length records read without pickle
 
-_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-_CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
-_CIFAR_DIR = "cifar-10-batches-py"
-_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR_TEST = "test_batch"
-
-# The only globals a CIFAR batch pickle needs (numpy arrays, and bytes when written by Python 3).
-# Anything else is refused, so a planted file cannot run code when unpickled.
-_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> object:
-        legacy = module.replace("numpy._core", "numpy.core", 1)  # numpy 2 renamed numpy.core
-        if (legacy, name) not in _PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}, which a CIFAR batch never holds")
-        if legacy.startswith("numpy.core"):  # resolve without numpy 2's deprecation shim
-            return getattr(_numpy_core(legacy), name)
-        return super().find_class(module, name)
-
-
-def _numpy_core(legacy_module: str) -> object:
-    new = legacy_module.replace("numpy.core", "numpy._core", 1)
-    try:
-        return importlib.import_module(new)
-    except ImportError:  # numpy 1.x
-        return importlib.import_module(legacy_module)
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+_CIFAR_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+_CIFAR_DIR = "cifar-10-batches-bin"
+_CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR_TEST = "test_batch.bin"
+_CIFAR_RECORD = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue 32x32 planes
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3072) and labels (N,) of one batch file of CIFAR-10's binary version."""
     try:
-        with path.open("rb") as f:
-            batch = _ArrayUnpickler(f, encoding="bytes").load()
-    except Exception as exc:  # a damaged pickle can raise nearly any exception type
-        raise QnasError(f"cannot read {path}: not a CIFAR batch pickle ({_one_line(exc)})") from None
-    if not isinstance(batch, dict):
-        raise QnasError(f"{path}: expected a dict with b'data' and b'labels', got {type(batch).__name__}")
-    data = batch.get(b"data", batch.get("data"))
-    labels = batch.get(b"labels", batch.get("labels"))
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        got = f"{data.dtype} array {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise QnasError(f"{path}: b'data' must be a uint8 array of shape (N, 3072), got {got}")
-    try:
-        labels = np.asarray(labels)
-    except Exception as exc:
-        raise QnasError(f"{path}: b'labels' is not a list of integers ({_one_line(exc)})") from None
-    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
-        raise QnasError(f"{path}: b'labels' must be {len(data)} integers, got {labels.dtype} {labels.shape}")
-    return data, labels
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise QnasError(f"cannot read {path}: {_one_line(exc)}") from None
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:
+        raise QnasError(f"{path}: {raw.size:,} bytes is not a whole number of {_CIFAR_RECORD}-byte CIFAR-10 "
+                        "records (a truncated or foreign file)")
+    records = raw.reshape(-1, _CIFAR_RECORD)
+    return records[:, 1:], records[:, 0].astype(np.int64)
 
 
 def _read_cifar_batches(directory: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,7 +280,7 @@ def _read_cifar(directory: Path) -> tuple[torch.Tensor, ...]:
 
 
 def _extract_cifar(archive: Path, directory: Path) -> Path:
-    """Extract ``cifar-10-batches-py`` from the archive into ``directory``; only plain files under that
+    """Extract ``cifar-10-batches-bin`` from the archive into ``directory``; only plain files under that
     folder are written (no absolute paths, ``..``, links or devices), and only once all are out."""
     final = directory / _CIFAR_DIR
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=directory))
@@ -352,7 +313,7 @@ def _extract_cifar(archive: Path, directory: Path) -> Path:
 
 
 def _download_cifar(directory: Path) -> Path:
-    archive = directory / "cifar-10-python.tar.gz"
+    archive = directory / "cifar-10-binary.tar.gz"
     _download(_CIFAR_URL, archive, _CIFAR_MD5)
     final = _extract_cifar(archive, directory)
     archive.unlink()
@@ -412,8 +373,9 @@ _REGISTRY: dict[str, _Source] = {
         is_complete=_cifar_complete,
         read=_read_cifar,
         download=_download_cifar,
-        hint=f"pass --data-dir DIR (or set $QNAS_DATA_DIR) for a directory holding {_CIFAR_DIR}/, "
-        "or fetch it once with `qnas data check --dataset cifar10 --download`",
+        hint=f"pass --data-dir DIR (or set $QNAS_DATA_DIR) for a directory holding {_CIFAR_DIR}/ (the binary "
+        "version, cifar-10-binary.tar.gz: qnas reads no pickled cifar-10-batches-py), or fetch it once with "
+        "`qnas data check --dataset cifar10 --download`",
     ),
 }
 
