@@ -880,7 +880,7 @@ def export_trial(
         record_path,
         set_bn_stats,
     )
-    from qnas.readout import Readout, fit_head
+    from qnas.readout import Readout, solve_head
     from qnas.study import StudyAttrs, TrialAttrs, study_target
     from search_spaces import get_space
 
@@ -934,14 +934,9 @@ def export_trial(
         # The search scored the GHN's parameters with the last layer solved on labelled training images
         # (qnas.readout); export that head, solved at the exported setting, rather than the GHN's own.
         head_spec = first_last_rule(replace(QuantSpec.parse(target), granularity=granularity), fl_bits)
-        own = dict(module.named_parameters())
-        solved = fit_head(qmodel, own, head_spec, calibrate(qmodel, calib_x, spec=head_spec),
-                          Readout.from_dataset(dataset, fit_size, seed=0))
-        with torch.no_grad():
-            for name, value in solved.items():
-                if value is not own[name]:
-                    own[name].copy_(value)
-        source += f"; last layer solved at {target} on {min(fit_size, len(dataset.train_labels)):,} training images"
+        readout = Readout.from_dataset(dataset, fit_size, seed=0)
+        if solve_head(module, qmodel, head_spec, calibrate(qmodel, calib_x, spec=head_spec), readout):
+            source += f"; last layer solved at {target} on {len(readout.labels):,} training images"
         hooks.advance()
     stats = bn_stats(module)
 

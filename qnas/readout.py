@@ -35,7 +35,7 @@ import torch
 from qnas.errors import QnasError
 from qnas.quant import Calibration, QuantModel, QuantSpec, Step, layer_bits
 
-__all__ = ["DEFAULT_RIDGE", "SCALINGS", "Readout", "fit_head", "head_label", "head_step", "make_readout"]
+__all__ = ["DEFAULT_RIDGE", "SCALINGS", "Readout", "fit_head", "head_label", "head_step", "make_readout", "solve_head"]
 
 DEFAULT_RIDGE = 10.0  # on standardized features; the same prior as benchmarks/head_probe.py
 SCALINGS = ("auto", "feature", "global")  # how features are scaled for the ridge (module docstring)
@@ -200,6 +200,19 @@ def fit_head(
     if has_bias:
         out[name_b] = torch.from_numpy(intercept * scale).float()
     return out
+
+
+def solve_head(module: torch.nn.Module, model: QuantModel, spec: QuantSpec, calibration: Calibration | None,
+               readout: Readout) -> bool:
+    """Write :func:`fit_head`'s last layer into ``module``'s own parameters (``model`` traced from it), as an
+    export ships it; False where the head cannot be solved and the module keeps its own."""
+    own = dict(module.named_parameters())
+    solved = fit_head(model, own, spec, calibration, readout)
+    changed = [name for name, value in solved.items() if value is not own[name]]
+    with torch.no_grad():
+        for name in changed:
+            own[name].copy_(solved[name])
+    return bool(changed)
 
 
 def _temperature(logits: np.ndarray, labels: np.ndarray) -> float:

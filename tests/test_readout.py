@@ -9,7 +9,7 @@ from torch import nn
 
 from qnas.errors import QnasError
 from qnas.quant import QuantSpec, calibrate, prepare
-from qnas.readout import Readout, fit_head, head_step
+from qnas.readout import Readout, fit_head, head_step, solve_head
 from qnas.score import evaluate
 
 
@@ -199,3 +199,21 @@ def test_a_head_quantized_below_8_bits_is_fitted_with_one_scale_for_every_featur
     assert Readout(x, y).protocol_tag_for(None) == "fit400-gs" == Readout(x, y, scaling="global").protocol_tag_for(8)
     with pytest.raises(QnasError, match="scaling"):
         Readout(x, y, scaling="none")
+
+
+def test_solve_head_writes_the_fitted_head_into_the_module_or_reports_it_could_not() -> None:
+    x, y = _separable(80, 7)
+    net = _linear_head_net()
+    qm = prepare(net)
+    expected = fit_head(qm, dict(net.named_parameters()), QuantSpec.parse("fp32"), None, Readout(x, y))
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    assert solve_head(net, qm, QuantSpec.parse("fp32"), None, Readout(x, y))
+    after = dict(net.named_parameters())
+    assert torch.equal(after["4.weight"], expected["4.weight"]) and torch.equal(after["4.bias"], expected["4.bias"])
+    assert all(torch.equal(after[k], before[k]) for k in before if not k.startswith("4."))
+    torch.manual_seed(0)
+    spatial = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    kept = {k: v.detach().clone() for k, v in spatial.named_parameters()}
+    assert not solve_head(spatial, prepare(spatial), QuantSpec.parse("fp32"), None, Readout(x, y))
+    assert all(torch.equal(v, kept[k]) for k, v in spatial.named_parameters())
