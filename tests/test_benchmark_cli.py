@@ -50,6 +50,7 @@ CASES = [
     ("faq_seed_noise.py", ["--net", "x", "--faq-seeds", "1,-1"]),
     ("ground_truth.py", ["run", "--phase", "truth", "--test-images", "0"]),
     ("head_scaling.py", ["--n", "0"]),
+    ("faq_head.py", ["--setting", "fp32"]),
 ]
 
 
