@@ -53,7 +53,7 @@ def main() -> int:
                     help="classifier: the GHN's own (default) or the fitted head the search scores with")
     ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args()
-    settings = [t for t in args.settings.split(",") if t]
+    settings = list(dict.fromkeys(t.strip() for t in args.settings.split(",") if t.strip()))
     try:  # checked now, not after the dataset and the predictor are loaded
         specs = {t: QuantSpec.parse(t) for t in settings}
     except QnasError as exc:
@@ -90,7 +90,7 @@ def main() -> int:
             print(f"{setting:14s} {how:10s} {means[(setting, how)]:5.1f}%", flush=True)
     figures = []
     for t in settings:
-        key, best = t.split("-")[0], max(v for (s, _), v in means.items() if s == t)
+        key, best = t.removesuffix("-channel"), max(v for (s, _), v in means.items() if s == t)
         figures += [f"{key}_minmax={means[(t, 'minmax')]:.1f}", f"{key}_default={means[(t, 'default')]:.1f}",
                     f"{key}_best={best:.1f}"]
     print(" ".join(figures))

@@ -74,6 +74,15 @@ def new_file(text: str) -> Path:
     return path
 
 
+def write_new(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` only if it still does not exist (``new_file`` checked it before the run)."""
+    try:
+        with path.open("x") as f:
+            f.write(text)
+    except FileExistsError:
+        raise QnasError(f"{path} appeared during the run: not overwritten (its results were not written)") from None
+
+
 def run(main: Callable[[], int | None]) -> int:
     """main's exit code; a QnasError or a missing file is one line on stderr and exit code 2."""
     try:

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import new_file, non_negative_int, positive_int, run  # noqa: E402
+from benchcli import new_file, non_negative_int, positive_int, run, write_new  # noqa: E402
 
 from qnas.cli import main as qnas_main  # noqa: E402
 from qnas.data import load_dataset, normalize  # noqa: E402
@@ -149,7 +149,7 @@ def main() -> int:
     fp, i8 = by["model.onnx"], by[onnx_name("w8a8")]
     low = by.get(onnx_name(target))
     if args.json:
-        args.json.write_text(json.dumps({"study": study, "trial": trial, "arch": arch["arch"], "rows": rows,
+        write_new(args.json, json.dumps({"study": study, "trial": trial, "arch": arch["arch"], "rows": rows,
                                                "export_seconds": t_export}, indent=1) + "\n")
     w4 = f"{low['bytes'] / i8['bytes']:.3f}" if low and low is not i8 else "nan"
     print(f"int8_latency_ratio={i8['ort_ms_b1'] / fp['ort_ms_b1']:.3f} w4_size_ratio={w4} "

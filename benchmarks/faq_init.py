@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import new_file, non_negative_int, positive_float, positive_int, run  # noqa: E402
+from benchcli import new_file, non_negative_int, positive_float, positive_int, run, write_new  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
               f"  epochs for GHN-init to reach random's final {100 * curves['random'][-1]:.1f}%: {needed:g} "
               f"(ratio {ratio:.2f})  [{time.perf_counter() - t0:.0f}s]", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"config": config.to_dict(), "predictor": predictor.header.name,
+        write_new(args.json, json.dumps({"config": config.to_dict(), "predictor": predictor.header.name,
                                          "rows": rows}, indent=1) + "\n")
     print(f"epochs_ratio={statistics.median(ratios):.3g}")
     return 0

@@ -391,6 +391,21 @@ def build_arch(space: Any, arch: str, info: data.DatasetInfo) -> torch.nn.Module
 
 
 
+def stored_test_images(store: Path) -> set[int]:
+    """The numbers of test images the store's rows were measured on (one, in a consistent store)."""
+    rows = (json.loads(path.read_text()) for path in (store / "results").glob("*.json"))
+    return {row["test_images"] for row in rows if "test_images" in row}
+
+
+def check_test_images(store: Path, test_images: int) -> None:
+    """Refuse, before any work, a run whose test set is not the one every stored row was measured on: rows of
+    two test sets would be ranked against each other."""
+    stored = stored_test_images(store)
+    if stored and stored != {test_images}:
+        raise QnasError(f"{store}'s rows are measured on {', '.join(map(str, sorted(stored)))} test images, not "
+                        f"--test-images {test_images}: use that number or another --store")
+
+
 def check_row(result: dict, job: Job, test_images: int) -> None:
     """Refuse to add stages to a stored row of another net, or one measured on another number of test images
     (one row's stages are compared with each other)."""
@@ -776,8 +791,12 @@ def merge_main(args: argparse.Namespace) -> int:
     if args.source is None or not args.source.is_dir():
         raise QnasError("merge needs --from DIR, a directory of result files")
     added, conflicts, busy = 0, [], []
+    ours = stored_test_images(args.store)
     for path in sorted(args.source.glob("*.json")):
         remote = json.loads(path.read_text())
+        if ours and remote.get("test_images") not in ours:  # another test set: not comparable with our rows
+            conflicts.append(path.stem)
+            continue
         with claimed(claims_dir(args.store), path.stem) as mine:
             if not mine:
                 busy.append(path.stem)
@@ -860,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.hours is not None and set(cost_model(args.store)) != {"fp32", "ptq", "faq"}:
             raise QnasError("--hours needs the cost model, fitted on at least 3 committed stages of each kind "
                             "(fp32, ptq, faq): run without it first")
+        check_test_images(args.store, args.test_images)
         return worker_main(args) if args.command == "worker" else run_main(args)
     except QnasError as exc:
         print(f"error: {exc}", file=sys.stderr)

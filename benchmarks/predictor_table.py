@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import new_file, positive_int, run  # noqa: E402
+from benchcli import new_file, positive_int, run, write_new  # noqa: E402
 
 SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 
@@ -100,7 +100,7 @@ def main() -> int:
         cells = [format_cell(res["table"][s]["id"]["top1"]) for s in SETTINGS]
         print(f"{label:28s} {bn:20s} " + " ".join(f"{c:>22s}" for c in cells))
     if args.json:
-        args.json.write_text(json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
+        write_new(args.json, json.dumps({"rows": [{"predictor": lbl, "bn_stats": bn, "table": r["table"]}
                                                         for lbl, bn, r in rows], "floor": floor}, indent=1))
     if shipped is not None:
         mean = {s: shipped["table"][s]["id"]["top1"]["mean"] for s in SETTINGS}

@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     scorer = make_scorer(space=space, predictor=args.predictor, val_size=args.val_size, ranker="none",
                          head=args.head)
     digest = scorer.predictor.digest
-    table = json.loads(args.out.read_text()) if args.out.exists() else {}
+    try:
+        table = json.loads(args.out.read_text()) if args.out.exists() else {}
+    except ValueError as exc:
+        raise QnasError(f"{args.out} is not a feature table ({exc}): move it away") from None
     ours = {"predictor_digest": digest, "feature_version": FEATURE_VERSION, "protocol": scorer.protocol,
             "val_size": args.val_size}
     differ = [k for k, v in ours.items() if table and table.get(k) != v]

@@ -50,7 +50,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import existing_path, new_file, non_negative_int, run  # noqa: E402
+from benchcli import existing_path, new_file, non_negative_int, run, write_new  # noqa: E402
 from ground_truth import BUDGETS, git_commit, stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     for target, rows in user_figures.items():
         print_rows(f"user split, {target} (hand-written nets)", rows)
     if args.json is not None:
-        args.json.write_text(json.dumps({"figures": figures, "nested_choices": choices,
+        write_new(args.json, json.dumps({"figures": figures, "nested_choices": choices,
                                          "absolute_out_of_fold": absolute,
                                          "user_split": user_figures, "scores": all_scores},
                                         indent=1) + "\n")

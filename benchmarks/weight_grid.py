@@ -39,9 +39,9 @@ def main() -> int:
     ap.add_argument("--settings", default="w8a8,w4a4,w2a2", help="settings (default w8a8,w4a4,w2a2)")
     ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args()
-    settings = [t for t in args.settings.split(",") if t]
-    if not settings or not all(re.fullmatch(r"w[2-8]a[2-8]", t) for t in settings):
-        ap.error(f"--settings: quantized settings such as w8a8,w4a4 (weight grids have no FP32), got {args.settings!r}")
+    settings = list(dict.fromkeys(t.strip() for t in args.settings.split(",") if t.strip()))
+    if not settings or not all(re.fullmatch(r"w[248]a[248]", t) for t in settings):  # the bits the GHN embeds
+        ap.error(f"--settings: of w8a8, w4a4, w2a2 and the like (weight grids have no FP32), got {args.settings!r}")
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from qnas import _checks as checks
 from qnas.defaults import DEFAULT_DATASET, DEFAULT_HEAD, DEFAULT_SPACE, SETTINGS
-from qnas.errors import QnasError, QnasWarning
+from qnas.errors import QnasError, QnasWarning, warn
 
 if TYPE_CHECKING:
     import torch
@@ -164,7 +164,7 @@ def score(
     max_macs = limits.DEFAULT_MAX_MACS if max_macs is None else max_macs
     notes: list[str] = []
     if scorer.ranker_note:
-        warnings.warn(scorer.ranker_note, QnasWarning, stacklevel=3)
+        warn(scorer.ranker_note)
         notes.append(scorer.ranker_note)
     head_used = head_label(scorer.readout)
     if is_arch:
@@ -186,7 +186,7 @@ def score(
     if fp32 is not None and fp32 <= 1.5 * chance:
         note = (f"FP32 top-1 {100 * fp32:.2f}% is at chance level ({100 * chance:.0f}%): the predicted parameters "
                 "do not work for this network")
-        warnings.warn(note, ChanceScoreWarning, stacklevel=3)  # 3: through qnas.score's module
+        warn(note, ChanceScoreWarning)
         notes.append(note)
     return Score(
         arch=arch, params=n_params, macs=n_macs,
@@ -227,7 +227,7 @@ def _score_module(module: nn.Module, scorer: Any, *, strict: bool, notes: list[s
                           "with one output per class and no BatchNorm): scored with the GHN's", QnasWarning,
                           stacklevel=2)
     for w in caught:  # re-raised at the caller of qnas.score, and kept in the result
-        warnings.warn(w.message, w.category, stacklevel=4)  # 4: through score() and qnas.score's module
+        warn(w.message, w.category)
         notes.append(str(w.message))
     flat = scorer.evaluate(qmodel, scorer.predict_params(module, graph))
     return flat, n_params, n_macs, fitted
@@ -417,7 +417,7 @@ def make_search(
                      val_size=val_size, bn_stats=bn_stats, granularity=granularity, act_ranges=act_ranges,
                      first_last_bits=first_last_bits, seed=0, ranker=ranker, head=head, fit_size=fit_size)
     if scorer.ranker_note:  # as qnas.score says it: the search will maximize the raw GHN accuracy
-        warnings.warn(f"{scorer.ranker_note}; the search maximizes the raw GHN accuracy", QnasWarning, stacklevel=2)
+        warn(f"{scorer.ranker_note}; the search maximizes the raw GHN accuracy")
     runs = trials if trials or timeout or total_trials else 50
     config = SearchConfig(
         study=study, target=target, max_params=int(max_params), trials=runs, total_trials=total_trials,

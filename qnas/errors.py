@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from pathlib import Path
 from typing import Any
 
-__all__ = ["QnasError", "QnasWarning", "Terminated", "raise_terminated"]
+__all__ = ["QnasError", "QnasWarning", "Terminated", "raise_terminated", "warn"]
+
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 class QnasError(Exception):
@@ -26,3 +31,12 @@ class Terminated(KeyboardInterrupt):
 def raise_terminated(signum: int, frame: Any) -> None:
     """A SIGTERM handler: raise :class:`Terminated` where the signal lands, as Python does for SIGINT."""
     raise Terminated
+
+
+def warn(message: str | Warning, category: type[Warning] = QnasWarning) -> None:
+    """``warnings.warn`` pointed at the first caller outside qnas, however many qnas frames lie between
+    (``qnas.score`` goes through its module's ``__call__``; ``qnas.search`` through ``make_search``)."""
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -676,14 +676,15 @@ def _write_export(module: nn.Module, out: Path, final: Path, arch: Mapping[str, 
 
 
 def _weight_grids(quant: Mapping[str, Any]) -> str:
-    """The weight grids of every setting in ``quant.json``, one clause per bit-width, as they were exported."""
+    """The weight grids of the settings in ``quant.json``, one clause per kind, as ``quant.json`` records them."""
     grids = sorted({(w["bits"], w["symmetric"], w["granularity"], w["storage"])
                     for entry in quant["settings"].values() for w in entry["weights"].values()}, reverse=True)
     text = "; ".join(f"{bits}-bit {'symmetric (zero point 0)' if sym else 'asymmetric'} per "
-                     f"{'output channel' if gran == 'channel' else 'tensor'}, stored as {storage}"
+                     f"{'output channel' if gran == 'channel' else 'tensor'}, stored as {storage.upper()}"
                      for bits, sym, gran, storage in grids)
-    if any(bits == 2 and storage != "UINT2" for bits, _, _, storage in grids):
-        text += " (2-bit weights in 4-bit containers: ONNX's INT2/UINT2 do not load in onnxruntime 1.32)"
+    if any(bits == 2 for bits, *_ in grids):
+        text += (" (2-bit weights in 4-bit containers: graphs with ONNX's INT2/UINT2 weights do not load in "
+                 "onnxruntime 1.32 with its default optimizations)")
     return text or "none (float weights)"
 
 
@@ -894,6 +895,7 @@ def export_trial(
     run = _pick_run(record, bits)
     target = bits or (run["setting"] if run else study_target(study))
     spec = QuantSpec.parse(target)
+    head_setting = spec.name  # where a solved last layer is solved: the setting scored (FP32 for an FP32 study)
     target = "w8a8" if spec.is_float else spec.name  # a study searched at FP32: its quantized file is the int8 one
     prepare_dir(Path(out_dir), force)  # fail early, before any computation
 
@@ -933,10 +935,10 @@ def export_trial(
     if fit_size is not None:
         # The search scored the GHN's parameters with the last layer solved on labelled training images
         # (qnas.readout); export that head, solved at the exported setting, rather than the GHN's own.
-        head_spec = first_last_rule(replace(QuantSpec.parse(target), granularity=granularity), fl_bits)
+        head_spec = first_last_rule(replace(QuantSpec.parse(head_setting), granularity=granularity), fl_bits)
         readout = Readout.from_dataset(dataset, fit_size, seed=0)
         if solve_head(module, qmodel, head_spec, calibrate(qmodel, calib_x, spec=head_spec), readout):
-            source += f"; last layer solved at {target} on {len(readout.labels):,} training images"
+            source += f"; last layer solved at {head_setting} on {len(readout.labels):,} training images"
         hooks.advance()
     stats = bn_stats(module)
 

@@ -227,7 +227,7 @@ def make_scorer(
         if ranker != "auto":
             check_protocol(fitted, scorer.protocol, where=path)
         note = (f"the shipped ranker was fitted on scores measured as {fitted.protocol}, not {scorer.protocol}: "
-                "it is left out (score as it was fitted, e.g. the default --head and --fit-size, to use it)")
+                "it is left out (score as it was fitted, e.g. with the default head and fit size, to use it)")
         return replace(scorer, version=version, ranker_note=note)
     if fitted is not None:
         version += f", ranker {hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"

@@ -151,7 +151,11 @@ class StudyAttrs:
         head = self.protocol.split("/")[-1].removesuffix("-gs")
         if not head.startswith("fit"):
             return None
-        return DEFAULT_FIT_SIZE if head == "fit" else int(head[3:])
+        if head == "fit":
+            return DEFAULT_FIT_SIZE
+        if not head[3:].isdigit() or int(head[3:]) < 1:
+            raise QnasError(f"the study's scoring protocol {self.protocol!r} names no fit size ({head!r})")
+        return int(head[3:])
 
 
 @dataclass(frozen=True)

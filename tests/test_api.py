@@ -212,8 +212,9 @@ def test_cli_score_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
                     reason="no shipped ranker")
 def test_a_search_that_leaves_the_shipped_ranker_out_says_so(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    with pytest.warns(qnas.QnasWarning, match="left out.*maximizes the raw GHN accuracy"):
+    with pytest.warns(qnas.QnasWarning, match="left out.*maximizes the raw GHN accuracy") as record:
         planned = qnas.make_search("keep", storage=url, val_size=16, head="keep")  # not the ranker's protocol
+    assert record[0].filename == __file__  # pointed at the caller, not at qnas
     assert planned.config.objective == "top1"
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -68,6 +68,9 @@ def test_export_writes_every_file_and_onnx_matches_pytorch(exported):
     int8 = "model_int8_qdq.onnx"
     assert f"| {int8} | {res.files[int8]:,} | {res.latency_ms[int8]:.3f} |" in card
     assert "first/last layers: first and last weight layers" in card
+    grids = next(line for line in card.splitlines() if line.startswith("- weight grids:"))  # from quant.json
+    assert "8-bit symmetric (zero point 0) per" in grids and "stored as INT8" in grids
+    assert "4-bit asymmetric per" in grids and "stored as UINT4" in grids and "2-bit weights in 4-bit" in grids
     assert not list(out.parent.glob(".qnas-partial-*"))  # the partial directory was renamed into place
 
 
@@ -306,6 +309,13 @@ def test_a_trial_not_finetuned_exports_the_head_its_study_scored(small_fashion, 
     changed = {n for n in ours if not torch.equal(ours[n], theirs[n])}
     assert last in changed and changed <= {last, last.removesuffix("weight") + "bias"}  # only the classifier
     assert fit["metrics"]["w4a4"] > keep["metrics"]["w4a4"] + 0.05  # a random GHN's own head is at chance
+    # A study searched at FP32 scored its head on float features: solved there, exported with the int8 file.
+    (tmp_path / "float").mkdir()
+    url, _ = make_study(tmp_path / "float", archs=TINY[:1], infeasible=None, target="fp32",
+                        protocol="calibrated/channel/a2p99.5/fl8/w8sym/fit200")
+    out = tmp_path / "float" / "out"
+    assert main(_export_args(url, tmp_path / "float" / "studies", small_fashion, out, "--trial", "0")) == 0
+    assert "last layer solved at fp32 on 200" in json.loads((out / "arch.json").read_text())["weights_source"]
 
 
 @pytest.mark.parametrize(("extra", "message"), [

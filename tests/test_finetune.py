@@ -63,11 +63,12 @@ def fashion(small_fashion: Path) -> data.Dataset:
 
 
 def make_study(tmp_path: Path, archs=TINY, infeasible: str | None = BIG,
-               first_last_bits: int | None = 8, protocol: str | None = None) -> tuple[str, optuna.Study]:
-    """A study as `qnas search` leaves it, with chosen architectures and fake scores (no scoring)."""
+               first_last_bits: int | None = 8, **config: str) -> tuple[str, optuna.Study]:
+    """A study as `qnas search` leaves it, with chosen architectures and fake scores (no scoring); ``config``:
+    other SearchConfig fields (e.g. ``protocol``, ``target``)."""
     url = f"sqlite:///{tmp_path / 'ft.db'}"
     cfg = SearchConfig(study="ft", storage=url, max_params=50_000, predictor="random", first_last_bits=first_last_bits)
-    study = create_or_continue(cfg if protocol is None else dataclasses.replace(cfg, protocol=protocol))
+    study = create_or_continue(dataclasses.replace(cfg, **config))
     for i, text in enumerate([*archs, *([infeasible] if infeasible else [])]):
         g = S.from_string(text)
         params = S.count_params(g)

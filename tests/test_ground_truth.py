@@ -390,3 +390,14 @@ def test_a_row_takes_stages_only_of_its_own_net_and_test_set() -> None:
         gt.check_row({**row, "test_images": 500}, job, 2000)
     with pytest.raises(gt.QnasError, match="another net"):
         gt.check_row({**row, "arch": "b"}, job, 2000)
+
+
+def test_a_run_on_another_test_set_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    store = _tiny_store(tmp_path)
+    (store / "results").mkdir()
+    (store / "results" / "id-000_s63_s0.json").write_text(json.dumps({"key": "id-000_s63_s0", "test_images": 2000,
+                                                                       "stages": {}}))
+    args = ["worker", "--phase", "agreement", "--store", str(store), "--cache", str(tmp_path / "cache")]
+    assert gt.main([*args, "--test-images", "500"]) == 2
+    assert "measured on 2000 test images, not --test-images 500" in capsys.readouterr().err
+    assert not (store / "failed").exists() and len(list((store / "results").iterdir())) == 1

@@ -6,7 +6,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import optuna
+import pytest
 
+from qnas.errors import QnasError
 from qnas.search import SearchConfig, create_or_continue
 from qnas.study import StudyAttrs, StudyKey, TrialAttrs
 from qnas.study import pareto_front as study_front
@@ -54,4 +56,7 @@ def test_the_fit_size_is_read_from_the_protocol() -> None:
     assert fit("calibrated/channel/a2p99.5/fl8/w8sym/fit") == 1000  # the default fit size
     assert fit("calibrated/channel/a2p99.5/fl8/w8sym/fit256") == 256
     assert fit("calibrated/channel/a2p99.5/same/w8sym/fit-gs") == 1000
+    assert fit("calibrated/channel/a2p99.5/same/w8sym/fit64-gs") == 64
+    with pytest.raises(QnasError, match="names no fit size"):
+        fit("calibrated/channel/fitX")
     assert fit("calibrated/channel/a2p99.5/fl8/w8sym") is None and fit("calibrated/tensor") is None  # the GHN's head

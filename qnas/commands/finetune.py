@@ -111,8 +111,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Write, per model, arch.json, model.safetensors, quant.json (scale and zero point of every "
         "quantized tensor), model.onnx (float, BatchNorm folded), model_int8_qdq.onnx and, below 8 bits, "
         "model_wXaX_qcdq.onnx (QuantizeLinear -> Clip -> DequantizeLinear), and a README.md model card. Uses "
-        "the FAQ-finetuned weights of `qnas finetune` when present, else the predictor's parameters with the "
-        "last layer solved as the search scored it. Every "
+        "the FAQ-finetuned weights of `qnas finetune` when present, else the predictor's parameters (the last "
+        "layer solved on labelled training images where the study scored that way, the default). Every "
         "ONNX file is run in onnxruntime on test images and compared with the PyTorch fake-quant model; a "
         "mismatch exits with 1. --trial writes to OUT; --pareto writes OUT/trial-N per Pareto trial. Each "
         "directory is written beside its place and renamed into it when complete.",
