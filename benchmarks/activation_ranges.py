@@ -18,7 +18,6 @@ for each setting.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas import finetune as ft  # noqa: E402
@@ -44,7 +43,7 @@ FAQ_PERCENTILES = (99.9, 99.0)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default=None, help="predictor (default: the shipped one for fashion-mnist)")
     ap.add_argument("--archs", type=positive_int, default=12, help="id-split architectures (default 12)")
     ap.add_argument("--images", type=positive_int, default=500, help="validation images (default 500)")

@@ -1,6 +1,7 @@
 """What every benchmark's command line shares: argument types that refuse a bad number or path before any
 work starts, and one line on stderr with exit code 2 instead of a traceback (as `qnas` itself does).
 
+    ap = ArgumentParser(description=__doc__)
     ap.add_argument("--archs", type=positive_int, default=12)
     ap.add_argument("--json", type=new_file, default=None)
     if __name__ == "__main__":
@@ -14,8 +15,16 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from qnas.errors import QnasError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``<script>: error: ...``, no usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 
 def _integer(text: str) -> int:

@@ -24,7 +24,6 @@ a different choice already there is never replaced.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import run  # noqa: E402
+from benchcli import ArgumentParser, run  # noqa: E402
 from ground_truth import BUDGETS, STORE, jobs, load_plan, read_result  # noqa: E402
 
 N_BOOT = 2000  # bootstrap resamples of each interval
@@ -68,7 +67,7 @@ def interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", type=Path, default=STORE, help=f"ground-truth store (default {STORE})")
     ap.add_argument("--threshold", type=float, default=0.85, help="tau to the longest budget (default 0.85)")
     ap.add_argument("--write", action="store_true", help="write a decided choice to the store's budget.json")

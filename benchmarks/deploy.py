@@ -16,7 +16,6 @@ int8_top1_drop=<float top-1 - int8 top-1, points>``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import new_file, non_negative_int, positive_int, run, write_new  # noqa: E402
+from benchcli import ArgumentParser, new_file, non_negative_int, positive_int, run, write_new  # noqa: E402
 
 from qnas.cli import main as qnas_main  # noqa: E402
 from qnas.data import load_dataset, normalize  # noqa: E402
@@ -74,7 +73,7 @@ def _torch_stats(fn, x: torch.Tensor, y: torch.Tensor, rounds: int) -> tuple[flo
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", default=None, help="existing study (default: make a fresh demo study)")
     ap.add_argument("--storage", default=None, help="its Optuna storage URL")
     ap.add_argument("--trial", type=non_negative_int, default=None,

@@ -14,7 +14,6 @@ calibration of the start) and after. Last line:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.finetune import FAQConfig, finetune, initial_module, layout, random_subset, set_bn_stats  # noqa: E402
@@ -48,7 +47,7 @@ def solve(module: torch.nn.Module, ds: data.Dataset, setting: str) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--archs", type=positive_int, default=4, help="id nets of 2e4-3e5 parameters (default 4)")
     ap.add_argument("--setting", default="w4a4", help="the FAQ setting (default w4a4)")
     ap.add_argument("--epochs", type=positive_int, default=1, help="FAQ epochs (default 1)")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import new_file, non_negative_int, positive_float, positive_int, run, write_new  # noqa: E402
+from benchcli import ArgumentParser, new_file, non_negative_int, positive_float, positive_int, run, write_new  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
@@ -55,7 +55,7 @@ def _epochs_needed(ghn_curve: list[float], target: float) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--predictor", default=None, help="GHN name or checkpoint (default: the shipped one)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)

@@ -29,14 +29,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ground_truth as G  # noqa: E402
-from benchcli import int_list, non_negative_int, run  # noqa: E402
+from benchcli import ArgumentParser, int_list, non_negative_int, run  # noqa: E402
 
 BUDGET = "k20e5"  # the truth budget (budget.json): the rows this measures
 OUT = Path(__file__).resolve().parent / "results" / "faq_seed_noise.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--net", required=True, help="a ground-truth net's id, e.g. deep-089")
     ap.add_argument("--train-seed", type=non_negative_int, default=0, help="the row's training seed (default 0)")
     ap.add_argument("--faq-seeds", type=int_list, default=[0, 1, 2], help="FAQ seeds, comma-separated (default 0,1,2)")

@@ -21,7 +21,6 @@ The last line is ``ghn_share=<median share>``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 from qnas.defaults import DEFAULT_FIT_SIZE, DEFAULT_HEAD, HEADS  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
@@ -79,7 +78,7 @@ def _spread(n: int) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", type=positive_int, default=16,
                         help="architectures (a multiple of 8), spread by size")
     parser.add_argument("--images", type=positive_int, default=1000,

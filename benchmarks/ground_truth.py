@@ -103,7 +103,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_float, positive_int  # noqa: E402
+from benchcli import ArgumentParser, positive_float, positive_int  # noqa: E402
 
 import qnas  # noqa: E402
 from qnas import data, user_split  # noqa: E402
@@ -831,7 +831,7 @@ def merge_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     for name in ("plan", "run", "worker", "status", "merge"):
         p = sub.add_parser(name)

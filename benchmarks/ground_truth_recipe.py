@@ -15,7 +15,6 @@ Last line: ``bnfree_default=<mean top-1> bnfree_unit_variance=<mean> faq_best_lr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import run  # noqa: E402
+from benchcli import ArgumentParser, run  # noqa: E402
 from ground_truth import BUDGETS, DATASET, SPACE, balanced  # noqa: E402
 
 from qnas import data  # noqa: E402
@@ -41,7 +40,7 @@ LRS = (0.05, 0.01, 0.002)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.parse_args(argv)
     torch.set_num_threads(1)
     space = get_space(SPACE)

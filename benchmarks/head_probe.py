@@ -19,7 +19,6 @@ Last line: ``ghn_<split>=<mean %> probe_<split>=<mean %> head_gap_<split>=<mean 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 import qnas  # noqa: E402
 from qnas import data  # noqa: E402
@@ -87,7 +86,7 @@ def probe_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.T
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default=None, help="predictor name or .pt path (default: the shipped one)")
     ap.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
     ap.add_argument("--splits", default="user,id", help=f"comma-separated, of {', '.join(SPLITS)} (default user,id)")

@@ -15,7 +15,6 @@ setting, then ``auto_gain=<points>`` (``auto`` minus ``feature`` averaged over t
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
@@ -43,7 +42,7 @@ SETTINGS = ("fp32,w8a8-channel,w4a8-channel,w4a4-channel,w2a2-channel,"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default="fashion-mnist", help="predictor name or .pt path (default: shipped)")
     ap.add_argument("--splits", default="id,user", help=f"comma-separated, of {', '.join(SPLITS)} (default id,user)")
     ap.add_argument("--n", type=positive_int, default=12, help="networks per split (default 12)")

@@ -14,7 +14,6 @@ dense_int8_ratio=<the same over the dense cases>``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 from qnas.export import measure_latency  # noqa: E402
 
@@ -79,7 +78,7 @@ def conv_model(cout: int, k: int, size: int, groups: int, cin: int, act: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=positive_int, default=40, help="interleaved rounds of 10 inferences (default 40)")
     args = ap.parse_args(argv)
     print(f"{'case':26s} {'float us':>9s} {'int8 u8 us':>11s} {'int8 s8 us':>11s} {'u8/float':>9s}")

@@ -23,7 +23,6 @@ that fits" rule. Last line: ``regret_<scorer>_<target>=<points>`` at k=1 for the
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchcli import existing_path, run  # noqa: E402
+from benchcli import ArgumentParser, existing_path, run  # noqa: E402
 from ground_truth import BUDGETS  # noqa: E402
 from ranking import STORE, load_v2  # noqa: E402
 
@@ -91,7 +90,7 @@ def figures(truth: np.ndarray, params: np.ndarray, scores: dict[str, np.ndarray]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scores", type=Path, required=True, help="ranking.py --json output (per-architecture scores)")
     ap.add_argument("--store", type=existing_path, default=STORE, help=f"the ground-truth store (default {STORE})")
     ap.add_argument("--budget", choices=list(BUDGETS), default=None,

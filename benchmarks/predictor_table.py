@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import new_file, positive_int, run, write_new  # noqa: E402
+from benchcli import ArgumentParser, new_file, positive_int, run, write_new  # noqa: E402
 
 SETTINGS = ("fp32", "w8a8", "w4a8", "w4a4", "w2a2")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--float", dest="float_", default=None, help="float-trained GHN (GHN-Q)")
     ap.add_argument("--w4a4", default=None, help="GHN-QAT finetuned at w4a4")
     ap.add_argument("--w2a2", default=None, help="GHN-QAT finetuned at w2a2 (NoiseQuant)")

@@ -36,7 +36,6 @@ read, ``rule[_<name>]_decided=<procedure>``, its recorded decision (a later rule
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import existing_path, non_negative_int, run  # noqa: E402
+from benchcli import ArgumentParser, existing_path, non_negative_int, run  # noqa: E402
 from ground_truth import BUDGETS  # noqa: E402
 from ranking import FEATURES, STORE, load_v2, tau  # noqa: E402
 
@@ -108,7 +107,7 @@ def out_of_fold(procedure: str, target: str, feats: dict[str, dict[str, float]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=existing_path, default=STORE,
                         help=f"the ground-truth v2 store (default {STORE})")
     parser.add_argument("--budget", choices=list(BUDGETS),

@@ -14,7 +14,6 @@ atomically after each one. Last line: ``archs=<n> seconds=<this run>``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 from qnas import user_split  # noqa: E402
 from qnas.defaults import DEFAULT_HEAD, HEADS  # noqa: E402
@@ -66,7 +65,7 @@ def features(scorer: Any, space: Any, arch: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default=None, help="predictor name or checkpoint (default: the shipped one)")
     ap.add_argument("--out", type=Path, default=FEATURES, help=f"feature table (default {FEATURES})")
     ap.add_argument("--val-size", type=positive_int, default=1000,

@@ -50,7 +50,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import existing_path, new_file, non_negative_int, run, write_new  # noqa: E402
+from benchcli import ArgumentParser, existing_path, new_file, non_negative_int, run, write_new  # noqa: E402
 from ground_truth import BUDGETS, git_commit, stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
@@ -210,7 +210,7 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--truth", choices=("v1", "v2"), default="v2", help="ground truth (default v2)")
     ap.add_argument("--store", type=existing_path, default=STORE, help=f"v2: the ground-truth store (default {STORE})")
     ap.add_argument("--budget", choices=list(BUDGETS), default=None,

@@ -26,7 +26,6 @@ processes on two cores slow each other down many times over.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import random
 import statistics
@@ -41,7 +40,7 @@ from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_float, positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_float, positive_int, run  # noqa: E402
 
 from qnas.defaults import DEFAULT_HEAD, HEADS  # noqa: E402
 from qnas.errors import QnasError  # noqa: E402
@@ -123,7 +122,7 @@ def _spread(n: int, max_params: float) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", type=positive_int, default=8,
                         help="architectures, spread by parameter count (default 8)")
     parser.add_argument("--max-params", type=positive_float, default=2e6, help="largest architecture (default 2e6)")

@@ -31,7 +31,6 @@ The last line is ``hv_ratio=<median HV of the default sampler / median HV of ran
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -47,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import int_list, positive_float, positive_int  # noqa: E402
+from benchcli import ArgumentParser, int_list, positive_float, positive_int  # noqa: E402
 from benchcli import run as run_cli
 from ground_truth import atomic_write  # noqa: E402
 
@@ -127,7 +126,7 @@ def hv_at(history: list[tuple[float, int]], n: int, bound: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=positive_int, default=200, help="trials per run of each sampler (default 200)")
     ap.add_argument("--random-trials", type=positive_int, default=400,
                     help="trials per random-search run (default 400)")

@@ -20,7 +20,6 @@ The share is ``bookkeeping / (bookkeeping + median scoring)`` per trial; the las
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 from qnas.predictors import default_predictor  # noqa: E402
 from qnas.scorer import make_scorer  # noqa: E402
@@ -83,7 +82,7 @@ def scoring(archs: int, val_size: int, predictor: str) -> list[tuple[int, float]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=positive_int, default=100, help="zero-cost trials per storage (default 100)")
     ap.add_argument("--sampler", choices=SAMPLERS, default="nsga2",
                     help="sampler of the bookkeeping runs (default nsga2)")

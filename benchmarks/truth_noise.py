@@ -27,7 +27,6 @@ seed_pairs=<nets>`` for FP32, W4A4 and W2A2.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
@@ -39,7 +38,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import existing_path, positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, existing_path, positive_int, run  # noqa: E402
 from ground_truth import BUDGETS, CALIB_IMAGES, DATASET, SPACE, balanced, build_arch  # noqa: E402
 from ranking import STORE, load_v2  # noqa: E402
 
@@ -61,7 +60,7 @@ def correctness(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, calib
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", type=existing_path, default=STORE, help=f"the ground-truth store (default {STORE})")
     ap.add_argument("--budget", choices=list(BUDGETS), default="k20e5",
                     help="v2 budget (default k20e5, the truth budget)")

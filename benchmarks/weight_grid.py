@@ -13,7 +13,6 @@ Prints mean top-1 per setting and grid; the last line is ``w8a8=<asym>/<sym> w4a
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchcli import positive_int, run  # noqa: E402
+from benchcli import ArgumentParser, positive_int, run  # noqa: E402
 
 from qnas import data  # noqa: E402
 from qnas.predictors import default_predictor, load_predictor  # noqa: E402
@@ -32,7 +31,7 @@ from search_spaces import convnets250k  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--predictor", default=None, help="predictor (default: the shipped one for fashion-mnist)")
     ap.add_argument("--archs", type=positive_int, default=12, help="id-split architectures (default 12)")
     ap.add_argument("--images", type=positive_int, default=500, help="validation images (default 500)")
