@@ -932,19 +932,24 @@ def export_trial(
     if run is None:
         set_bn_stats(module, calibrate(qmodel, calib_x).bn)  # float statistics
         hooks.advance()
+    def spec_of(name: str) -> QuantSpec:
+        return first_last_rule(replace(QuantSpec.parse(name), granularity=granularity), fl_bits)
+
+    # One calibration per setting: solving the head changes none of them (the logits are not quantized).
+    calibrations: dict[str, Calibration] = {}
     if fit_size is not None:
         # The search scored the GHN's parameters with the last layer solved on labelled training images
         # (qnas.readout); export that head, solved at the exported setting, rather than the GHN's own.
-        head_spec = first_last_rule(replace(QuantSpec.parse(head_setting), granularity=granularity), fl_bits)
+        calibrations[head_setting] = calibrate(qmodel, calib_x, spec=spec_of(head_setting))
         readout = Readout.from_dataset(dataset, fit_size, seed=0)
-        if solve_head(module, qmodel, head_spec, calibrate(qmodel, calib_x, spec=head_spec), readout):
+        if solve_head(module, qmodel, spec_of(head_setting), calibrations[head_setting], readout):
             source += f"; last layer solved at {head_setting} on {len(readout.labels):,} training images"
         hooks.advance()
     stats = bn_stats(module)
 
     settings: dict[str, tuple[QuantSpec, Calibration, str]] = {}
     for name in names:
-        spec = first_last_rule(replace(QuantSpec.parse(name), granularity=granularity), fl_bits)
+        spec = spec_of(name)
         if run is not None and run["setting"] == name:
             ranges = {k: (float(v[0]), float(v[1])) for k, v in run["ranges"].items()}
             cal = Calibration(bn=stats, ranges=ranges, num_images=0)
@@ -953,7 +958,7 @@ def export_trial(
             # Not trained at this setting: calibrate it as the search scored it (BN statistics and
             # activation ranges measured in the quantized network, the engine's range rule), which beats FAQ's
             # float-network percentiles at W2A2 (benchmarks/activation_ranges.py).
-            cal = calibrate(qmodel, calib_x, spec=spec)
+            cal = calibrations[name] if name in calibrations else calibrate(qmodel, calib_x, spec=spec)
             settings[name] = (spec, cal, f"post-training (calibrated quantized, {spec.spelled_out().name})")
         hooks.advance()
     n_test = len(dataset.test_labels) if test_size is None else min(test_size, len(dataset.test_labels))

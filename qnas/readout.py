@@ -35,7 +35,8 @@ import torch
 from qnas.errors import QnasError
 from qnas.quant import Calibration, QuantModel, QuantSpec, Step, layer_bits
 
-__all__ = ["DEFAULT_RIDGE", "SCALINGS", "Readout", "fit_head", "head_label", "head_step", "make_readout", "solve_head"]
+__all__ = ["DEFAULT_RIDGE", "SCALINGS", "Readout", "fit_head", "fit_size_of", "head_label", "head_step", "make_readout",
+           "solve_head"]
 
 DEFAULT_RIDGE = 10.0  # on standardized features; the same prior as benchmarks/head_probe.py
 SCALINGS = ("auto", "feature", "global")  # how features are scaled for the ridge (module docstring)
@@ -101,6 +102,21 @@ class Readout:
         bits get one common feature scale (``auto`` without the rule, where the head has the setting's bits)."""
         common = self.scaling == "global" or (self.scaling == "auto" and first_last_bits is None)
         return self.protocol_tag + ("-gs" if common else "")
+
+
+def fit_size_of(protocol: str) -> int | None:
+    """The fit size a scoring protocol's head tag names, the inverse of :meth:`Readout.protocol_tag_for`
+    (``fit``, ``fit<N>``, either with ``-gs``); None where the protocol scored the network's own head."""
+    from qnas.defaults import DEFAULT_FIT_SIZE
+
+    head = protocol.split("/")[-1].removesuffix("-gs")
+    if not head.startswith("fit"):
+        return None
+    if head == "fit":
+        return DEFAULT_FIT_SIZE
+    if not head[3:].isdigit() or int(head[3:]) < 1:
+        raise QnasError(f"the scoring protocol {protocol!r} names no fit size ({head!r})")
+    return int(head[3:])
 
 
 def make_readout(ds: Any, head: str, fit_size: int | None, *, default: int, seed: int = 0) -> Readout | None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qnas.defaults import DEFAULT_DATASET, DEFAULT_FIT_SIZE, DEFAULT_SPACE, SETTINGS
+from qnas.defaults import DEFAULT_DATASET, DEFAULT_SPACE, SETTINGS
 from qnas.errors import QnasError
 
 __all__ = [
@@ -146,16 +146,10 @@ class StudyAttrs:
 
     @property
     def fit_size(self) -> int | None:
-        """Training images the study's last layer was solved on (``qnas.readout``: ``fit`` or ``fit<N>`` ends the
-        protocol); None where it scored the GHN's own head."""
-        head = self.protocol.split("/")[-1].removesuffix("-gs")
-        if not head.startswith("fit"):
-            return None
-        if head == "fit":
-            return DEFAULT_FIT_SIZE
-        if not head[3:].isdigit() or int(head[3:]) < 1:
-            raise QnasError(f"the study's scoring protocol {self.protocol!r} names no fit size ({head!r})")
-        return int(head[3:])
+        """Training images the study's last layer was solved on; None where it scored the GHN's own head."""
+        from qnas.readout import fit_size_of  # the tag's grammar lives beside its writer; torch only when asked
+
+        return fit_size_of(self.protocol)
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,35 @@ def test_the_protocol_names_a_fit_size_other_than_the_default() -> None:
     assert head_label(None) == "keep"
 
 
+def test_solving_the_head_leaves_the_calibration_as_it_was() -> None:
+    """Why an export calibrates each setting once: the logits are not quantized, so no activation range and no
+    BatchNorm statistic depends on the last layer that solve_head writes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                        nn.Flatten(), nn.Linear(32, 4))
+    x, y = _separable(120, 9)
+    qm, spec = prepare(net), QuantSpec.parse("w4a4")
+    before = calibrate(qm, x[:64], spec=spec)
+    assert solve_head(net, qm, spec, before, Readout(x, y))
+    after = calibrate(qm, x[:64], spec=spec)
+    assert after.ranges == before.ranges and before.ranges
+    assert before.bn.keys() == after.bn.keys() and before.bn
+    assert all(torch.equal(a, b) for k in before.bn for a, b in zip(before.bn[k], after.bn[k], strict=True))
+
+
+def test_the_protocol_tag_reads_back_as_the_fit_size() -> None:
+    from qnas.readout import fit_size_of
+
+    x, y = _separable(20, 12)
+    for scaling, rule in (("auto", 8), ("auto", None), ("global", 8), ("feature", None)):
+        tag = Readout(x, y, scaling=scaling).protocol_tag_for(rule)
+        assert fit_size_of(f"calibrated/channel/a2p99.5/fl8/w8sym/{tag}") == 20, tag
+    assert fit_size_of("calibrated/channel/a2p99.5/fl8/w8sym") is None  # the network's own head
+    for bad in ("fit0", "fitX", "fit-1"):
+        with pytest.raises(QnasError, match="names no fit size"):
+            fit_size_of(f"calibrated/{bad}")
+
+
 def _with_rare_features(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eight informative features and eight that are zero but on a few images (tiny variance)."""
     gen = torch.Generator().manual_seed(seed)
