@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from qnas.commands._args import (
     non_negative_float,
@@ -143,18 +144,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_export)
 
 
-def _finetune(args: argparse.Namespace) -> int:
+def _trial_progress(field: str, *, quiet: bool) -> Any:
+    """One bar per trial on stderr, its ``field`` the trial's current stage; off with --quiet and off a terminal
+    (no stray lines in logs and pipes, no blank line before an error)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn(f"{{task.fields[{field}]}}"), TimeElapsedColumn(), console=console,
+                    disable=quiet or not console.is_terminal)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from rich.console import Console
     from rich.table import Table
 
     from qnas.api import finetune
     from qnas.finetune import Hooks
 
-    console = Console(stderr=True)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
-                        disable=args.quiet or not console.is_terminal)  # no stray blank line before an error
+    progress = _trial_progress("status", quiet=args.quiet)
 
     def hooks(trial, setting: str) -> Hooks:
         task = progress.add_task(f"trial {trial.number} {setting}", total=None, status="starting")
@@ -199,16 +208,12 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from qnas.api import export
     from qnas.export import ExportHooks, VerificationError
 
-    console = Console(stderr=True)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), console=console,
-                        disable=args.quiet or not console.is_terminal)  # no stray lines in logs and pipes
+    progress = _trial_progress("stage", quiet=args.quiet)
 
     def hooks(trial, out: Path) -> ExportHooks:
         task = progress.add_task(f"trial {trial.number} -> {out}", total=None, stage="loading")
