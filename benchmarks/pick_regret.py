@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchcli import ArgumentParser, existing_path, run  # noqa: E402
 from ground_truth import BUDGETS  # noqa: E402
-from ranking import STORE, load_v2  # noqa: E402
+from ranking import STORE, load_v2, read_scores  # noqa: E402
 
 MIN_CANDIDATES = 5  # a bound with fewer nets below it leaves nothing to choose
 N_BOOT = 2000
@@ -104,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--top: not a list of integers: {args.top!r}")
     if not tops or min(tops) < 1:
         ap.error("--top: every k must be at least 1")
-    if not args.scores.is_file():
-        ap.error(f"no scores file {args.scores} (write one with ranking.py --json)")
-    try:
-        scored = json.loads(args.scores.read_text())["scores"]
-    except (ValueError, KeyError, TypeError):
-        ap.error(f"{args.scores} is not a ranking.py --json output (no 'scores')")
+    scored, shipped_of = read_scores(args.scores)
     if not (args.store / "architectures.json").is_file():
         ap.error(f"no ground-truth store at {args.store} (architectures.json missing)")
     budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
@@ -126,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     last: list[str] = []
     for t in targets:
-        by_label = scored[t]
-        shipped = next((lab for lab in by_label if lab.endswith("[shipped]")), None)
-        if shipped is None:
-            ap.error(f"{args.scores}: no shipped ranker's scores for {t}")
+        by_label, shipped = scored[t], shipped_of[t]
         labels = [shipped] + [lab for lab in BASELINES if lab in by_label]
         archs = sorted(a for a in by_label[shipped] if a in truth[t] and a in size)
         y = np.array([truth[t][a] for a in archs])

@@ -55,6 +55,7 @@ from ground_truth import BUDGETS, git_commit, stale  # noqa: E402
 from ranker_features import FEATURES  # noqa: E402
 
 from qnas import user_split  # noqa: E402
+from qnas.errors import QnasError  # noqa: E402
 from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_scores, feature_groups, fit, load_ranker  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "ground_truth"
@@ -139,6 +140,19 @@ def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[
                   "MACs": np.array([r["log_macs"] for r in rows])}
         out[target] = {label: figure(y, pred) for label, pred in scores.items()}
     return out
+
+
+def read_scores(path: Path) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str]]:
+    """``--json``'s per-architecture scores (target -> scorer label -> arch -> score) and, per target, the
+    shipped ranker's label (it ends in ``[shipped]``); a file that is not one is a one-line error."""
+    if not path.is_file():
+        raise QnasError(f"no scores file {path} (write one with ranking.py --json)")
+    try:
+        scored = json.loads(path.read_text())["scores"]
+        shipped = {t: next(lab for lab in by_label if lab.endswith("[shipped]")) for t, by_label in scored.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        raise QnasError(f"{path} is not a ranking.py --json output (no 'scores' with a shipped ranker)") from None
+    return scored, shipped
 
 
 def tau(x: np.ndarray, y: np.ndarray) -> float:

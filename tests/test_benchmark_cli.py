@@ -26,6 +26,8 @@ CASES = [
     ("ranking.py", ["--json", "existing.json"]),
     ("pick_regret.py", ["--scores", "existing.json", "--budget", "bogus"]),
     ("pick_regret.py", ["--scores", "existing.json", "--target", ""]),
+    ("tau_gap.py", ["--scores", "existing.json", "--target", ""]),
+    ("tau_gap.py", ["--scores", "existing.json", "--budget", "bogus"]),
     ("ranker_combinations.py", ["--targets", "bogus"]),
     ("truth_noise.py", ["--store", "/nonexistent/store"]),
     ("truth_noise.py", ["--draws", "0"]),

@@ -1,5 +1,5 @@
 """The ranking benchmarks (benchmarks/ranking.py, budget_agreement.py, ranker_combinations.py,
-pick_regret.py) on a tiny synthetic v2 store: 12 real convnets250k architectures whose trained accuracy is
+pick_regret.py, tau_gap.py) on a tiny synthetic v2 store: 12 real convnets250k architectures whose trained accuracy is
 a monotone function of their (synthetic) log parameters, every budget of the agreement study, the
 hand-written user split, and a feature table."""
 
@@ -29,6 +29,7 @@ ranking = load_benchmark("ranking")
 budget_agreement = load_benchmark("budget_agreement")
 ranker_combinations = load_benchmark("ranker_combinations")
 pick_regret = load_benchmark("pick_regret")
+tau_gap = load_benchmark("tau_gap")
 
 
 def _truth(log_params: float) -> tuple[float, float]:
@@ -106,7 +107,7 @@ def _figures(line: str) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def _few_resamples(monkeypatch):
-    for mod in (ranking, budget_agreement, pick_regret):  # the intervals' resamples dominate the run time
+    for mod in (ranking, budget_agreement, pick_regret, tau_gap):  # the intervals' resamples dominate the run time
         monkeypatch.setattr(mod, "N_BOOT", 50)
     monkeypatch.setattr(ranker, "BAGS", 3)  # and the shipped kind's bootstrap fits
 
@@ -377,7 +378,39 @@ def test_pick_regret_refuses_bad_input_in_one_line(tmp_path, capsys, args, messa
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_pick_regret_needs_a_scores_file(tmp_path, capsys):
+@pytest.mark.parametrize("bench", [pick_regret, tau_gap], ids=["pick_regret", "tau_gap"])
+def test_a_scores_file_must_be_a_ranking_output(bench, tmp_path, capsys):
+    assert bench.run(lambda: bench.main(["--scores", str(tmp_path / "missing.json")])) == 2
+    assert "ranking.py --json" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text('{"scores": {"w4a4": {"GHN": {}}}}')  # no shipped ranker's scores
+    assert bench.run(lambda: bench.main(["--scores", str(other)])) == 2
+    assert "not a ranking.py --json output" in capsys.readouterr().err
+
+
+def test_the_tau_gap_is_paired():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=40)
+    noisy = truth + rng.normal(size=40)
+    f = tau_gap.gaps(truth, truth, {"noisy": noisy, "same": truth.copy()})
+    assert f["noisy"]["gap"] == pytest.approx(1 - tau_gap.tau(truth, noisy)) and f["noisy"]["lo"] > 0
+    # a scorer against itself: every resample's difference is 0, however wide each tau's own interval is
+    assert f["same"]["gap"] == f["same"]["lo"] == f["same"]["hi"] == 0.0
+
+
+def test_tau_gap_on_a_synthetic_store(tmp_path, capsys):
+    store, features = _store(tmp_path, user=False)
+    scores = tmp_path / "ranking.json"
+    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
+                         "--json", str(scores)]) == 0
+    capsys.readouterr()
+    assert tau_gap.main(["--scores", str(scores), "--store", str(store), "--target", "fp32,w4a4"]) == 0
+    out = capsys.readouterr().out
+    figures = _figures(out.strip().splitlines()[-1])
+    assert set(figures) == {f"{k}_{t}" for k in ("gap", "vs", "gap_lo", "vs_lo") for t in ("fp32", "w4a4")} | {"n"}
+    assert figures["n"] == str(N_ARCHS) and "size-only ranker" in out and "NASWOT" in out
+    # the truth rises with parameters: params ranks perfectly, so the closest baseline is at or above ours
+    assert float(figures["gap_w4a4"]) <= 0 and float(figures["gap_lo_w4a4"]) <= 0
     with pytest.raises(SystemExit) as exc:
-        pick_regret.main(["--scores", str(tmp_path / "missing.json")])
-    assert exc.value.code == 2 and "ranking.py --json" in capsys.readouterr().err
+        tau_gap.main(["--scores", str(scores), "--store", str(store), "--target", "w3a3"])
+    assert exc.value.code == 2 and "--target w3a3" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""Is the shipped ranker's Kendall tau above each baseline's? The paired bootstrap interval of the difference.
+
+    OMP_NUM_THREADS=1 python benchmarks/ranking.py --truth v2 --json runs/rank_v2.json   # the scores (8 min)
+    python benchmarks/tau_gap.py --scores runs/rank_v2.json [--target fp32,w4a4,w2a2]
+
+``ranking.py`` prints each scorer's tau with its own bootstrap interval. Two such intervals can overlap while
+one scorer is still reliably above the other on the same nets: their errors are correlated, because both
+are read against the same noisy truth. The question "does the ranker rank better than MACs?" is about the
+difference, so this resamples the architectures (2,000 resamples, seed 0), computes tau of the shipped
+ranker's out-of-fold scores and of each baseline's on the same resample, and reports the percentile
+interval of the difference. Baselines: the size-only ranker, the raw GHN, params, MACs, synflow, NASWOT.
+
+Last line, per target: ``gap_<target>=<smallest point difference>`` against ``vs_<target>=<that baseline>``
+and ``gap_lo_<target>=<the smallest lower bound over baselines>`` against ``vs_lo_<target>``, then ``n``.
+A ``gap_lo`` above 0 means the ranker is above every baseline at 95% (each interval on its own).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchcli import ArgumentParser, existing_path, run  # noqa: E402
+from ground_truth import BUDGETS  # noqa: E402
+from ranking import STORE, load_v2, read_scores, tau  # noqa: E402
+
+N_BOOT = 2000
+# ranking.py's score labels -> last-line names
+BASELINES = {"size-only ranker": "size", "GHN": "ghn", "params": "params", "MACs": "macs", "synflow": "synflow",
+             "NASWOT": "naswot"}
+
+
+def gaps(truth: np.ndarray, ours: np.ndarray, theirs: dict[str, np.ndarray],
+         seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per baseline: our tau minus its tau, and the 95% percentile interval of that difference over paired
+    resamples of the architectures (one resample serves every baseline)."""
+    rng = np.random.default_rng(seed)
+    names = list(theirs)
+    diffs = np.empty((N_BOOT, len(names)))
+    for b in range(N_BOOT):
+        idx = rng.integers(0, len(truth), len(truth))
+        mine = tau(truth[idx], ours[idx])
+        diffs[b] = [mine - tau(truth[idx], theirs[n][idx]) for n in names]
+    out = {}
+    for j, n in enumerate(names):
+        lo, hi = np.nanpercentile(diffs[:, j], [2.5, 97.5])  # a resample with one distinct truth has no tau
+        out[n] = {"ours": tau(truth, ours), "theirs": tau(truth, theirs[n]),
+                  "gap": tau(truth, ours) - tau(truth, theirs[n]), "lo": float(lo), "hi": float(hi)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scores", type=Path, required=True, help="ranking.py --json output (per-architecture scores)")
+    ap.add_argument("--store", type=existing_path, default=STORE, help=f"the ground-truth store (default {STORE})")
+    ap.add_argument("--budget", choices=list(BUDGETS), default=None,
+                    help="the training budget (default: the store's budget.json)")
+    ap.add_argument("--target", default="fp32,w4a4,w2a2", help="targets, comma-separated (default fp32,w4a4,w2a2)")
+    args = ap.parse_args(argv)
+    targets = [t for t in args.target.split(",") if t]
+    if not targets:
+        ap.error("--target: give at least one setting, e.g. w4a4")
+    scored, shipped_of = read_scores(args.scores)
+    for t in targets:
+        if t not in scored:
+            ap.error(f"--target {t}: not in {args.scores} (has {', '.join(scored) or 'no target'})")
+    if not (args.store / "budget.json").is_file():
+        ap.error(f"no ground-truth store at {args.store} (budget.json missing)")
+    budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
+    truth, _, _, what = load_v2(budget, args.store)
+    print(f"ground truth {what}; scores from {args.scores}", flush=True)
+
+    last: list[str] = []
+    n = 0
+    for t in targets:
+        by_label, shipped = scored[t], shipped_of[t]
+        labels = [lab for lab in BASELINES if lab in by_label]
+        archs = sorted(a for a in by_label[shipped] if a in truth.get(t, {}))
+        if len(archs) < 8 or not labels:
+            ap.error(f"--target {t}: {len(archs)} scored nets with a truth and {len(labels)} baselines; "
+                     "needs 8 and 1")
+        n = len(archs)
+        y = np.array([truth[t][a] for a in archs])
+        f = gaps(y, np.array([by_label[shipped][a] for a in archs]),
+                 {lab: np.array([by_label[lab][a] for a in archs]) for lab in labels})
+        print(f"\n{t}: tau of {shipped} ({f[labels[0]]['ours']:.3f}) minus each baseline's, {n} nets, "
+              f"paired bootstrap 95% interval")
+        print(f"  {'baseline':20s} {'tau':>6s} {'gap':>7s} {'95% CI of the gap':>20s}")
+        for lab in labels:
+            v = f[lab]
+            print(f"  {lab:20s} {v['theirs']:6.3f} {v['gap']:+7.3f} [{v['lo']:+7.3f}, {v['hi']:+7.3f}]")
+        closest = min(labels, key=lambda lab: f[lab]["gap"])
+        weakest = min(labels, key=lambda lab: f[lab]["lo"])
+        last += [f"gap_{t}={f[closest]['gap']:.3f}", f"vs_{t}={BASELINES[closest]}",
+                 f"gap_lo_{t}={f[weakest]['lo']:.3f}", f"vs_lo_{t}={BASELINES[weakest]}"]
+    print(" ".join([*last, f"n={n}"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
