@@ -34,12 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchcli import ArgumentParser, existing_path, run  # noqa: E402
 from ground_truth import BUDGETS  # noqa: E402
-from ranking import STORE, load_v2, read_scores  # noqa: E402
+from ranking import BASELINES, STORE, load_v2, read_scores  # noqa: E402
 
 MIN_CANDIDATES = 5  # a bound with fewer nets below it leaves nothing to choose
 N_BOOT = 2000
-# ranking.py's score labels -> last-line names; the shipped ranker's label ends in "[shipped]".
-BASELINES = {"size-only ranker": "size", "GHN": "ghn", "params": "params", "MACs": "macs", "NASWOT": "naswot"}
 
 
 def bound_ends(sorted_params: np.ndarray) -> list[int]:
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             if k == 1:
                 last += [f"regret_score_{t}={f[shipped]['regret']:.2f}"]
                 last += [f"regret_{BASELINES[lab]}_{t}={f[lab]['regret']:.2f}" for lab in labels[1:]
-                         if BASELINES[lab] != "naswot"]
+                         if BASELINES[lab] not in ("naswot", "synflow")]
         last.append(f"bounds_{t}={n_bounds}")
     print(" ".join(last))
     return 0

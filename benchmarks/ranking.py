@@ -142,6 +142,11 @@ def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[
     return out
 
 
+# The baselines' score labels in --json (and the tables) -> their names on the readers' last lines.
+BASELINES = {"size-only ranker": "size", "GHN": "ghn", "params": "params", "MACs": "macs", "synflow": "synflow",
+             "NASWOT": "naswot"}
+
+
 def read_scores(path: Path) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, str]]:
     """``--json``'s per-architecture scores (target -> scorer label -> arch -> score) and, per target, the
     shipped ranker's label (it ends in ``[shipped]``); a file that is not one is a one-line error."""

@@ -10,8 +10,10 @@ difference, so this resamples the architectures (2,000 resamples, seed 0), compu
 ranker's out-of-fold scores and of each baseline's on the same resample, and reports the percentile
 interval of the difference. Baselines: the size-only ranker, the raw GHN, params, MACs, synflow, NASWOT.
 
-Last line, per target: ``gap_<target>=<smallest point difference>`` against ``vs_<target>=<that baseline>``
-and ``gap_lo_<target>=<the smallest lower bound over baselines>`` against ``vs_lo_<target>``, then ``n``.
+A baseline is compared on the nets it scored (a non-finite score drops that net for it alone). Last line, per
+target: ``gap_<target>=<smallest point difference>`` against ``vs_<target>=<that baseline>``,
+``gap_lo_<target>=<the smallest lower bound over baselines>`` against ``vs_lo_<target>``, and ``n_<target>``,
+the nets with a truth and the ranker's score.
 A ``gap_lo`` above 0 means the ranker is above every baseline at 95% (each interval on its own).
 """
 
@@ -27,30 +29,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchcli import ArgumentParser, existing_path, run  # noqa: E402
 from ground_truth import BUDGETS  # noqa: E402
-from ranking import STORE, load_v2, read_scores, tau  # noqa: E402
+from ranking import BASELINES, STORE, load_v2, read_scores, tau  # noqa: E402
 
 N_BOOT = 2000
-# ranking.py's score labels -> last-line names
-BASELINES = {"size-only ranker": "size", "GHN": "ghn", "params": "params", "MACs": "macs", "synflow": "synflow",
-             "NASWOT": "naswot"}
 
 
 def gaps(truth: np.ndarray, ours: np.ndarray, theirs: dict[str, np.ndarray],
          seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per baseline: our tau minus its tau, and the 95% percentile interval of that difference over paired
-    resamples of the architectures (one resample serves every baseline)."""
-    rng = np.random.default_rng(seed)
-    names = list(theirs)
-    diffs = np.empty((N_BOOT, len(names)))
-    for b in range(N_BOOT):
-        idx = rng.integers(0, len(truth), len(truth))
-        mine = tau(truth[idx], ours[idx])
-        diffs[b] = [mine - tau(truth[idx], theirs[n][idx]) for n in names]
+    """Per baseline: our tau minus its tau on the nets both scored (finite scores), and the 95% percentile
+    interval of that difference over paired resamples of those nets (the same resamples wherever they agree)."""
     out = {}
-    for j, n in enumerate(names):
-        lo, hi = np.nanpercentile(diffs[:, j], [2.5, 97.5])  # a resample with one distinct truth has no tau
-        out[n] = {"ours": tau(truth, ours), "theirs": tau(truth, theirs[n]),
-                  "gap": tau(truth, ours) - tau(truth, theirs[n]), "lo": float(lo), "hi": float(hi)}
+    for name, score in theirs.items():
+        keep = np.isfinite(ours) & np.isfinite(score)
+        t, a, b = truth[keep], ours[keep], score[keep]
+        rng = np.random.default_rng(seed)
+        diffs = np.empty(N_BOOT)
+        for i in range(N_BOOT):
+            idx = rng.integers(0, len(t), len(t))
+            diffs[i] = tau(t[idx], a[idx]) - tau(t[idx], b[idx])
+        lo, hi = np.nanpercentile(diffs, [2.5, 97.5])  # a resample with one distinct truth has no tau
+        mine, its = tau(t, a), tau(t, b)
+        out[name] = {"ours": mine, "theirs": its, "gap": mine - its, "lo": float(lo), "hi": float(hi),
+                     "n": int(keep.sum())}
     return out
 
 
@@ -76,29 +76,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ground truth {what}; scores from {args.scores}", flush=True)
 
     last: list[str] = []
-    n = 0
     for t in targets:
         by_label, shipped = scored[t], shipped_of[t]
         labels = [lab for lab in BASELINES if lab in by_label]
         archs = sorted(a for a in by_label[shipped] if a in truth.get(t, {}))
         if len(archs) < 8 or not labels:
-            ap.error(f"--target {t}: {len(archs)} scored nets with a truth and {len(labels)} baselines; "
-                     "needs 8 and 1")
-        n = len(archs)
+            ap.error(f"--target {t}: {len(archs)} nets with a truth and the ranker's score and {len(labels)} "
+                     "baselines in the scores; needs at least 8 nets and 1 baseline")
         y = np.array([truth[t][a] for a in archs])
-        f = gaps(y, np.array([by_label[shipped][a] for a in archs]),
-                 {lab: np.array([by_label[lab][a] for a in archs]) for lab in labels})
-        print(f"\n{t}: tau of {shipped} ({f[labels[0]]['ours']:.3f}) minus each baseline's, {n} nets, "
+        f = gaps(y, np.array([by_label[shipped][a] for a in archs], dtype=float),
+                 {lab: np.array([by_label[lab].get(a, np.nan) for a in archs], dtype=float) for lab in labels})
+        print(f"\n{t}: tau of {shipped} minus each baseline's on the nets both scored, {len(archs)} nets, "
               f"paired bootstrap 95% interval")
-        print(f"  {'baseline':20s} {'tau':>6s} {'gap':>7s} {'95% CI of the gap':>20s}")
+        print(f"  {'baseline':20s} {'nets':>5s} {'ours':>6s} {'theirs':>6s} {'gap':>7s} {'95% CI of the gap':>20s}")
         for lab in labels:
             v = f[lab]
-            print(f"  {lab:20s} {v['theirs']:6.3f} {v['gap']:+7.3f} [{v['lo']:+7.3f}, {v['hi']:+7.3f}]")
-        closest = min(labels, key=lambda lab: f[lab]["gap"])
-        weakest = min(labels, key=lambda lab: f[lab]["lo"])
+            print(f"  {lab:20s} {v['n']:5d} {v['ours']:6.3f} {v['theirs']:6.3f} {v['gap']:+7.3f} "
+                  f"[{v['lo']:+7.3f}, {v['hi']:+7.3f}]")
+        closest = min(labels, key=lambda lab: f[lab]["gap"] if np.isfinite(f[lab]["gap"]) else -np.inf)
+        weakest = min(labels, key=lambda lab: f[lab]["lo"] if np.isfinite(f[lab]["lo"]) else -np.inf)
         last += [f"gap_{t}={f[closest]['gap']:.3f}", f"vs_{t}={BASELINES[closest]}",
-                 f"gap_lo_{t}={f[weakest]['lo']:.3f}", f"vs_lo_{t}={BASELINES[weakest]}"]
-    print(" ".join([*last, f"n={n}"]))
+                 f"gap_lo_{t}={f[weakest]['lo']:.3f}", f"vs_lo_{t}={BASELINES[weakest]}", f"n_{t}={len(archs)}"]
+    print(" ".join(last))
     return 0
 
 

@@ -881,7 +881,7 @@ def export_trial(
         record_path,
         set_bn_stats,
     )
-    from qnas.readout import Readout, solve_head
+    from qnas.readout import Readout, head_step, solve_head
     from qnas.study import StudyAttrs, TrialAttrs, study_target
     from search_spaces import get_space
 
@@ -932,17 +932,20 @@ def export_trial(
     if run is None:
         set_bn_stats(module, calibrate(qmodel, calib_x).bn)  # float statistics
         hooks.advance()
+
     def spec_of(name: str) -> QuantSpec:
         return first_last_rule(replace(QuantSpec.parse(name), granularity=granularity), fl_bits)
 
-    # One calibration per setting: solving the head changes none of them (the logits are not quantized).
-    calibrations: dict[str, Calibration] = {}
+    calibrations: dict[str, Calibration] = {}  # measured before the head was solved, reused where still valid
     if fit_size is not None:
         # The search scored the GHN's parameters with the last layer solved on labelled training images
         # (qnas.readout); export that head, solved at the exported setting, rather than the GHN's own.
-        calibrations[head_setting] = calibrate(qmodel, calib_x, spec=spec_of(head_setting))
+        head_calibration = calibrate(qmodel, calib_x, spec=spec_of(head_setting))
         readout = Readout.from_dataset(dataset, fit_size, seed=0)
-        if solve_head(module, qmodel, spec_of(head_setting), calibrations[head_setting], readout):
+        step = head_step(qmodel)
+        if step is None or not step.quant:  # float logits: no range or BN statistic depends on the solved head
+            calibrations[head_setting] = head_calibration
+        if solve_head(module, qmodel, spec_of(head_setting), head_calibration, readout):
             source += f"; last layer solved at {head_setting} on {len(readout.labels):,} training images"
         hooks.advance()
     stats = bn_stats(module)
@@ -958,7 +961,7 @@ def export_trial(
             # Not trained at this setting: calibrate it as the search scored it (BN statistics and
             # activation ranges measured in the quantized network, the engine's range rule), which beats FAQ's
             # float-network percentiles at W2A2 (benchmarks/activation_ranges.py).
-            cal = calibrations[name] if name in calibrations else calibrate(qmodel, calib_x, spec=spec)
+            cal = calibrations.get(name) or calibrate(qmodel, calib_x, spec=spec)
             settings[name] = (spec, cal, f"post-training (calibrated quantized, {spec.spelled_out().name})")
         hooks.advance()
     n_test = len(dataset.test_labels) if test_size is None else min(test_size, len(dataset.test_labels))

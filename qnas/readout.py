@@ -114,7 +114,7 @@ def fit_size_of(protocol: str) -> int | None:
         return None
     if head == "fit":
         return DEFAULT_FIT_SIZE
-    if not head[3:].isdigit() or int(head[3:]) < 1:
+    if not (head[3:].isascii() and head[3:].isdigit()) or int(head[3:]) < 1:
         raise QnasError(f"the scoring protocol {protocol!r} names no fit size ({head!r})")
     return int(head[3:])
 

@@ -392,10 +392,13 @@ def test_the_tau_gap_is_paired():
     rng = np.random.default_rng(0)
     truth = rng.normal(size=40)
     noisy = truth + rng.normal(size=40)
-    f = tau_gap.gaps(truth, truth, {"noisy": noisy, "same": truth.copy()})
+    holes = noisy.copy()
+    holes[:10] = np.nan  # a baseline that could not score 10 nets is compared on the other 30
+    f = tau_gap.gaps(truth, truth, {"noisy": noisy, "same": truth.copy(), "holes": holes})
     assert f["noisy"]["gap"] == pytest.approx(1 - tau_gap.tau(truth, noisy)) and f["noisy"]["lo"] > 0
     # a scorer against itself: every resample's difference is 0, however wide each tau's own interval is
     assert f["same"]["gap"] == f["same"]["lo"] == f["same"]["hi"] == 0.0
+    assert f["holes"]["n"] == 30 and f["holes"]["gap"] == pytest.approx(1 - tau_gap.tau(truth[10:], noisy[10:]))
 
 
 def test_tau_gap_on_a_synthetic_store(tmp_path, capsys):
@@ -407,10 +410,17 @@ def test_tau_gap_on_a_synthetic_store(tmp_path, capsys):
     assert tau_gap.main(["--scores", str(scores), "--store", str(store), "--target", "fp32,w4a4"]) == 0
     out = capsys.readouterr().out
     figures = _figures(out.strip().splitlines()[-1])
-    assert set(figures) == {f"{k}_{t}" for k in ("gap", "vs", "gap_lo", "vs_lo") for t in ("fp32", "w4a4")} | {"n"}
-    assert figures["n"] == str(N_ARCHS) and "size-only ranker" in out and "NASWOT" in out
-    # the truth rises with parameters: params ranks perfectly, so the closest baseline is at or above ours
-    assert float(figures["gap_w4a4"]) <= 0 and float(figures["gap_lo_w4a4"]) <= 0
+    assert set(figures) == {f"{k}_{t}" for k in ("gap", "vs", "gap_lo", "vs_lo", "n") for t in ("fp32", "w4a4")}
+    assert figures["n_w4a4"] == str(N_ARCHS) and "size-only ranker" in out and "NASWOT" in out
+    # the gap to the closest baseline is ranking.py's own two taus apart
+    fig = json.loads(scores.read_text())["figures"]["w4a4"]
+    shipped = next(label for label in fig if label.endswith("[shipped]"))
+    expect = {label: fig[shipped]["tau"] - fig[label]["tau"] for label in tau_gap.BASELINES if label in fig}
+    closest = min(expect, key=expect.__getitem__)
+    assert figures["vs_w4a4"] == tau_gap.BASELINES[closest]
+    assert float(figures["gap_w4a4"]) == pytest.approx(expect[closest], abs=5e-4)
+    # the truth rises with parameters: params ranks perfectly, no resample puts the ranker above it
+    assert expect["params"] <= 0 and float(figures["gap_lo_w4a4"]) <= 0
     with pytest.raises(SystemExit) as exc:
         tau_gap.main(["--scores", str(scores), "--store", str(store), "--target", "w3a3"])
     assert exc.value.code == 2 and "--target w3a3" in capsys.readouterr().err

@@ -164,8 +164,8 @@ def test_the_protocol_names_a_fit_size_other_than_the_default() -> None:
 
 
 def test_solving_the_head_leaves_the_calibration_as_it_was() -> None:
-    """Why an export calibrates each setting once: the logits are not quantized, so no activation range and no
-    BatchNorm statistic depends on the last layer that solve_head writes."""
+    """Why an export reuses a setting's calibration across the head solve: where the head gives the float logits,
+    no activation range and no BatchNorm statistic depends on the last layer that solve_head writes."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
                         nn.Flatten(), nn.Linear(32, 4))
@@ -177,6 +177,14 @@ def test_solving_the_head_leaves_the_calibration_as_it_was() -> None:
     assert after.ranges == before.ranges and before.ranges
     assert before.bn.keys() == after.bn.keys() and before.bn
     assert all(torch.equal(a, b) for k in before.bn for a, b in zip(before.bn[k], after.bn[k], strict=True))
+    assert not head_step(qm).quant
+    # A 1x1 conv head pooled to the logits is itself quantized (pooling requantizes): its range moves with the
+    # solve, so the export calibrates again there.
+    conv = _conv_head_net(relu=False)
+    qc = prepare(conv)
+    before = calibrate(qc, x[:64], spec=spec)
+    assert head_step(qc).quant and solve_head(conv, qc, spec, before, Readout(x, y))
+    assert calibrate(qc, x[:64], spec=spec).ranges != before.ranges
 
 
 def test_the_protocol_tag_reads_back_as_the_fit_size() -> None:
@@ -187,7 +195,7 @@ def test_the_protocol_tag_reads_back_as_the_fit_size() -> None:
         tag = Readout(x, y, scaling=scaling).protocol_tag_for(rule)
         assert fit_size_of(f"calibrated/channel/a2p99.5/fl8/w8sym/{tag}") == 20, tag
     assert fit_size_of("calibrated/channel/a2p99.5/fl8/w8sym") is None  # the network's own head
-    for bad in ("fit0", "fitX", "fit-1"):
+    for bad in ("fit0", "fitX", "fit-1", "fit\u00b2"):
         with pytest.raises(QnasError, match="names no fit size"):
             fit_size_of(f"calibrated/{bad}")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qnas.commands._args import (
     non_negative_float,
@@ -18,6 +18,9 @@ from qnas.commands._args import (
 )
 from qnas.commands._output import pct, print_architectures
 from qnas.errors import QnasError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = ["add_parser"]
 
@@ -144,7 +147,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_export)
 
 
-def _trial_progress(field: str, *, quiet: bool) -> Any:
+def _trial_progress(field: str, *, quiet: bool) -> Progress:
     """One bar per trial on stderr, its ``field`` the trial's current stage; off with --quiet and off a terminal
     (no stray lines in logs and pipes, no blank line before an error)."""
     from rich.console import Console
