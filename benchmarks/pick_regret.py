@@ -32,9 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchcli import ArgumentParser, existing_path, run  # noqa: E402
-from ground_truth import BUDGETS  # noqa: E402
-from ranking import BASELINES, STORE, load_v2, read_scores  # noqa: E402
+from benchcli import ArgumentParser, run  # noqa: E402
+from ranking import BASELINES, add_scores_arguments, read_scored_truth  # noqa: E402
 
 MIN_CANDIDATES = 5  # a bound with fewer nets below it leaves nothing to choose
 N_BOOT = 2000
@@ -89,11 +88,7 @@ def figures(truth: np.ndarray, params: np.ndarray, scores: dict[str, np.ndarray]
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scores", type=Path, required=True, help="ranking.py --json output (per-architecture scores)")
-    ap.add_argument("--store", type=existing_path, default=STORE, help=f"the ground-truth store (default {STORE})")
-    ap.add_argument("--budget", choices=list(BUDGETS), default=None,
-                    help="the training budget (default: the store's budget.json)")
-    ap.add_argument("--target", default="w4a4,w2a2", help="targets, comma-separated (default w4a4,w2a2)")
+    add_scores_arguments(ap, "w4a4,w2a2")
     ap.add_argument("--top", default="1,3", help="k of regret@k, comma-separated (default 1,3)")
     args = ap.parse_args(argv)
     try:
@@ -102,20 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--top: not a list of integers: {args.top!r}")
     if not tops or min(tops) < 1:
         ap.error("--top: every k must be at least 1")
-    scored, shipped_of = read_scores(args.scores)
-    if not (args.store / "architectures.json").is_file():
-        ap.error(f"no ground-truth store at {args.store} (architectures.json missing)")
-    budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
-    truth, _, _, what = load_v2(budget, args.store)
+    scored, shipped_of, truth, targets = read_scored_truth(args, ap)
     plan = json.loads((args.store / "architectures.json").read_text())["architectures"]
     size = {a["arch"]: float(a["params"]) for a in plan}
-    targets = [t for t in args.target.split(",") if t]
-    if not targets:
-        ap.error("--target: give at least one setting, e.g. w4a4")
-    for t in targets:
-        if t not in scored:
-            ap.error(f"--target {t}: not in {args.scores} (has {', '.join(scored)})")
-    print(f"ground truth {what}; scores from {args.scores}", flush=True)
 
     last: list[str] = []
     for t in targets:

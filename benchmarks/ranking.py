@@ -160,6 +160,34 @@ def read_scores(path: Path) -> tuple[dict[str, dict[str, dict[str, float]]], dic
     return scored, shipped
 
 
+def add_scores_arguments(ap: argparse.ArgumentParser, targets: str) -> None:
+    """The command line every reader of ``--json`` shares (pick_regret.py, tau_gap.py)."""
+    ap.add_argument("--scores", type=Path, required=True, help="ranking.py --json output (per-architecture scores)")
+    ap.add_argument("--store", type=existing_path, default=STORE, help=f"the ground-truth store (default {STORE})")
+    ap.add_argument("--budget", choices=list(BUDGETS), default=None,
+                    help="the training budget (default: the store's budget.json)")
+    ap.add_argument("--target", default=targets, help=f"targets, comma-separated (default {targets})")
+
+
+def read_scored_truth(args: argparse.Namespace, ap: argparse.ArgumentParser) -> tuple[
+        dict[str, dict[str, dict[str, float]]], dict[str, str], dict[str, dict[str, float]], list[str]]:
+    """:func:`add_scores_arguments`' inputs read and checked: the scores, each target's shipped label, the
+    seed-0 truth and the targets; a bad one is a one-line error before any work."""
+    targets = [t for t in args.target.split(",") if t]
+    if not targets:
+        ap.error("--target: give at least one setting, e.g. w4a4")
+    scored, shipped_of = read_scores(args.scores)
+    for t in targets:
+        if t not in scored:
+            ap.error(f"--target {t}: not in {args.scores} (has {', '.join(scored) or 'no target'})")
+    if not all((args.store / f).is_file() for f in ("architectures.json", "budget.json")):
+        ap.error(f"no ground-truth store at {args.store} (architectures.json or budget.json missing)")
+    budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
+    truth, _, _, what = load_v2(budget, args.store)
+    print(f"ground truth {what}; scores from {args.scores}", flush=True)
+    return scored, shipped_of, truth, targets
+
+
 def tau(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.kendalltau(x, y).statistic)
 

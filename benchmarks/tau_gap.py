@@ -19,7 +19,6 @@ A ``gap_lo`` above 0 means the ranker is above every baseline at 95% (each inter
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -27,9 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchcli import ArgumentParser, existing_path, run  # noqa: E402
-from ground_truth import BUDGETS  # noqa: E402
-from ranking import BASELINES, STORE, load_v2, read_scores, tau  # noqa: E402
+from benchcli import ArgumentParser, run  # noqa: E402
+from ranking import BASELINES, add_scores_arguments, read_scored_truth, tau  # noqa: E402
 
 N_BOOT = 2000
 
@@ -56,24 +54,9 @@ def gaps(truth: np.ndarray, ours: np.ndarray, theirs: dict[str, np.ndarray],
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scores", type=Path, required=True, help="ranking.py --json output (per-architecture scores)")
-    ap.add_argument("--store", type=existing_path, default=STORE, help=f"the ground-truth store (default {STORE})")
-    ap.add_argument("--budget", choices=list(BUDGETS), default=None,
-                    help="the training budget (default: the store's budget.json)")
-    ap.add_argument("--target", default="fp32,w4a4,w2a2", help="targets, comma-separated (default fp32,w4a4,w2a2)")
+    add_scores_arguments(ap, "fp32,w4a4,w2a2")
     args = ap.parse_args(argv)
-    targets = [t for t in args.target.split(",") if t]
-    if not targets:
-        ap.error("--target: give at least one setting, e.g. w4a4")
-    scored, shipped_of = read_scores(args.scores)
-    for t in targets:
-        if t not in scored:
-            ap.error(f"--target {t}: not in {args.scores} (has {', '.join(scored) or 'no target'})")
-    if not (args.store / "budget.json").is_file():
-        ap.error(f"no ground-truth store at {args.store} (budget.json missing)")
-    budget = args.budget or json.loads((args.store / "budget.json").read_text())["budget"]
-    truth, _, _, what = load_v2(budget, args.store)
-    print(f"ground truth {what}; scores from {args.scores}", flush=True)
+    scored, shipped_of, truth, targets = read_scored_truth(args, ap)
 
     last: list[str] = []
     for t in targets:
