@@ -327,6 +327,16 @@ def test_best_case_tau_bounds_every_completion():
     assert budget_agreement.best_case_tau(x, y, 6) == pytest.approx(budget_agreement.tau(x, y))
 
 
+def _scored_store(tmp_path: Path, capsys, user: bool = True) -> tuple[Path, Path]:
+    """A synthetic store and its ``ranking.py --json`` scores, what pick_regret.py and tau_gap.py read."""
+    store, features = _store(tmp_path, user=user)
+    scores = tmp_path / "ranking.json"
+    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
+                         "--json", str(scores)]) == 0
+    capsys.readouterr()
+    return store, scores
+
+
 def test_regret_is_zero_for_the_true_order_and_counts_each_bound_once():
     truth = np.array([0.50, 0.70, 0.60, 0.80, 0.75, 0.90, 0.85])
     params = np.array([1, 2, 3, 4, 4, 6, 7])  # two nets of size 4: one bound, admitting both
@@ -347,11 +357,7 @@ def test_regret_is_zero_for_the_true_order_and_counts_each_bound_once():
 
 
 def test_pick_regret_on_a_synthetic_store(tmp_path, capsys):
-    store, features = _store(tmp_path)
-    scores = tmp_path / "ranking.json"
-    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
-                         "--json", str(scores)]) == 0
-    capsys.readouterr()
+    store, scores = _scored_store(tmp_path, capsys)
     assert pick_regret.main(["--scores", str(scores), "--store", str(store), "--target", "w4a4"]) == 0
     out = capsys.readouterr().out
     figures = _figures(out.strip().splitlines()[-1])
@@ -368,11 +374,7 @@ def test_pick_regret_on_a_synthetic_store(tmp_path, capsys):
     (["--target", "w3a3"], "--target w3a3"),
 ])
 def test_pick_regret_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
-    store, features = _store(tmp_path, user=False)
-    scores = tmp_path / "ranking.json"
-    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
-                         "--json", str(scores)]) == 0
-    capsys.readouterr()
+    store, scores = _scored_store(tmp_path, capsys, user=False)
     with pytest.raises(SystemExit) as exc:
         pick_regret.main(["--scores", str(scores), "--store", str(store), *args])
     assert exc.value.code == 2 and message in capsys.readouterr().err
@@ -402,11 +404,7 @@ def test_the_tau_gap_is_paired():
 
 
 def test_tau_gap_on_a_synthetic_store(tmp_path, capsys):
-    store, features = _store(tmp_path, user=False)
-    scores = tmp_path / "ranking.json"
-    assert ranking.main(["--store", str(store), "--features", str(features), "--kinds", "ridge",
-                         "--json", str(scores)]) == 0
-    capsys.readouterr()
+    store, scores = _scored_store(tmp_path, capsys, user=False)
     assert tau_gap.main(["--scores", str(scores), "--store", str(store), "--target", "fp32,w4a4"]) == 0
     out = capsys.readouterr().out
     figures = _figures(out.strip().splitlines()[-1])
