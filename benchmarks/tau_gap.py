@@ -37,14 +37,14 @@ def gaps(truth: np.ndarray, ours: np.ndarray, theirs: dict[str, np.ndarray],
     """Per baseline: our tau minus its tau on the nets both scored (finite scores), and the 95% percentile
     interval of that difference over paired resamples of those nets (the same resamples wherever they agree)."""
     out = {}
+    ours_by_mask: dict[bytes, np.ndarray] = {}  # baselines that scored the same nets share our resampled taus
     for name, score in theirs.items():
         keep = np.isfinite(ours) & np.isfinite(score)
         t, a, b = truth[keep], ours[keep], score[keep]
-        rng = np.random.default_rng(seed)
-        diffs = np.empty(N_BOOT)
-        for i in range(N_BOOT):
-            idx = rng.integers(0, len(t), len(t))
-            diffs[i] = tau(t[idx], a[idx]) - tau(t[idx], b[idx])
+        resamples = np.random.default_rng(seed).integers(0, len(t), (N_BOOT, len(t)))
+        if keep.tobytes() not in ours_by_mask:
+            ours_by_mask[keep.tobytes()] = np.array([tau(t[idx], a[idx]) for idx in resamples])
+        diffs = ours_by_mask[keep.tobytes()] - np.array([tau(t[idx], b[idx]) for idx in resamples])
         lo, hi = np.nanpercentile(diffs, [2.5, 97.5])  # a resample with one distinct truth has no tau
         mine, its = tau(t, a), tau(t, b)
         out[name] = {"ours": mine, "theirs": its, "gap": mine - its, "lo": float(lo), "hi": float(hi),

@@ -936,7 +936,7 @@ def export_trial(
     def spec_of(name: str) -> QuantSpec:
         return first_last_rule(replace(QuantSpec.parse(name), granularity=granularity), fl_bits)
 
-    calibrations: dict[str, Calibration] = {}  # measured before the head was solved, reused where still valid
+    reusable: Calibration | None = None  # the head setting's, measured before the head was solved, where still valid
     if fit_size is not None:
         # The search scored the GHN's parameters with the last layer solved on labelled training images
         # (qnas.readout); export that head, solved at the exported setting, rather than the GHN's own.
@@ -944,7 +944,7 @@ def export_trial(
         readout = Readout.from_dataset(dataset, fit_size, seed=0)
         step = head_step(qmodel)
         if step is None or not step.quant:  # float logits: no range or BN statistic depends on the solved head
-            calibrations[head_setting] = head_calibration
+            reusable = head_calibration
         if solve_head(module, qmodel, spec_of(head_setting), head_calibration, readout):
             source += f"; last layer solved at {head_setting} on {len(readout.labels):,} training images"
         hooks.advance()
@@ -961,7 +961,7 @@ def export_trial(
             # Not trained at this setting: calibrate it as the search scored it (BN statistics and
             # activation ranges measured in the quantized network, the engine's range rule), which beats FAQ's
             # float-network percentiles at W2A2 (benchmarks/activation_ranges.py).
-            cal = calibrations.get(name) or calibrate(qmodel, calib_x, spec=spec)
+            cal = reusable if reusable is not None and name == head_setting else calibrate(qmodel, calib_x, spec=spec)
             settings[name] = (spec, cal, f"post-training (calibrated quantized, {spec.spelled_out().name})")
         hooks.advance()
     n_test = len(dataset.test_labels) if test_size is None else min(test_size, len(dataset.test_labels))
