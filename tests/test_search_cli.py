@@ -96,6 +96,17 @@ def test_search_end_to_end_then_resume(tmp_path, capsys):
     assert len(load_study("cli", url).trials) == 5
 
 
+def test_the_shipped_rankers_front_keeps_the_raw_ghn_accuracies_beside_its_prediction(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    rc, out, err = run_cli(["search", "--val-size", "16", "--quiet", "--max-params", "3e4", "--trials", "1",
+                            "--seed", "1", "--storage", url, "--study", "ranked"], capsys)
+    assert rc == 0, err
+    assert load_study("ranked", url).user_attrs["objective"] == "pred_top1"
+    header = next(ln for ln in out.splitlines() if "pred. w4a4" in ln)
+    assert [c.strip() for c in header.split("┃") if c.strip()] == [
+        "trial", "params", "pred. w4a4", "GHN top1 w4a4", "GHN top1 fp32"], out
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
