@@ -34,7 +34,9 @@ the GHN's own drop and from a ranker fitted on the drop). For each: Kendall tau-
 (``scipy.stats``), top-10 overlap, and a bootstrap 95% interval of tau over architectures (2,000
 resamples, seed 0). Last line:
 ``tau_score_w4a4=<v> tau_size_w4a4=<v> tau_ghn_w4a4=<v> tau_params_w4a4=<v> tau_macs_w4a4=<v> n=<archs>``
-(then ``tau_user_score_w4a4``, ``_ghn_``, ``_params_``, ``_macs_`` once the user split is trained).
+(then ``tau_user_score_w4a4``, ``_ghn_``, ``_params_``, ``_macs_`` once the user split is trained, and
+``mae_score_w4a4``, ``mae_score_w2a2``: the shipped kind's pooled absolute out-of-fold prediction against the
+trained top-1, mean absolute error in points, which is how far off the ``pred.`` a user reads is).
 """
 
 from __future__ import annotations
@@ -139,6 +141,8 @@ def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[
                   "params": np.array([r["log_params"] for r in rows]),
                   "MACs": np.array([r["log_macs"] for r in rows])}
         out[target] = {label: figure(y, pred) for label, pred in scores.items()}
+        out[target]["ranker (fitted on the space)"]["error"] = abs_error(y, scores["ranker (fitted on the space)"],
+                                                                         archs)
     return out
 
 
@@ -209,6 +213,19 @@ def figure(truth: np.ndarray, pred: np.ndarray, k: int = 10) -> dict[str, float]
             "top10": top_k(truth, pred, k), "lo": lo, "hi": hi, "n": len(truth)}
 
 
+def abs_error(truth: np.ndarray, pred: np.ndarray, archs: list[str]) -> dict[str, float | str]:
+    """How far a predicted top-1 (a fraction) is from the trained one, in points: what ``pred.`` means to a user."""
+    diff = 100 * (pred - truth)
+    worst = int(np.argmax(np.abs(diff)))
+    return {"mae": float(np.mean(np.abs(diff))), "p90": float(np.percentile(np.abs(diff), 90)),
+            "bias": float(np.mean(diff)), "worst": float(diff[worst]), "worst_arch": archs[worst]}
+
+
+def print_error(label: str, e: dict) -> None:
+    print(f"  {label}: mean absolute error {e['mae']:.2f} points (90th percentile {e['p90']:.2f}, "
+          f"mean {e['bias']:+.2f}, worst {e['worst']:+.2f} on {e['worst_arch']})")
+
+
 def groups_of(features: tuple[str, ...], target: str) -> str:
     """The names of the feature groups (``qnas.ranker.feature_groups``) a ridge-select model uses."""
     return "+".join(g for g, cols in feature_groups(target).items() if set(cols) <= set(features)) or "all"
@@ -234,7 +251,7 @@ def print_rows(title: str, rows: dict[str, dict[str, float]]) -> None:
 
 
 def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: dict[str, dict[str, float]],
-         table: dict, figures: dict, what: str) -> None:
+         table: dict, figures: dict, absolute: dict, what: str) -> None:
     """Fit the shipped kind on every architecture with features, per setting target, and write it."""
     targets = {t: v for t, v in truth.items() if not t.startswith("drop_") and len(v) >= 8}
     common = sorted(set().union(*(set(v) for v in targets.values())) & set(feats))  # each target: its own rows
@@ -246,7 +263,8 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
                   "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:]),
                   "features": {"predictor": table["predictor"], "val_size": table["val_size"],
                                "protocol": table["protocol"]}}
-    metrics = {t: {k: v for k, v in figures[t].get(f"ranker ({SHIPPED_KIND}) [shipped]", {}).items()}
+    label = f"ranker ({SHIPPED_KIND}) [shipped]"
+    metrics = {t: {**figures[t].get(label, {}), "mae": absolute[t][label]["error"]["mae"]}  # mae: Ranker.mean_error
                for t in targets if t in figures}
     ranker = fit([feats[a] for a in common], {t: [v.get(a, math.nan) for a in common] for t, v in targets.items()},
                  kind=SHIPPED_KIND, predictor_digest=table["predictor_digest"], provenance=provenance,
@@ -315,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             label = f"ranker ({kind})" + (" [shipped]" if kind == main_kind else "")
             pooled, scores[label] = cross_val_scores(rows, y, kind=kind, folds=folds, target=target)
             absolute[target][label] = figure(y, pooled)
+            if not target.startswith("drop_"):  # a predicted top-1, shown to users as "pred.": how far off
+                absolute[target][label]["error"] = abs_error(y, pooled, archs)
         if compared is not None and target in compared.targets:
             scores[f"{args.compare.name} (as fitted)"] = compared.predict_many(rows)[target]
         scores["size-only ranker"] = cross_val_scores(rows, y, kind=main_kind, features=SIZE_FEATURES,
@@ -342,9 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         ghn = sum(c for k, c in folds.items() if "ghn" in k)
         print(f"  nested choices of {SELECT_KIND}: " + ", ".join(f"{k} {c}" for k, c in folds.items())
               + f" (a GHN group in {ghn} of {sum(folds.values())} folds)")
+        for label, f in absolute[target].items():
+            if "error" in f and label.endswith("[shipped]"):
+                print_error("its predicted top-1 (absolute, out of fold)", f["error"])
     user_figures = user_split_figures(truth, user, feats)
     for target, rows in user_figures.items():
         print_rows(f"user split, {target} (hand-written nets)", rows)
+        print_error("the ranker's predicted top-1", rows["ranker (fitted on the space)"]["error"])
     if args.json is not None:
         write_new(args.json, json.dumps({"figures": figures, "nested_choices": choices,
                                          "absolute_out_of_fold": absolute,
@@ -352,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                                         indent=1) + "\n")
 
     if args.ship is not None:
-        ship(args, truth, feats, table, figures, what)
+        ship(args, truth, feats, table, figures, absolute, what)
 
     def fig(target: str, label: str) -> str:
         v = figures.get(target, {}).get(label, {}).get("tau", math.nan)
@@ -365,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
           f"tau_macs_w4a4={fig('w4a4', 'MACs')} n={n}"
           + "".join(f" tau_user_{k}_w4a4={user_figures['w4a4'][label]['tau']:.3f}"
                     for k, label in (("score", "ranker (fitted on the space)"), ("ghn", "GHN"), ("params", "params"),
-                                     ("macs", "MACs")) if "w4a4" in user_figures))
+                                     ("macs", "MACs")) if "w4a4" in user_figures)
+          + "".join(f" mae_score_{t}={absolute[t][shipped]['error']['mae']:.2f}" for t in ("w4a4", "w2a2")
+                    if shipped in absolute.get(t, {})))
     return 0
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,8 @@ class Score:
     protocol: str  # BN statistics / weight scales / activation ranges / first-last rule / 8-bit grid
     warnings: tuple[str, ...] = ()  # layers the predictor never saw, chance-level scores
     head: str = ""  # the classifier scored with: "fit<N>" (solved on N training images) or "keep" (the GHN's)
+    # {setting: the ranker's out-of-fold mean absolute error in points}: how far ``predicted`` is off on average
+    predicted_error: dict[str, float] = field(default_factory=dict)
 
     def top1(self, setting: str) -> float:
         """Top-1 (a fraction) of the GHN-predicted parameters at ``setting``."""
@@ -188,13 +190,16 @@ def score(
                 "do not work for this network")
         warn(note, ChanceScoreWarning)
         notes.append(note)
+    predicted = {s: flat[f"pred_top1_{s}"] for s in names if f"pred_top1_{s}" in flat}
+    errors = {s: scorer.ranker.mean_error(s) for s in predicted}  # a prediction implies a ranker
     return Score(
         arch=arch, params=n_params, macs=n_macs,
         settings={s: spec.spelled_out().name for s, spec in zip(names, specs)},  # ranges spelled out
         accuracy={s: {k: flat[f"{k}_{s}"] for k in ("top1", "top5", "loss")} for s in names},
-        predicted={s: flat[f"pred_top1_{s}"] for s in names if f"pred_top1_{s}" in flat},
+        predicted=predicted,
         predictor=f"{scorer.name} ({scorer.version})", protocol=scorer.protocol, warnings=tuple(notes),
         head=head_used,
+        predicted_error={s: e for s, e in errors.items() if e is not None},
     )
 
 

@@ -427,6 +427,12 @@ class Ranker:
     def targets(self) -> tuple[str, ...]:
         return tuple(self.models)
 
+    def mean_error(self, target: str) -> float | None:
+        """How far its predicted top-1 at ``target`` was from the trained one, out of fold, in points (mean absolute
+        error over the nets it was fitted on, as ``benchmarks/ranking.py --ship`` recorded it); None if not recorded."""
+        mae = self.metrics.get("out_of_fold", {}).get(target, {}).get("mae")
+        return None if mae is None else float(mae)
+
     def predict(self, features: Mapping[str, float]) -> dict[str, float]:
         """Predicted trained top-1 (a fraction; a ranking score for ``lgbm-rank`` models) per target."""
         return {t: float(v[0]) for t, v in self.predict_many([features]).items()}

@@ -66,6 +66,8 @@ def test_score_of_an_architecture_has_the_rankers_prediction() -> None:
     result = qnas.score(ARCH, bits="w4a4", val_size=32)  # the shipped predictor and its ranker
     assert list(result.accuracy) == ["w4a4"] and set(result.predicted) == {"w4a4"}
     assert 0.0 < result.predicted["w4a4"] < 1.0 and "ranker" in result.predictor
+    # how far that prediction is off on average, as the shipped ranker's fit measured it (points)
+    assert set(result.predicted_error) == {"w4a4"} and 0.0 < result.predicted_error["w4a4"] < 10.0
 
 
 def test_cli_score_of_an_architecture_is_qnas_score_with_the_prediction(capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,6 +79,9 @@ def test_cli_score_of_an_architecture_is_qnas_score_with_the_prediction(capsys: 
     result = qnas.score(ARCH, bits="w4a4,w2a2", val_size=32)
     assert record["accuracy"] == result.accuracy and record["predicted"] == result.predicted
     assert set(record["predicted"]) == {"w4a4", "w2a2"} and record["protocol"] == result.protocol
+    assert record["predicted_error"] == result.predicted_error and set(result.predicted_error) == {"w4a4", "w2a2"}
+    assert main(argv[:-1]) == 0  # the table says how far pred. is off
+    assert f"off by {result.predicted_error['w4a4']:.2f} (w4a4)" in " ".join(capsys.readouterr().out.split())
     assert main([*argv[:-1], "--ranker", "none"]) == 0
     out = capsys.readouterr().out
     assert "pred." not in out and "w2a2" in out

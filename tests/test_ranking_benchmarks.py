@@ -120,7 +120,8 @@ def test_ranking_on_a_synthetic_store(tmp_path, capsys):
     out = capsys.readouterr().out
     figures = _figures(out.strip().splitlines()[-1])
     assert {"tau_score_w4a4", "tau_size_w4a4", "tau_ghn_w4a4", "tau_params_w4a4", "tau_macs_w4a4", "n",
-            "tau_user_score_w4a4", "tau_user_ghn_w4a4", "tau_user_params_w4a4", "tau_user_macs_w4a4"} == set(figures)
+            "tau_user_score_w4a4", "tau_user_ghn_w4a4", "tau_user_params_w4a4", "tau_user_macs_w4a4",
+            "mae_score_w4a4"} == set(figures)  # the synthetic store has no W2A2 stage
     assert figures["n"] == str(N_ARCHS) and f"at budget {BUDGET}" in out  # the budget from the store's budget.json
     assert float(figures["tau_params_w4a4"]) == 1.0  # the truth is a monotone function of log parameters
     assert float(figures["tau_score_w4a4"]) > 0.6 and float(figures["tau_user_params_w4a4"]) == 1.0
@@ -132,6 +133,17 @@ def test_ranking_on_a_synthetic_store(tmp_path, capsys):
     written = json.loads(out_json.read_text())
     assert written["figures"]["w4a4"][f"ranker ({ranking.SHIPPED_KIND}) [shipped]"]["n"] == N_ARCHS
     assert written["user_split"]["w4a4"]["params"]["n"] == len(user_split.names())
+    # how far the predicted top-1 is off, in points: on the last line as in the record, and printed per target
+    error = written["absolute_out_of_fold"]["w4a4"][f"ranker ({ranking.SHIPPED_KIND}) [shipped]"]["error"]
+    assert figures["mae_score_w4a4"] == f"{error['mae']:.2f}" and 0 < error["mae"] <= error["p90"] + 1e-9
+    assert f"mean absolute error {error['mae']:.2f} points" in out
+    assert "error" in written["user_split"]["w4a4"]["ranker (fitted on the space)"]
+
+
+def test_the_absolute_error_is_in_points_and_names_the_worst_net():
+    e = ranking.abs_error(np.array([0.90, 0.80, 0.70]), np.array([0.91, 0.78, 0.70]), ["a", "b", "c"])
+    assert e["mae"] == pytest.approx(1.0) and e["bias"] == pytest.approx(-1 / 3)
+    assert e["worst"] == pytest.approx(-2.0) and e["worst_arch"] == "b"
 
 
 def test_ranker_combinations_on_a_synthetic_store(tmp_path, capsys, monkeypatch):
@@ -269,6 +281,10 @@ def test_a_shipped_ranker_can_be_compared_as_fitted(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"shipped ranker ({ranking.SHIPPED_KIND}" in out and "w4a4 size" in out and shipped.exists()
     provenance = json.loads(shipped.read_text())["provenance"]  # what a refit from its commit needs
+    # the shipped file says how far its predictions were off out of fold, the figure ranking.py --json records
+    fitted, mae = ranker.load_ranker(shipped), json.loads(shipped.read_text())["metrics"]["out_of_fold"]["w4a4"]["mae"]
+    assert fitted.mean_error("w4a4") == pytest.approx(mae) and 0 < mae < 5
+    assert fitted.mean_error("w2a2") is None  # the synthetic store has no W2A2 stage: nothing recorded
     assert provenance["kind"] == ranking.SHIPPED_KIND and len(provenance["git_commit"].removesuffix("+dirty")) == 40
     assert ranking.main([*base, "--compare", str(shipped)]) == 0
     assert "old.ranker.json (as fitted)" in capsys.readouterr().out

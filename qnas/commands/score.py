@@ -178,6 +178,7 @@ def _score_as_search(args: argparse.Namespace, model: Any, names: list[str], spe
                        calib_size=args.calib_size, batch_size=args.batch_size)
     return _record(args, names, specs, arch=args.module or result.arch, params=result.params, macs=result.macs,
                    head=result.head, accuracy=result.accuracy, predicted=result.predicted,
+                   predicted_error=result.predicted_error,
                    predictor=result.predictor, protocol=result.protocol,
                    seconds={"score": round(time.perf_counter() - start, 3)})
 
@@ -269,5 +270,8 @@ def _print(record: dict[str, Any]) -> None:
         table.add_row(*row)
     console.print(table)
     if predicted:
-        console.print("pred. = the ranker's predicted top-1 after training (qnas.ranker); top-1/top-5 = the "
-                      f"GHN-predicted parameters as scored; {record['predictor']}", highlight=False)
+        errors = record.get("predicted_error", {})
+        off = (" off by " + ", ".join(f"{e:.2f} ({s})" for s, e in errors.items())
+               + " points on average, out of fold on the nets it was fitted on") if errors else ""
+        console.print(f"pred. = the ranker's predicted top-1 after training (qnas.ranker{';' if off else ''}{off}); "
+                      f"top-1/top-5 = the GHN-predicted parameters as scored; {record['predictor']}", highlight=False)
