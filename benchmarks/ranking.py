@@ -46,6 +46,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -124,10 +125,10 @@ def load_v2(budget: str, store: Path = STORE) -> tuple[
 
 
 def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[str, float]],
-                       feats: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:
+                       feats: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Tau on the hand-written user split: the shipped kind fitted on every space architecture, predicting
     networks of families the space never holds (no user net in its training rows), beside GHN and size."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}  # figure() per scorer; the ranker's also its "error"
     for target in ("fp32", "w4a4"):
         archs = sorted(a for a in user.get(target, {}) if a in feats)
         train = sorted(a for a in truth.get(target, {}) if a in feats)
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     compared = None if args.compare is None else load_ranker(args.compare)
     figures: dict[str, dict[str, dict[str, float]]] = {}
-    absolute: dict[str, dict[str, dict[str, float]]] = {t: {} for t in truth}  # pooled absolute OOF, for the record
+    absolute: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in truth}  # pooled absolute OOF, for the record
     all_scores: dict[str, dict[str, dict[str, float]]] = {}
     choices: dict[str, dict[str, int]] = {}
     for target, by_arch in truth.items():
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"ranker ({kind})" + (" [shipped]" if kind == main_kind else "")
             pooled, scores[label] = cross_val_scores(rows, y, kind=kind, folds=folds, target=target)
             absolute[target][label] = figure(y, pooled)
-            if not target.startswith("drop_"):  # a predicted top-1, shown to users as "pred.": how far off
+            if kind == SHIPPED_KIND == main_kind:  # its predicted top-1 is what users read as "pred.": how far off
                 absolute[target][label]["error"] = abs_error(y, pooled, archs)
         if compared is not None and target in compared.targets:
             scores[f"{args.compare.name} (as fitted)"] = compared.predict_many(rows)[target]

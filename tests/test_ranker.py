@@ -310,6 +310,10 @@ def test_the_readme_quotes_the_shipped_rankers_own_figures() -> None:
     assert f"n={oof['fp32']['n']} / {oof['w4a4']['n']} / {oof['w2a2']['n']})" in header
     headline = re.search(r"`tau_score_w4a4=([0-9.]+) .*? n=(\d+) ", readme)
     assert headline and headline.groups() == (f"{oof['w4a4']['tau']:.3f}", str(oof["w4a4"]["n"]))
+    # and how far its predictions are off, as the headline and the text quote it
+    errors = re.search(r" mae_score_w4a4=([0-9.]+) mae_score_w2a2=([0-9.]+)`", readme)
+    assert errors and errors.groups() == (f"{oof['w4a4']['mae']:.2f}", f"{oof['w2a2']['mae']:.2f}")
+    assert f"the predicted trained top-1 is {oof['w4a4']['mae']:.2f} points from" in " ".join(readme.split())
 
 
 @pytest.mark.skipif(not ranker_path(Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt").exists(),
