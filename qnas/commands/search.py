@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         optuna_log.removeFilter(drop_interrupts)
 
-    _print_summary(console, out, cfg, summary)
+    error = scorer.ranker.mean_error(target) if cfg.objective == "pred_top1" else None
+    _print_summary(console, out, cfg, summary, error)
     if summary.terminated:
         return 143
     return 130 if summary.interrupted else 0
@@ -213,7 +214,9 @@ class _InterruptedTrialLogs(logging.Filter):
         return message.split(" failed with value", 1)[0] not in self.trials
 
 
-def _print_summary(console: Console, out: Console, cfg, summary) -> None:
+def _print_summary(console: Console, out: Console, cfg, summary, error: float | None = None) -> None:
+    """The run's counts (stderr), then its Pareto front and architectures (stdout); ``error``: how far the
+    ranker's prediction at the target is off on average, in points (``Ranker.mean_error``), said in the title."""
     from rich.table import Table
 
     from qnas.study import TrialAttrs
@@ -227,7 +230,8 @@ def _print_summary(console: Console, out: Console, cfg, summary) -> None:
         + ("; terminated (SIGTERM)" if summary.terminated else "; interrupted" if summary.interrupted else "")
     )
     what = "predicted trained top-1" if cfg.objective == "pred_top1" else "GHN top-1"
-    table = Table(title=f"Pareto front of study {cfg.study!r} ({what} in % at {cfg.target} vs params)")
+    table = Table(title=f"Pareto front of study {cfg.study!r} ({what} in % at {cfg.target} vs params)"
+                  + ("" if error is None else f"; pred. is off by {error:.2f} points on average (out of fold)"))
     # The raw GHN accuracies stay beside the ranker's prediction: at the target, and at FP32.
     ghn = [s for s in dict.fromkeys([cfg.target if cfg.objective == "pred_top1" else None, "fp32"]) if s]
     for col in ("trial", "params", f"{'pred.' if cfg.objective == 'pred_top1' else 'top1'} {cfg.target}",
