@@ -64,6 +64,8 @@ from qnas.ranker import MODEL_KINDS, TARGETS, cross_val_scores, feature_groups, 
 HERE = Path(__file__).resolve().parent / "ground_truth"
 STORE = HERE / "v2"  # the committed v2 store (benchmarks/ground_truth.py's STORE)
 SHIPPED_KIND = "avg-all"  # since session 24, by the rule of ground_truth/ranker_rule_avg.json (docs/ranking.md)
+SHIPPED_LABEL = f"ranker ({SHIPPED_KIND}) [shipped]"  # its rows in the tables and --json
+USER_RANKER = "ranker (fitted on the space)"  # the shipped kind's row on the user split
 SELECT_KIND = "ridge-select"  # one selection: its fold choices are printed; drop rows keep it (ranker_rule_drop.json)
 SIZE_FEATURES = ("log_params", "log_macs")
 N_BOOT = 2000
@@ -137,13 +139,12 @@ def user_split_figures(truth: dict[str, dict[str, float]], user: dict[str, dict[
         model = fit([feats[a] for a in train], {target: [truth[target][a] for a in train]}, kind=SHIPPED_KIND)
         y = np.array([user[target][a] for a in archs])
         rows = [feats[a] for a in archs]
-        scores = {"ranker (fitted on the space)": np.array([model.predict(r)[target] for r in rows]),
+        scores = {USER_RANKER: np.array([model.predict(r)[target] for r in rows]),
                   "GHN": np.array([r[f"ghn_top1_{target}"] for r in rows]),
                   "params": np.array([r["log_params"] for r in rows]),
                   "MACs": np.array([r["log_macs"] for r in rows])}
         out[target] = {label: figure(y, pred) for label, pred in scores.items()}
-        out[target]["ranker (fitted on the space)"]["error"] = abs_error(y, scores["ranker (fitted on the space)"],
-                                                                         archs)
+        out[target][USER_RANKER]["error"] = abs_error(y, scores[USER_RANKER], archs)
     return out
 
 
@@ -264,8 +265,8 @@ def ship(args: argparse.Namespace, truth: dict[str, dict[str, float]], feats: di
                   "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:]),
                   "features": {"predictor": table["predictor"], "val_size": table["val_size"],
                                "protocol": table["protocol"]}}
-    label = f"ranker ({SHIPPED_KIND}) [shipped]"
-    metrics = {t: {**figures[t].get(label, {}), "mae": absolute[t][label]["error"]["mae"]}  # mae: Ranker.mean_error
+    # "mae": how far its predicted top-1 is off out of fold (Ranker.mean_error), beside the rank figures
+    metrics = {t: {**figures[t].get(SHIPPED_LABEL, {}), "mae": absolute[t][SHIPPED_LABEL]["error"]["mae"]}
                for t in targets if t in figures}
     ranker = fit([feats[a] for a in common], {t: [v.get(a, math.nan) for a in common] for t, v in targets.items()},
                  kind=SHIPPED_KIND, predictor_digest=table["predictor_digest"], provenance=provenance,
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"ranker ({kind})" + (" [shipped]" if kind == main_kind else "")
             pooled, scores[label] = cross_val_scores(rows, y, kind=kind, folds=folds, target=target)
             absolute[target][label] = figure(y, pooled)
-            if kind == SHIPPED_KIND == main_kind:  # its predicted top-1 is what users read as "pred.": how far off
+            if label == SHIPPED_LABEL:  # its predicted top-1 is what users read as "pred.": how far off
                 absolute[target][label]["error"] = abs_error(y, pooled, archs)
         if compared is not None and target in compared.targets:
             scores[f"{args.compare.name} (as fitted)"] = compared.predict_many(rows)[target]
@@ -363,13 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         ghn = sum(c for k, c in folds.items() if "ghn" in k)
         print(f"  nested choices of {SELECT_KIND}: " + ", ".join(f"{k} {c}" for k, c in folds.items())
               + f" (a GHN group in {ghn} of {sum(folds.values())} folds)")
-        for label, f in absolute[target].items():
-            if "error" in f and label.endswith("[shipped]"):
-                print_error("its predicted top-1 (absolute, out of fold)", f["error"])
+        if SHIPPED_LABEL in absolute[target]:  # not on the drops, whose shipped row is ridge-select's
+            print_error("its predicted top-1 (absolute, out of fold)", absolute[target][SHIPPED_LABEL]["error"])
     user_figures = user_split_figures(truth, user, feats)
     for target, rows in user_figures.items():
         print_rows(f"user split, {target} (hand-written nets)", rows)
-        print_error("the ranker's predicted top-1", rows["ranker (fitted on the space)"]["error"])
+        print_error("the ranker's predicted top-1", rows[USER_RANKER]["error"])
     if args.json is not None:
         write_new(args.json, json.dumps({"figures": figures, "nested_choices": choices,
                                          "absolute_out_of_fold": absolute,
@@ -383,16 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         v = figures.get(target, {}).get(label, {}).get("tau", math.nan)
         return f"{v:.3f}"
 
-    shipped = f"ranker ({SHIPPED_KIND}) [shipped]"
     n = next(iter(figures.get("w4a4", {}).values()), {}).get("n", 0)
-    print(f"tau_score_w4a4={fig('w4a4', shipped)} tau_size_w4a4={fig('w4a4', 'size-only ranker')} "
+    print(f"tau_score_w4a4={fig('w4a4', SHIPPED_LABEL)} tau_size_w4a4={fig('w4a4', 'size-only ranker')} "
           f"tau_ghn_w4a4={fig('w4a4', 'GHN')} tau_params_w4a4={fig('w4a4', 'params')} "
           f"tau_macs_w4a4={fig('w4a4', 'MACs')} n={n}"
           + "".join(f" tau_user_{k}_w4a4={user_figures['w4a4'][label]['tau']:.3f}"
-                    for k, label in (("score", "ranker (fitted on the space)"), ("ghn", "GHN"), ("params", "params"),
+                    for k, label in (("score", USER_RANKER), ("ghn", "GHN"), ("params", "params"),
                                      ("macs", "MACs")) if "w4a4" in user_figures)
-          + "".join(f" mae_score_{t}={absolute[t][shipped]['error']['mae']:.2f}" for t in ("w4a4", "w2a2")
-                    if shipped in absolute.get(t, {})))
+          + "".join(f" mae_score_{t}={absolute[t][SHIPPED_LABEL]['error']['mae']:.2f}" for t in ("w4a4", "w2a2")
+                    if SHIPPED_LABEL in absolute.get(t, {})))
     return 0
 
 

@@ -15,6 +15,7 @@ from fakes import run_cli, run_workers, spawn_search
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from qnas.ranker import load_ranker, ranker_path
 from qnas.search import SETTINGS, SearchConfig, load_study, run_search, study_granularity
 from search_spaces import convnets250k as S
 
@@ -106,8 +107,6 @@ def test_the_shipped_rankers_front_keeps_the_raw_ghn_accuracies_beside_its_predi
     header = next(ln for ln in out.splitlines() if "pred. w4a4" in ln)
     assert [c.strip() for c in header.split("┃") if c.strip()] == [
         "trial", "params", "pred. w4a4", "GHN top1 w4a4", "GHN top1 fp32"], out
-    from qnas.ranker import load_ranker, ranker_path
-
     error = load_ranker(ranker_path(Path(__file__).parents[1] / "qnas/predictors/fashion-mnist.pt")).mean_error("w4a4")
     assert error is not None and f"pred. is off by {error:.2f} points on average" in " ".join(out.split()), out
 
